@@ -1,0 +1,128 @@
+"""The entrypoint's plumbing: stage dispatch, secrets kept out of Hydra, one-line errors."""
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import re
+import sys
+from typing import Callable
+
+from omegaconf import DictConfig
+
+from smm.config import GROUPS, STAGE_NAMES, validate
+from smm.errors import SmmError, StageNotAvailable
+
+# Overrides that hold secrets: taken off the command line before Hydra records it, and handed
+# to the stage through the environment variable it reads anyway.
+SECRET_OVERRIDES = {"feedback.database_url": "DATABASE_URL"}
+
+# Module a missing import belongs to → the extra that installs it.
+EXTRA_FOR_MODULE = {
+    "torch": "train", "transformers": "train", "peft": "train", "trl": "train", "datasets": "train",
+    "accelerate": "train", "bitsandbytes": "train", "unsloth": "unsloth", "llama_cpp": "export",
+    "gguf": "export", "conversion": "export", "httpx": "eval", "psycopg2": "feedback",
+    "wandb": "wandb", "optuna": "sweep",
+}
+
+
+_USER_FULL_ERROR = "SMM_FULL_ERROR"  # set when the user asked for tracebacks (HYDRA_FULL_ERROR=1)
+
+
+def move_secrets_to_env(args: list[str]) -> list[str]:
+    """Drop secret overrides from ``args``, exporting each value to its environment variable."""
+    kept = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        env = SECRET_OVERRIDES.get(key.lstrip("+~"))
+        if sep and env:
+            os.environ[env] = value
+        else:
+            kept.append(arg)
+    return kept
+
+
+def load_stage(name: str):
+    """The stage module ``smm.stages.<name>``; StageNotAvailable if it is not built yet."""
+    if name not in STAGE_NAMES:
+        raise StageNotAvailable(f"stage={name} does not exist (stages: {', '.join(STAGE_NAMES)})")
+    try:
+        return importlib.import_module(f"smm.stages.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"smm.stages.{name}":
+            raise StageNotAvailable(f"stage={name} is not available yet in this version of smm") from None
+        raise
+
+
+def run_stage(cfg: DictConfig) -> float:
+    """Validate the config, run the chosen stage and return its float result (for sweeps).
+
+    A user error ends the process here with one line, before Hydra adds its own report.
+    """
+    try:
+        validate(cfg)
+        return float(load_stage(cfg.stage).run(cfg))
+    except SmmError as exc:
+        if os.environ.get(_USER_FULL_ERROR):
+            raise
+        _fail(str(exc), exc.exit_code)
+
+
+def _known_keys(full_key: str) -> list[str]:
+    group = full_key.split(".", 1)[0]
+    schema = GROUPS.get(group)
+    return [f"{group}.{name}" for name in getattr(schema, "__dataclass_fields__", {})]
+
+
+def describe_config_error(exc: BaseException) -> str:
+    """One line for a Hydra/OmegaConf composition error, naming the key."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options is not None:
+        options = ", ".join(o for o in exc.options if not o.startswith("base_"))
+        return f"{exc.missing_cfg_file.replace('/', '=', 1)}: no such option (available: {options})"
+    cause = exc.__cause__ or exc
+    full_key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
+    message = getattr(cause, "msg", None) or str(cause)
+    message = " ".join(message.split("full_key:")[0].split())
+    if full_key and "not in" in message and message.startswith("Key"):
+        close = difflib.get_close_matches(full_key, _known_keys(full_key), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"{full_key}: unknown key{hint}"
+    if full_key:
+        return f"{full_key}: {message}"
+    return re.sub(r"\s+", " ", str(exc)).strip()
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def guarded(main: Callable[[], object]) -> None:
+    """Run a ``@hydra.main`` function; user errors end in one line and a non-zero exit code."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    sys.argv = [sys.argv[0], *move_secrets_to_env(sys.argv[1:])]
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    if full_error:
+        os.environ[_USER_FULL_ERROR] = "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
+    try:
+        main()
+    except SmmError as exc:
+        if full_error:
+            raise
+        _fail(str(exc), exc.exit_code)
+    except (HydraException, OmegaConfBaseException) as exc:
+        if full_error:
+            raise
+        _fail(describe_config_error(exc), 2)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if full_error or top not in EXTRA_FOR_MODULE:
+            raise
+        _fail(f"missing package {top!r}: install it with pip install -e '.[{EXTRA_FOR_MODULE[top]}]'", 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)

@@ -1,0 +1,246 @@
+"""The one config schema: dataclasses registered in Hydra's ConfigStore.
+
+Each config group (model, lora, data, training, export, eval, feedback, logger, pipeline) is a
+dataclass whose fields carry ``help`` text and, where a value has limits, ``choices`` or bounds.
+OmegaConf enforces keys and types while Hydra composes (a typo or a wrong type stops there);
+:func:`validate` enforces choices and bounds before any stage does work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from smm.errors import ConfigError
+
+STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "pipeline")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _f(default: Any, help: str, **limits: Any) -> Any:
+    """A dataclass field with help text and optional ``choices``/``ge``/``gt``/``le``/``lt`` limits."""
+    meta = {"help": help, **limits}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    base_model: str = _f("Qwen/Qwen2.5-7B-Instruct", "Base model: a Hugging Face name (from the local HF cache) or a local directory.")
+    recipe: Optional[str] = _f(None, "Built-in recipe that builds the base model locally on first use and caches it (tiny_qwen2); overrides base_model.", choices=(None, "tiny_qwen2"))
+    quantization: str = _f("4bit", "Weights while training: 4bit (QLoRA, nf4), 8bit, or none (16/32-bit, for CPU and Mac).", choices=("4bit", "8bit", "none"))
+    max_seq_length: int = _f(4096, "Longest conversation in tokens; longer ones are truncated (and counted).", ge=64)
+    dtype: str = _f("auto", "Compute dtype: auto = bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU.", choices=("auto", "bfloat16", "float16", "float32"))
+    attn_implementation: str = _f("auto", "Attention kernel: auto picks flash_attention_2 when installed, else sdpa.", choices=("auto", "sdpa", "eager", "flash_attention_2"))
+
+
+@dataclass
+class LoraConfig:
+    rank: int = _f(16, "LoRA rank r.", ge=1)
+    alpha: int = _f(16, "LoRA alpha (scale = alpha / rank).", ge=1)
+    dropout: float = _f(0.0, "Dropout on the LoRA path (0 lets Unsloth use its fast kernels).", ge=0.0, lt=1.0)
+    target_modules: list = _f(list(LORA_TARGETS), "Linear layers that get adapters (the 7 projections of a Qwen2 block).")
+
+
+@dataclass
+class DataConfig:
+    sources: list = _f(["data/seed", "data/feedback"], "Folders (or files) whose *.jsonl examples are read; a missing folder is skipped.")
+    output_dir: str = _f("data/processed", "Where prepare writes train.jsonl, val.jsonl, stats.json and the manifest.")
+    train_split: float = _f(0.9, "Share of examples that go to training; the rest is validation.", gt=0.0, lt=1.0)
+    max_samples: int = _f(0, "Use at most this many examples after de-duplication (0 = all).", ge=0)
+    seed: int = _f(42, "Seed of the stratified split.")
+    language_check: str = _f("warn", "Check each example's declared language with lingua: warn, reject or off.", choices=("warn", "reject", "off"))
+    strict: bool = _f(False, "Exit 1 if any line is rejected (valid lines are still written).")
+    near_duplicate_threshold: float = _f(0.9, "Report pairs of examples at least this similar (0-1) as near-duplicates.", gt=0.0, le=1.0)
+
+
+@dataclass
+class TrainingConfig:
+    backend: str = _f("auto", "auto = Unsloth when it imports and CUDA is there, else transformers + PEFT.", choices=("auto", "unsloth", "hf"))
+    epochs: int = _f(3, "Passes over the training data.", ge=1)
+    max_steps: int = _f(0, "Stop after this many optimizer steps (0 = run all epochs).", ge=0)
+    batch_size: int = _f(2, "Conversations per device batch (with packing: the token budget is batch_size x max_seq_length).", ge=1)
+    gradient_accumulation_steps: int = _f(4, "Batches per optimizer step.", ge=1)
+    learning_rate: float = _f(2e-4, "Peak learning rate.", gt=0.0)
+    lr_scheduler: str = _f("cosine", "Learning-rate schedule.", choices=("cosine", "linear", "constant", "constant_with_warmup"))
+    warmup_ratio: float = _f(0.03, "Share of steps spent warming up the learning rate.", ge=0.0, lt=1.0)
+    weight_decay: float = _f(0.0, "AdamW weight decay.", ge=0.0)
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.", gt=0.0)
+    optimizer: str = _f("auto", "auto = paged 8-bit AdamW on CUDA with 4/8-bit weights, else torch AdamW.", choices=("auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"))
+    packing: bool = _f(True, "Pack short conversations into one row with attention kept inside each conversation (padding-free).")
+    gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass to save memory.")
+    eval_steps: int = _f(0, "Validate every N optimizer steps (0 = every epoch).", ge=0)
+    save_steps: int = _f(0, "Checkpoint every N optimizer steps (0 = every epoch).", ge=0)
+    save_total_limit: int = _f(2, "Keep at most this many checkpoints.", ge=1)
+    early_stopping_patience: int = _f(0, "Stop after this many validations without a better loss (0 = off).", ge=0)
+    resume: Any = _f(False, "Resume: true = the latest checkpoint in checkpoint_dir, or a checkpoint path; false = start fresh.")
+    logging_steps: int = _f(5, "Log the training loss every N optimizer steps.", ge=1)
+    seed: int = _f(42, "Seed for weights of the adapter, data order and dropout.")
+    output_dir: str = _f("output/lora_adapter", "Where the trained adapter, tokenizer, metrics.json and manifest.json go.")
+    checkpoint_dir: str = _f("output/checkpoints", "Where training checkpoints go.")
+
+
+@dataclass
+class ExportConfig:
+    adapter_dir: str = _f("${training.output_dir}", "The LoRA adapter to merge.")
+    merged_dir: str = _f("output/merged", "Where the merged 16-bit model is saved.")
+    output_dir: str = _f("output/gguf", "Where the GGUF file and its Modelfile go.")
+    model_name: str = _f("social-media-marketer", "Name of the model in Ollama and of the GGUF file.")
+    quantization: str = _f("q4_k_m", "GGUF quantization type.", choices=("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "bf16"))
+    register: bool = _f(False, "Run `ollama create` after exporting (when ollama is on PATH).")
+    force: bool = _f(False, "Redo the merge even if the merged model is up to date.")
+    smoke_test: bool = _f(True, "Load the GGUF with llama.cpp and generate a few tokens after exporting.")
+
+
+@dataclass
+class EvalConfig:
+    backend: str = _f("ollama", "Where the model runs: ollama (native API), openai (any OpenAI-compatible server), llama_cpp (a GGUF in-process) or hf (base + adapter in transformers).", choices=("ollama", "openai", "llama_cpp", "hf"))
+    url: str = _f("http://localhost:11434", "Server URL for the ollama and openai backends.")
+    model: str = _f("${export.model_name}", "Model name on the server.")
+    model_path: str = _f("${export.output_dir}/${export.model_name}-${export.quantization}.gguf", "GGUF file for the llama_cpp backend.")
+    adapter_dir: str = _f("${training.output_dir}", "Adapter for the hf backend.")
+    api_key_env: str = _f("OPENAI_API_KEY", "Environment variable that holds the API key of an OpenAI-compatible server (if it needs one).")
+    test_file: Optional[str] = _f(None, "JSONL file of your own test cases.")
+    test_mode: str = _f("add", "add your cases to the built-in set, or replace it.", choices=("add", "replace"))
+    max_cases: int = _f(0, "Evaluate at most this many cases (0 = all).", ge=0)
+    concurrency: int = _f(4, "Requests in flight at once (HTTP backends).", ge=1)
+    timeout_s: float = _f(120.0, "Seconds to wait for one answer.", gt=0.0)
+    retries: int = _f(2, "Retries of a failed request.", ge=0)
+    temperature: float = _f(0.2, "Sampling temperature (the same for every backend).", ge=0.0)
+    max_tokens: int = _f(768, "Most tokens an answer may have.", ge=1)
+    seed: int = _f(0, "Sampling seed, where the backend supports one.")
+    n_ctx: int = _f(4096, "Context window for the llama_cpp backend.", ge=256)
+    output_dir: str = _f("output/eval", "Reports go to a timestamped folder under this one.")
+    baseline: Optional[str] = _f(None, "Compare with a baseline: a model name on the same server, a .gguf file, or a report.json.")
+    gate_min_delta: Optional[float] = _f(None, "Fail (exit 3) unless the score beats the baseline's by at least this much.")
+
+
+@dataclass
+class FeedbackTables:
+    generations: str = _f("generations", "Table of model generations.")
+    feedback: str = _f("feedback", "Table of ratings.")
+
+
+@dataclass
+class FeedbackColumns:
+    generation_id: str = _f("id", "generations: primary key.")
+    task: str = _f("task", "generations: task name.")
+    language: str = _f("language", "generations: language code.")
+    platform: str = _f("platform", "generations: platform.")
+    system_prompt: str = _f("system_prompt", "generations: system prompt sent.")
+    user_input: str = _f("user_input", "generations: user message sent.")
+    model_output: str = _f("model_output", "generations: the model's answer.")
+    model_name: str = _f("model_name", "generations: model that answered.")
+    feedback_id: str = _f("id", "feedback: primary key.")
+    feedback_generation_id: str = _f("generation_id", "feedback: the rated generation.")
+    rating: str = _f("rating", "feedback: THUMBS_UP, THUMBS_DOWN or EDITED.")
+    edited_output: str = _f("edited_output", "feedback: the user's improved answer (EDITED).")
+    comment: str = _f("comment", "feedback: free-text comment.")
+    created_at: str = _f("created_at", "feedback: when the rating was given.")
+
+
+@dataclass
+class FeedbackConfig:
+    database_url: Optional[str] = _f(None, "PostgreSQL URL; better set DATABASE_URL. Given here it is moved into the environment before Hydra records anything.")
+    output_dir: str = _f("data/feedback", "Where feedback_sft.jsonl and feedback_dpo.jsonl go.")
+    state_file: str = _f("data/feedback/.export_state.json", "High-water mark of the last export.")
+    full: bool = _f(False, "Re-export all feedback, ignoring the state file.")
+    since: Optional[str] = _f(None, "Only feedback created at or after this ISO timestamp.")
+    limit: int = _f(0, "Export at most this many ratings (0 = all).", ge=0)
+    batch_size: int = _f(5000, "Rows fetched per round trip from the server-side cursor.", ge=1)
+    scrub_pii: bool = _f(True, "Replace e-mail addresses, phone numbers and private @handles with placeholders.")
+    tables: FeedbackTables = field(default_factory=FeedbackTables, metadata={"help": "Table names."})
+    columns: FeedbackColumns = field(default_factory=FeedbackColumns, metadata={"help": "Column names."})
+
+
+@dataclass
+class LoggerConfig:
+    name: str = _f("none", "Experiment tracker: none or wandb.", choices=("none", "wandb"))
+    project: str = _f("smm", "wandb project.")
+    entity: Optional[str] = _f(None, "wandb entity (team).")
+    run_name: Optional[str] = _f(None, "wandb run name (default: generated).")
+    tags: list = _f([], "wandb tags.")
+
+
+@dataclass
+class PipelineConfig:
+    stages: list = _f(["prepare", "train", "export", "evaluate"], "Stages the pipeline runs, in order.")
+
+
+@dataclass
+class Config:
+    stage: str = _f("prepare", "Stage to run.", choices=STAGE_NAMES)
+    model: ModelConfig = MISSING
+    lora: LoraConfig = MISSING
+    data: DataConfig = MISSING
+    training: TrainingConfig = MISSING
+    export: ExportConfig = MISSING
+    eval: EvalConfig = MISSING
+    feedback: FeedbackConfig = MISSING
+    logger: LoggerConfig = MISSING
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+GROUPS = {
+    "model": ModelConfig,
+    "lora": LoraConfig,
+    "data": DataConfig,
+    "training": TrainingConfig,
+    "export": ExportConfig,
+    "eval": EvalConfig,
+    "feedback": FeedbackConfig,
+    "logger": LoggerConfig,
+}
+
+
+def register_configs() -> None:
+    """Register the schema so YAMLs can extend it (``defaults: [base_<group>]``)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for group, node in GROUPS.items():
+        cs.store(group=group, name=f"base_{group}", node=node)
+
+
+_LIMIT_CHECKS = {
+    "ge": (lambda v, b: v >= b, "at least"),
+    "gt": (lambda v, b: v > b, "greater than"),
+    "le": (lambda v, b: v <= b, "at most"),
+    "lt": (lambda v, b: v < b, "less than"),
+}
+
+
+def _check(node: Any, schema: type, prefix: str) -> None:
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        key, value = f"{prefix}{f.name}", node[f.name]
+        if dataclasses.is_dataclass(hints[f.name]):
+            _check(value, hints[f.name], key + ".")
+            continue
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            shown = ", ".join("null" if c is None else str(c) for c in choices)
+            raise ConfigError(f"{key}: {value!r} is not one of {shown}")
+        for name, (ok, words) in _LIMIT_CHECKS.items():
+            bound = f.metadata.get(name)
+            if bound is not None and not ok(value, bound):
+                raise ConfigError(f"{key}: {value} must be {words} {bound}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check choices and bounds of every key; raise ConfigError naming the first bad key."""
+    _check(cfg, Config, "")
+    for stage in cfg.pipeline.stages:
+        if stage not in STAGE_NAMES or stage == "pipeline":
+            raise ConfigError(f"pipeline.stages: {stage!r} is not a stage (use {', '.join(STAGE_NAMES[:-1])})")
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """The resolved config as plain data, without secrets (for manifests and trackers)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.get("feedback", {}).pop("database_url", None)
+    return data

@@ -1,0 +1,153 @@
+"""Files in and out: JSONL reading with ``file:line`` errors, atomic writes, hashes, run manifests."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+MAX_LINE_BYTES = 1 << 20  # 1 MiB: far above any real example, far below what hurts
+BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class Line:
+    """One non-blank JSONL line: its parsed value, or why it could not be parsed."""
+
+    path: str
+    number: int
+    value: Any = None
+    error: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.number}"
+
+
+def _parse(raw: bytes) -> tuple[Any, str | None]:
+    if len(raw) > MAX_LINE_BYTES:
+        return None, f"line too long ({len(raw):,} bytes > {MAX_LINE_BYTES:,})"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"invalid UTF-8 at byte {exc.start}"
+    if "\x00" in text:
+        return None, "NUL byte in line"
+    try:
+        return json.loads(text), None
+    except RecursionError:
+        return None, "JSON nested too deeply"
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[Line]:
+    """Every non-blank line of a JSONL file, parsed; bad lines carry an error instead of raising.
+
+    Tolerates a UTF-8 BOM and CRLF line endings. Reads in binary so one bad byte costs one line.
+    """
+    name = str(path)
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+            raw = raw.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            value, error = _parse(raw)
+            yield Line(name, number, value, error)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+    """Write to a temp file beside ``path`` and rename it into place only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_writer(path) as fh:
+        fh.write(text)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    write_text(path, json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
+    """Write rows as JSONL atomically; returns the number written."""
+    count = 0
+    with atomic_writer(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+VERSIONED_PACKAGES = (
+    "smm", "hydra-core", "omegaconf", "torch", "transformers", "peft", "trl", "datasets",
+    "accelerate", "bitsandbytes", "unsloth", "llama_cpp_python", "lingua-language-detector",
+    "psycopg2-binary",
+)
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that shape a run (absent ones left out)."""
+    found = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
+def write_manifest(
+    directory: str | os.PathLike,
+    stage: str,
+    config: dict,
+    inputs: Iterable[str | os.PathLike] = (),
+    metrics: dict | None = None,
+    **extra: Any,
+) -> Path:
+    """Write ``manifest.json`` (config without secrets, input hashes, metrics, versions) into ``directory``."""
+    path = Path(directory) / "manifest.json"
+    write_json(
+        path,
+        {
+            "stage": stage,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "inputs": {str(p): sha256_file(p) for p in inputs},
+            "metrics": metrics or {},
+            "versions": versions(),
+            **extra,
+            "config": config,
+        },
+    )
+    return path
