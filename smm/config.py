@@ -55,7 +55,7 @@ class DataConfig:
     max_samples: int = _f(0, "Use at most this many examples after de-duplication (0 = all).", ge=0)
     seed: int = _f(42, "Seed of the stratified split.")
     language_check: str = _f("warn", "Check each example's declared language with lingua: warn, reject or off.", choices=("warn", "reject", "off"))
-    strict: bool = _f(False, "Exit 1 if any line is rejected (valid lines are still written).")
+    strict: bool = _f(False, "Treat any rejected line as fatal: exit 1 and write nothing.")
     near_duplicate_threshold: float = _f(0.9, "Report pairs of examples at least this similar (0-1) as near-duplicates.", gt=0.0, le=1.0)
 
 

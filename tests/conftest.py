@@ -38,6 +38,17 @@ def run_smm(*overrides: str, cwd: Path | str, env: dict | None = None, timeout: 
     )
 
 
+def compose_config(*overrides: str):
+    """The composed config for ``overrides``, as ``python run.py`` would see it (no run dir)."""
+    from hydra import compose, initialize_config_dir
+
+    from smm.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """The cached tiny Qwen2 (random weights, real Qwen2.5 tokenizer), built on first use."""

@@ -1,0 +1,73 @@
+"""Config groups compose, presets apply, and config mistakes stop in one line before any work."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import REPO, compose_config, run_smm
+
+from smm.chat import ROOT_MODELFILE_GGUF, render_modelfile
+from smm.config import validate
+
+GROUP_OPTIONS = sorted(
+    (group.name, option.stem)
+    for group in (REPO / "conf").iterdir() if group.is_dir()
+    for option in group.glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("group,option", GROUP_OPTIONS)
+def test_every_group_option_composes_and_validates(group: str, option: str):
+    cfg = compose_config(f"{group}={option}")
+    validate(cfg)
+
+
+def test_defaults_are_the_seeds():
+    cfg = compose_config()
+    assert cfg.model.base_model == "Qwen/Qwen2.5-7B-Instruct" and cfg.model.quantization == "4bit"
+    assert cfg.model.max_seq_length == 4096
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout) == (16, 16, 0.0)
+    assert list(cfg.lora.target_modules) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    t = cfg.training
+    assert (t.epochs, t.batch_size, t.gradient_accumulation_steps, t.learning_rate, t.lr_scheduler) == (3, 2, 4, 2e-4, "cosine")
+    assert (cfg.data.train_split, cfg.data.max_samples, list(cfg.data.sources)) == (0.9, 0, ["data/seed", "data/feedback"])
+    assert cfg.data.output_dir == "data/processed"
+    assert (cfg.export.quantization, cfg.export.model_name) == ("q4_k_m", "social-media-marketer")
+    assert cfg.eval.model_path == "output/gguf/social-media-marketer-q4_k_m.gguf"
+
+
+def test_presets():
+    low = compose_config("preset=low_vram_8gb")
+    assert (low.training.batch_size, low.training.gradient_accumulation_steps, low.model.max_seq_length, low.lora.rank) == (1, 8, 2048, 8)
+    cpu = compose_config("preset=cpu")
+    assert cpu.model.quantization == "none" and cpu.training.backend == "hf"
+    # a command-line value still wins over a preset
+    assert compose_config("preset=low_vram_8gb", "lora.rank=4").lora.rank == 4
+
+
+@pytest.mark.parametrize("override,message", [
+    ("lora.rnak=8", "error: lora.rnak: unknown key (did you mean lora.rank?)"),
+    ("lora.rank=abc", "error: lora.rank: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("data.train_split=1.5", "error: data.train_split: 1.5 must be less than 1.0"),
+    ("training.learning_rate=-1e-4", "error: training.learning_rate: -0.0001 must be greater than 0.0"),
+    ("model.quantization=3bit", "error: model.quantization: '3bit' is not one of 4bit, 8bit, none"),
+    ("model=llama", "error: model=llama: no such option (available: qwen2_5_7b_instruct, tiny_qwen2)"),
+    ("stage=deploy", "error: stage: 'deploy' is not one of prepare, train, export, evaluate, feedback, pipeline"),
+])
+def test_config_mistakes_stop_in_one_line(tmp_path: Path, override: str, message: str):
+    result = run_smm(override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert not (tmp_path / "data").exists()  # nothing ran
+
+
+def test_help_lists_groups_and_cfg_job_prints_the_composition(tmp_path: Path):
+    help_text = run_smm("--help", cwd=tmp_path).stdout
+    for group in ("model", "lora", "data", "training", "export", "eval", "feedback", "preset", "logger"):
+        assert f"{group}:" in help_text
+    job = run_smm("stage=train", "lora.rank=8", "--cfg", "job", cwd=tmp_path)
+    assert job.returncode == 0 and "stage: train" in job.stdout and "rank: 8" in job.stdout
+
+
+def test_root_modelfile_is_rendered_from_chat_module():
+    assert (REPO / "Modelfile").read_text(encoding="utf-8") == render_modelfile(ROOT_MODELFILE_GGUF)
