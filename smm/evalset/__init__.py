@@ -1,0 +1,1 @@
+"""The built-in evaluation cases (cases.jsonl) and their loader."""
