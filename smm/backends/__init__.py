@@ -1,0 +1,111 @@
+"""Inference clients for the evaluate stage: one interface over Ollama, OpenAI-compatible servers,
+llama.cpp in-process and transformers.
+
+A backend answers one conversation at a time with :meth:`Backend.generate`; :func:`generate_all`
+runs many cases through it (concurrently for HTTP backends). Every backend uses the same
+:class:`GenerationSettings`. A problem that concerns the whole run (server down, model missing,
+key rejected) raises :class:`~smm.errors.SmmError`; a problem with one answer (timeout after the
+retries, malformed reply, a 4xx/5xx for that prompt) comes back as ``Generation.error`` and is
+scored as a failed case.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+from smm.errors import SmmError
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling and transport settings shared by every backend (from the ``eval`` config group)."""
+
+    temperature: float = 0.2
+    max_tokens: int = 768
+    seed: int = 0
+    timeout_s: float = 120.0
+    retries: int = 2
+
+    @classmethod
+    def from_config(cls, eval_cfg) -> "GenerationSettings":
+        return cls(eval_cfg.temperature, eval_cfg.max_tokens, eval_cfg.seed, eval_cfg.timeout_s, eval_cfg.retries)
+
+
+@dataclass
+class Generation:
+    """One answer (or why there is none), with its timing."""
+
+    text: str | None
+    latency_s: float
+    output_tokens: int | None = None
+    tokens_per_s: float | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens_per_s is None and self.output_tokens and self.latency_s > 0:
+            self.tokens_per_s = self.output_tokens / self.latency_s
+
+
+class Backend(Protocol):
+    label: str
+    """What is evaluated, for reports: ``ollama:social-media-marketer``, ``llama_cpp:model.gguf``."""
+    max_workers: int
+    """Requests it can serve at once (1 for in-process backends)."""
+
+    def generate(self, messages: Messages) -> Generation: ...
+
+    def close(self) -> None: ...
+
+
+def timed(fn: Callable[[], tuple[str, int | None]]) -> Generation:
+    """Run an in-process generation ``fn() -> (text, output_tokens)`` and time it."""
+    start = time.perf_counter()
+    text, tokens = fn()
+    return Generation(text, time.perf_counter() - start, tokens)
+
+
+def generate_all(backend: Backend, conversations: Sequence[Messages], on_done: Callable[[], None] = lambda: None) -> list[Generation]:
+    """Answers to every conversation, in order, with up to ``backend.max_workers`` in flight."""
+    def one(messages: Messages) -> Generation:
+        try:
+            return backend.generate(messages)
+        finally:
+            on_done()
+
+    if backend.max_workers <= 1:
+        return [one(m) for m in conversations]
+    with ThreadPoolExecutor(max_workers=backend.max_workers, thread_name_prefix="smm-eval") as pool:
+        futures = [pool.submit(one, m) for m in conversations]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def make_backend(kind: str, eval_cfg, *, model: str | None = None, model_path: str | None = None,
+                 model_cfg=None) -> Backend:
+    """The backend ``kind`` for ``eval_cfg``; ``model``/``model_path`` override the config's (baselines)."""
+    settings = GenerationSettings.from_config(eval_cfg)
+    if kind == "ollama":
+        from smm.backends.ollama import OllamaBackend
+
+        return OllamaBackend(eval_cfg.url, model or eval_cfg.model, settings, eval_cfg.concurrency)
+    if kind == "openai":
+        from smm.backends.openai_compat import OpenAIBackend
+
+        return OpenAIBackend(eval_cfg.url, model or eval_cfg.model, settings, eval_cfg.concurrency, eval_cfg.api_key_env)
+    if kind == "llama_cpp":
+        from smm.backends.llama_cpp import LlamaCppBackend
+
+        return LlamaCppBackend(model_path or eval_cfg.model_path, settings, eval_cfg.n_ctx)
+    if kind == "hf":
+        from smm.backends.hf import HFBackend
+
+        return HFBackend(eval_cfg.adapter_dir, model_cfg, settings)
+    raise SmmError(f"eval.backend: unknown backend {kind!r} (use ollama, openai, llama_cpp or hf)")

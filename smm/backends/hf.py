@@ -1,0 +1,91 @@
+"""A base model plus a LoRA adapter through transformers + PEFT (one request at a time).
+
+The base is the one the adapter was trained on (``base_model_name_or_path`` in its
+``adapter_config.json``) when that is a local folder, else the config's model (``model.recipe`` or
+``model.base_model`` from the local Hugging Face cache: nothing is downloaded). The tokenizer and
+its chat template come from the adapter folder when the train stage saved them there. On CUDA the
+base loads in ``model.quantization`` (4/8-bit with bitsandbytes) and bfloat16/float16; on CPU in
+float32.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from smm.backends import Generation, GenerationSettings, Messages, timed
+from smm.errors import SmmError
+
+
+def base_model_for(adapter_dir: Path, model_cfg) -> str:
+    """The base model to load under the adapter in ``adapter_dir``."""
+    from smm.tiny_model import resolve_base_model
+
+    recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if recorded and Path(recorded).is_dir():
+        return recorded
+    return resolve_base_model(model_cfg)
+
+
+def _load_kwargs(model_cfg) -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"dtype": torch.float32}
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    kwargs = {"dtype": dtype, "device_map": {"": 0}}
+    if model_cfg.quantization in ("4bit", "8bit"):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+            if model_cfg.quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True)
+        )
+    return kwargs
+
+
+class HFBackend:
+    max_workers = 1
+
+    def __init__(self, adapter_dir: str, model_cfg, settings: GenerationSettings) -> None:
+        adapter = Path(adapter_dir)
+        if not (adapter / "adapter_config.json").is_file():
+            raise SmmError(
+                f"eval.adapter_dir: {adapter_dir} has no adapter_config.json; train first "
+                "(python run.py stage=train) or point eval.adapter_dir at a LoRA adapter folder"
+            )
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        base = base_model_for(adapter, model_cfg)
+        tokenizer_dir = adapter if (adapter / "tokenizer_config.json").is_file() else base
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, **_load_kwargs(model_cfg))
+        except OSError as exc:
+            raise SmmError(f"cannot load the base model {base!r} from local files ({' '.join(str(exc).split())[:200]})") from None
+        self.model = PeftModel.from_pretrained(model, adapter).eval()
+        self.settings = settings
+        self.label = f"hf:{adapter.name}"
+
+    def generate(self, messages: Messages) -> Generation:
+        import torch
+
+        inputs = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(self.model.device)
+        sampling = {"do_sample": True, "temperature": self.settings.temperature} if self.settings.temperature > 0 else {"do_sample": False}
+
+        def run() -> tuple[str, int]:
+            torch.manual_seed(self.settings.seed)
+            with torch.inference_mode():
+                out = self.model.generate(
+                    **inputs, max_new_tokens=self.settings.max_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id, **sampling,
+                )
+            new = out[0, inputs["input_ids"].shape[1]:]
+            return self.tokenizer.decode(new, skip_special_tokens=True), int(new.shape[0])
+
+        return timed(run)
+
+    def close(self) -> None:
+        self.model = None

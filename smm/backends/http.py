@@ -1,0 +1,118 @@
+"""JSON over HTTP for the server backends: timeouts, bounded retries with backoff, one-line errors.
+
+Connection errors, timeouts, HTTP 429 and 5xx are retried ``retries`` times, waiting
+``BACKOFF_S * 2**attempt`` seconds (at most ``MAX_BACKOFF_S``) in between. Anything else comes
+back at once. Secrets never appear in messages: URLs are shown without user info and the
+request headers (which may carry an API key) are never printed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from smm.errors import SmmError
+
+BACKOFF_S = 0.5
+MAX_BACKOFF_S = 8.0
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def redact_url(url: str) -> str:
+    """``url`` without a ``user:password@`` part."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
+    return url
+
+
+class ServerUnreachable(SmmError):
+    """The server could not be connected to, even after the retries."""
+
+
+@dataclass
+class Reply:
+    """An HTTP answer: the status, the parsed JSON body (None if it is not JSON) and the raw text."""
+
+    status: int
+    body: Any
+    text: str
+
+    def error_detail(self) -> str:
+        """The server's own explanation (``{"error": ...}`` of Ollama and OpenAI), else the body."""
+        detail: Any = self.body.get("error") if isinstance(self.body, dict) else None
+        if isinstance(detail, dict):
+            detail = detail.get("message") or detail
+        text = str(detail) if detail else self.text
+        return " ".join(text.split())[:300] or f"HTTP {self.status}"
+
+
+class RequestFailed(Exception):
+    """A request that did not get an answer after the retries (timeout, 5xx): fails one case only."""
+
+
+class JsonClient:
+    """A thread-safe JSON client for one server with a pool of ``connections``."""
+
+    def __init__(self, base_url: str, timeout_s: float, retries: int, connections: int = 4,
+                 headers: dict[str, str] | None = None) -> None:
+        import httpx
+
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per request
+        self.base_url = base_url.rstrip("/")
+        self.shown_url = redact_url(self.base_url)
+        self.retries = retries
+        self._httpx = httpx
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            headers=headers or {},
+            trust_env=False,
+        )
+
+    def request(self, method: str, path: str, payload: Any = None) -> Reply:
+        """Send the request, retrying transient failures; raise ServerUnreachable or RequestFailed."""
+        httpx = self._httpx
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(BACKOFF_S * 2 ** (attempt - 1), MAX_BACKOFF_S))
+            try:
+                response = self._client.request(method, path, json=payload)
+            except httpx.ConnectError as exc:
+                last = f"connection failed ({_short(exc)})"
+                continue
+            except httpx.TimeoutException:
+                last = f"no answer within {self._client.timeout.read:g} s"
+                continue
+            except httpx.TransportError as exc:
+                last = f"connection broke ({_short(exc)})"
+                continue
+            reply = Reply(response.status_code, _json_or_none(response), response.text)
+            if reply.status in RETRY_STATUS:
+                last = f"HTTP {reply.status}: {reply.error_detail()}"
+                continue
+            return reply
+        tries = f"{self.retries + 1} attempt{'s' if self.retries else ''}"
+        if last.startswith("connection failed"):
+            raise ServerUnreachable(f"cannot reach {self.shown_url}: {last} after {tries}")
+        raise RequestFailed(f"{last} ({tries})")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _json_or_none(response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _short(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__

@@ -1,0 +1,169 @@
+"""Evaluation cases: load, validate and select them.
+
+A case file is JSONL, one object per line::
+
+    {"id": "de-post-bakery", "task": "post_generation", "language": "de", "platform": "instagram",
+     "prompt": "Schreib einen Post ...", "min_chars": 80, "max_chars": 600,
+     "expect": {"sentiment": "negative"}}
+
+``id``, ``task``, ``language``, ``platform`` and ``prompt`` are required; ``min_chars`` and
+``max_chars`` bound every published text of the answer (characters, hashtags included where the
+task appends them); ``expect`` holds expected values of top-level answer keys. The system prompt
+is not stored: it comes from the task registry, so a case is asked exactly as the model was trained.
+Every problem is reported as ``file:line: reason``.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from smm.errors import SmmError
+from smm.io import read_jsonl
+from smm.tasks import LANGUAGES, PLATFORMS, TASKS
+
+BUILTIN_CASES = Path(__file__).with_name("cases.jsonl")
+REQUIRED_KEYS = ("id", "task", "language", "platform", "prompt")
+OPTIONAL_KEYS = ("min_chars", "max_chars", "expect")
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One prompt the model is asked, and what its answer must satisfy beyond the task's schema."""
+
+    id: str
+    task: str
+    language: str
+    platform: str
+    prompt: str
+    min_chars: int | None = None
+    max_chars: int | None = None
+    expect: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    """Where the case was read (``file:line``)."""
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation sent to the model: the task's system prompt and the case's prompt."""
+        return [
+            {"role": "system", "content": TASKS[self.task].system_prompt},
+            {"role": "user", "content": self.prompt},
+        ]
+
+
+def _non_empty_str(row: dict, key: str) -> str:
+    value = row[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{key!r} must be a non-empty string")
+    return value
+
+
+def _choice(row: dict, key: str, allowed) -> str:
+    value = row[key]
+    if value not in allowed:
+        raise ValueError(f"{key} {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _bound(row: dict, key: str) -> int | None:
+    value = row.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key!r} must be a whole number >= 0")
+    return value
+
+
+def _expect(row: dict, task: str) -> dict[str, Any]:
+    expect = row.get("expect")
+    if expect is None:
+        return {}
+    if not isinstance(expect, dict) or not expect:
+        raise ValueError("'expect' must be an object of answer keys and their expected values")
+    properties = TASKS[task].schema["properties"]
+    for key, value in expect.items():
+        if key not in properties:
+            raise ValueError(f"expect: {key!r} is not a key of a {task} answer (keys: {', '.join(properties)})")
+        error = next(Draft202012Validator(properties[key]).iter_errors(value), None)
+        if error is not None:
+            raise ValueError(f"expect: {key}={value!r} can never be a valid answer ({error.message})")
+    return expect
+
+
+def parse_case(row: Any, source: str = "") -> EvalCase:
+    """Validate one parsed JSONL row; ``ValueError`` with the reason if it is not a valid case."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in row]
+    if missing:
+        raise ValueError(f"missing key(s): {', '.join(missing)}")
+    unknown = sorted(set(row) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s): {', '.join(unknown)} (allowed: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)})")
+    case_id = _non_empty_str(row, "id")
+    task = _choice(row, "task", tuple(TASKS))
+    min_chars, max_chars = _bound(row, "min_chars"), _bound(row, "max_chars")
+    if min_chars is not None and max_chars is not None and min_chars > max_chars:
+        raise ValueError(f"min_chars {min_chars} is larger than max_chars {max_chars}")
+    return EvalCase(
+        id=case_id.strip(),
+        task=task,
+        language=_choice(row, "language", tuple(LANGUAGES)),
+        platform=_choice(row, "platform", PLATFORMS),
+        prompt=_non_empty_str(row, "prompt"),
+        min_chars=min_chars,
+        max_chars=max_chars,
+        expect=_expect(row, task),
+        source=source,
+    )
+
+
+def load_cases(path: str | os.PathLike) -> list[EvalCase]:
+    """Every case of a JSONL file; ``SmmError("file:line: reason")`` at the first bad line."""
+    if not Path(path).is_file():
+        raise SmmError(f"{path}: test file not found")
+    cases = []
+    for line in read_jsonl(path):
+        if line.error:
+            raise SmmError(f"{line.where}: {line.error}")
+        try:
+            cases.append(parse_case(line.value, line.where))
+        except ValueError as exc:
+            raise SmmError(f"{line.where}: {exc}") from None
+    if not cases:
+        raise SmmError(f"{path}: no test cases in the file")
+    return cases
+
+
+def _check_unique(cases: list[EvalCase]) -> None:
+    seen: dict[str, EvalCase] = {}
+    for case in cases:
+        if case.id in seen:
+            raise SmmError(f"{case.source}: duplicate case id {case.id!r} (first at {seen[case.id].source})")
+        seen[case.id] = case
+
+
+def spread_over_tasks(cases: list[EvalCase], limit: int) -> list[EvalCase]:
+    """At most ``limit`` cases taken round-robin over the tasks, so a small limit still covers them all."""
+    by_task: dict[str, list[EvalCase]] = {}
+    for case in cases:
+        by_task.setdefault(case.task, []).append(case)
+    interleaved = [c for group in itertools.zip_longest(*by_task.values()) for c in group if c is not None]
+    chosen = {c.id for c in interleaved[:limit]}
+    return [c for c in cases if c.id in chosen]
+
+
+def select_cases(test_file: str | None = None, test_mode: str = "add", max_cases: int = 0,
+                 builtin: str | os.PathLike = BUILTIN_CASES) -> list[EvalCase]:
+    """The cases to run: the built-in set, plus (``add``) or instead of it (``replace``) the user's file,
+    cut to ``max_cases`` (0 = all) spread over the tasks. Case ids must be unique."""
+    if test_mode == "replace" and not test_file:
+        raise SmmError("eval.test_mode=replace needs eval.test_file (a JSONL file of your own cases)")
+    cases = [] if test_mode == "replace" else load_cases(builtin)
+    if test_file:
+        cases += load_cases(test_file)
+    _check_unique(cases)
+    return spread_over_tasks(cases, max_cases) if max_cases else cases

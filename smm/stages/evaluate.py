@@ -1,0 +1,223 @@
+"""stage=evaluate: ask the shipped model every test case, check the answers, write a report.
+
+1. Cases: the built-in set (smm/evalset/cases.jsonl), plus or instead of ``eval.test_file``.
+2. Answers from ``eval.backend``: ollama | openai | llama_cpp | hf (smm/backends), concurrently
+   for the HTTP backends.
+3. Checks from the task registry (smm/checks.py); score = mean weighted pass rate.
+4. Optional baseline (``eval.baseline``: a model on the same server, a .gguf or a report.json),
+   judged by the same checks on the same cases; ``eval.gate_min_delta`` turns the score delta into
+   the exit code (3 = gate failed).
+5. ``<eval.output_dir>/<timestamp>/``: report.json, report.md, report.html, manifest.json — written
+   to a temporary folder that is renamed into place only when complete.
+
+Returns the score (0-1) for sweeps.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from smm.backends import Backend, generate_all, make_backend
+from smm.backends.http import redact_url
+from smm.config import to_plain
+from smm.errors import ConfigError, GateFailed, SmmError
+from smm.evalset.loader import BUILTIN_CASES, EvalCase, select_cases
+from smm.io import write_json, write_manifest, write_text
+from smm.report import build_report, make_record, recheck, render_markdown, signed
+
+log = logging.getLogger(__name__)
+HTTP_BACKENDS = ("ollama", "openai")
+
+
+def describe_model(kind: str, e: DictConfig, *, model: str | None = None, model_path: str | None = None) -> dict[str, Any]:
+    """What is evaluated, for the report (no secrets: URLs without user info)."""
+    if kind in HTTP_BACKENDS:
+        return {"backend": kind, "model": model or e.model, "url": redact_url(e.url)}
+    if kind == "llama_cpp":
+        return {"backend": kind, "model_path": model_path or e.model_path}
+    return {"backend": kind, "adapter_dir": e.adapter_dir}
+
+
+def evaluate(backend: Backend, cases: list[EvalCase], title: str) -> list[dict]:
+    """Every case's record, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as progress:
+        task = progress.add_task(title, total=len(cases))
+        generations = generate_all(backend, [c.messages() for c in cases], lambda: progress.advance(task))
+    return [make_record(case, g) for case, g in zip(cases, generations)]
+
+
+def _run_backend(make: Callable[[], Backend], cases: list[EvalCase], title: str) -> tuple[str, list[dict]]:
+    backend = make()
+    try:
+        return backend.label, evaluate(backend, cases, f"{title} {backend.label}")
+    finally:
+        backend.close()
+
+
+@dataclass
+class BaselinePlan:
+    """How to get the baseline's records, checked before the (long) evaluation of the model."""
+
+    source: str
+    model: dict[str, Any]
+    records: list[dict] | None = None
+    make: Callable[[], Backend] | None = None
+
+
+def plan_baseline(cfg: DictConfig, cases: list[EvalCase]) -> BaselinePlan | None:
+    e = cfg.eval
+    spec = e.baseline
+    if not spec:
+        if e.gate_min_delta is not None:
+            raise ConfigError("eval.gate_min_delta needs eval.baseline (a model name, a .gguf or a report.json)")
+        return None
+    if spec.endswith(".json"):
+        return _baseline_from_report(Path(spec), cases)
+    if spec.endswith(".gguf"):
+        if not Path(spec).is_file():
+            raise SmmError(f"eval.baseline: {spec} not found")
+        return BaselinePlan("gguf", describe_model("llama_cpp", e, model_path=spec),
+                            make=lambda: make_backend("llama_cpp", e, model_path=spec))
+    if e.backend not in HTTP_BACKENDS:
+        raise ConfigError(
+            f"eval.baseline={spec!r}: a model name needs eval.backend=ollama or openai; "
+            "with llama_cpp or hf give a .gguf file or a report.json"
+        )
+    make_backend(e.backend, e, model=spec).close()  # fail now if the server does not have it
+    return BaselinePlan("model on the same server", describe_model(e.backend, e, model=spec),
+                        make=lambda: make_backend(e.backend, e, model=spec))
+
+
+def _baseline_from_report(path: Path, cases: list[EvalCase]) -> BaselinePlan:
+    import json
+
+    if not path.is_file():
+        raise SmmError(f"eval.baseline: {path} not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SmmError(f"eval.baseline: {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), list) or not isinstance(data.get("model"), dict):
+        raise SmmError(f"eval.baseline: {path} is not an smm evaluation report (no 'model' and 'cases')")
+    records = recheck(cases, data["cases"])
+    if not records:
+        raise SmmError(f"eval.baseline: {path} has none of this run's case ids")
+    return BaselinePlan(f"report {path}", {**data["model"], "report": str(path)}, records=records)
+
+
+def _new_run_dir(root: Path) -> Path:
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    target, n = root / stamp, 1
+    while target.exists():
+        n += 1
+        target = root / f"{stamp}-{n}"
+    return target
+
+
+def write_reports(report: dict, cfg: DictConfig, inputs: list[str]) -> Path:
+    """Write report.json/.md/.html and manifest.json into a new timestamped folder, atomically."""
+    from smm.report_html import render_html
+
+    root = Path(cfg.eval.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".eval-", suffix=".partial", dir=root))
+    try:
+        write_json(staging / "report.json", report)
+        write_text(staging / "report.md", render_markdown(report))
+        write_text(staging / "report.html", render_html(report))
+        config = to_plain(cfg)
+        config["eval"]["url"] = redact_url(config["eval"]["url"])
+        comparison, gate = report["comparison"] or {}, report["gate"] or {}
+        metrics = {"score": report["score"], "n_cases": report["summary"]["n_cases"],
+                   "baseline_score": comparison.get("baseline_score"), "delta": comparison.get("delta"),
+                   "gate_passed": gate.get("passed")}
+        write_manifest(staging, "evaluate", config, inputs=inputs, metrics=metrics, model=report["model"])
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; give it the usual permissions
+        target = _new_run_dir(root)
+        staging.rename(target)
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def print_summary(report: dict, run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s, comparison = report["summary"], report["comparison"]
+    table = Table()
+    table.add_column("check")
+    table.add_column("pass rate", justify="right")
+    table.add_column("passed", justify="right")
+    if comparison:
+        table.add_column("baseline", justify="right")
+        table.add_column("delta", justify="right")
+    for name, c in s["checks"].items():
+        if not c["applicable"]:
+            continue
+        row = [name, f"{c['rate'] * 100:.0f}%", f"{c['passed']}/{c['applicable']}"]
+        if comparison:
+            d = comparison["checks"][name]
+            row += ["–" if d["baseline_rate"] is None else f"{d['baseline_rate'] * 100:.0f}%", signed(d["delta"])]
+        table.add_row(*row)
+    table.add_section()
+    row = ["[b]score[/b]", f"[b]{report['score']:.3f}[/b]", ""]
+    if comparison:
+        row += [f"{comparison['baseline_score']:.3f}", f"[b]{comparison['delta']:+.3f}[/b]"]
+    table.add_row(*row)
+    console = Console()
+    console.print(f"[b]Evaluation of {report['model']['label']}[/b] on {s['n_cases']} cases")
+    console.print(table)
+    latency = s["latency_s"]
+    timing = f"latency p50 {latency['p50']:.2f} s, p95 {latency['p95']:.2f} s; " if latency["p50"] is not None else ""
+    console.print(f"{timing}"
+                  f"reply formats: {', '.join(f'{k} {v}' for k, v in sorted(s['formats'].items()))}")
+    if report["gate"]:
+        g = report["gate"]
+        console.print(f"Gate (delta ≥ {g['min_delta']:+.3f}): " + ("[green]passed[/green]" if g["passed"] else "[red]FAILED[/red]"))
+    console.print(f"Report: {run_dir / 'report.html'}")
+
+
+def run(cfg: DictConfig) -> float:
+    e = cfg.eval
+    cases = select_cases(e.test_file, e.test_mode, e.max_cases)
+    inputs = ([] if e.test_mode == "replace" else [str(BUILTIN_CASES)]) + ([e.test_file] if e.test_file else [])
+    baseline_plan = plan_baseline(cfg, cases)
+    log.info("Evaluating %d cases with eval.backend=%s", len(cases), e.backend)
+
+    label, records = _run_backend(lambda: make_backend(e.backend, e, model_cfg=cfg.model), cases, "Evaluating")
+    baseline = None
+    if baseline_plan is not None:
+        records_b, label_b = baseline_plan.records, baseline_plan.model.get("label")
+        if records_b is None:
+            label_b, records_b = _run_backend(baseline_plan.make, cases, "Baseline")
+        baseline = {"model": {**baseline_plan.model, "label": label_b}, "source": baseline_plan.source, "records": records_b}
+
+    report = build_report(
+        model={**describe_model(e.backend, e), "label": label},
+        settings={k: e[k] for k in ("temperature", "max_tokens", "seed", "timeout_s", "retries", "concurrency")},
+        records=records, case_files=inputs, baseline=baseline, gate_min_delta=e.gate_min_delta,
+    )
+    run_dir = write_reports(report, cfg, inputs)
+    print_summary(report, run_dir)
+    gate = report["gate"]
+    if gate and not gate["passed"]:
+        raise GateFailed(
+            f"gate failed: score {report['comparison']['score']:.3f} vs baseline "
+            f"{report['comparison']['baseline_score']:.3f}, delta {gate['delta']:+.3f} < eval.gate_min_delta "
+            f"{gate['min_delta']:+.3f} (report: {run_dir / 'report.html'})"
+        )
+    return float(report["score"])
