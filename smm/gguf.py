@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import mmap
 import os
 import re
+import struct
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -34,7 +36,15 @@ QUANTIZER_FTYPES = {  # export.quantization → llama_cpp's LLAMA_FTYPE_* consta
     "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
 }
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+# Approximate bits per weight of each output type, for disk-space estimates (llama.cpp's figures for
+# 7B-class models, rounded up).
+BITS_PER_WEIGHT = {"q4_k_m": 5.0, "q5_k_m": 5.8, "q6_k": 6.7, "q8_0": 8.6, "f16": 16.0, "bf16": 16.0}
 _QUANT_PROGRESS = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
+
+
+def estimated_size(parameters: int, quantization: str) -> int:
+    """Expected size in bytes of a GGUF of ``parameters`` weights in ``quantization``."""
+    return int(parameters * BITS_PER_WEIGHT[quantization] / 8)
 
 
 @contextlib.contextmanager
@@ -68,8 +78,9 @@ def _quiet(logger_names: tuple[str, ...], level: int = logging.ERROR) -> Iterato
             lg.setLevel(lvl)
 
 
-def convert_to_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str = INTERMEDIATE_TYPE) -> Path:
-    """Convert the Hugging Face model in ``model_dir`` to a GGUF file ``out`` of type f16 or bf16.
+def convert_to_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str = INTERMEDIATE_TYPE, name: str | None = None) -> Path:
+    """Convert the Hugging Face model in ``model_dir`` to a GGUF file ``out`` of type f16 or bf16,
+    named ``name`` in its metadata (default: the folder's name).
 
     Calls the converter as a library (the same calls its command line makes), lazily, so peak
     memory stays near one tensor at a time. Tokenizer, chat template and special-token ids come
@@ -82,6 +93,7 @@ def convert_to_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, outtyp
     from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
 
     model_dir, out = Path(model_dir), Path(out)
+    name = name or model_dir.name
     ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
     with _staged(out) as tmp, _quiet(("hf-to-gguf", "gguf.gguf_writer", "gguf.vocab", "metadata")):
         try:
@@ -89,7 +101,7 @@ def convert_to_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, outtyp
                 hparams = ModelBase.load_hparams(model_dir, False)
                 architecture = get_model_architecture(hparams, ModelType.TEXT)
                 model_class = get_model_class(architecture, mmproj=False)
-                converter = model_class(model_dir, ftype, tmp, hparams=hparams, model_name=out.stem)
+                converter = model_class(model_dir, ftype, tmp, hparams=hparams, model_name=name)
                 converter.write()
         except NotImplementedError as exc:
             raise SmmError(f"converting {model_dir} to GGUF: llama.cpp's converter does not support it ({exc})") from None
@@ -166,33 +178,139 @@ class GGUFInfo:
     eos_token: str | None
     padding_token_id: int | None
     vocab_size: int
-    extra: dict = field(default_factory=dict)
+    name: str | None = None
+
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_KEEP_ARRAYS = ("tokenizer.ggml.tokens",)  # other arrays (scores, merges...) are skipped, not decoded
+
+
+class _Cursor:
+    """Reads GGUF's little-endian header fields from a memory map."""
+
+    def __init__(self, buf) -> None:
+        self.buf, self.pos = buf, 0
+
+    def scalar(self, fmt: str):
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> bytes:
+        n = self.scalar("<Q")
+        self.pos += n
+        return self.buf[self.pos - n:self.pos]
+
+    def value(self, vtype: int, keep: bool = True):
+        """The next value of type ``vtype``; with ``keep=False`` arrays are skipped (their length returned)."""
+        if vtype == _STRING:
+            raw = self.string()
+            return raw.decode("utf-8", "replace") if keep else None
+        if vtype == _ARRAY:
+            item_type, count = self.scalar("<I"), self.scalar("<Q")
+            if not keep and item_type in _SCALARS:
+                self.pos += count * struct.calcsize(_SCALARS[item_type])
+                return count
+            items = [self.value(item_type, keep) for _ in range(count)]
+            return items if keep else count
+        if vtype not in _SCALARS:
+            raise ValueError(f"unknown GGUF value type {vtype}")
+        return self.scalar(_SCALARS[vtype])
 
 
 def read_metadata(path: str | os.PathLike) -> GGUFInfo:
-    """Read ``path``'s header: architecture, tensor count and types, chat template, eos token."""
-    from gguf import GGUFReader
+    """Read ``path``'s header: architecture, tensor count and types, chat template, eos token.
+
+    A small reader of the GGUF header (format version 2 and 3) instead of ``gguf.GGUFReader``,
+    which parses every vocabulary entry into numpy objects and takes ~25 s for Qwen's 152k tokens.
+    """
+    from gguf import GGMLQuantizationType
 
     try:
-        reader = GGUFReader(path)
-    except Exception as exc:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            cur = _Cursor(buf)
+            if buf[:4] != b"GGUF" or cur.scalar("<4x I") not in (2, 3):
+                raise ValueError("bad magic or unsupported version")
+            n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
+            fields = {}
+            for _ in range(n_kv):
+                key = cur.string().decode("utf-8")
+                vtype = cur.scalar("<I")
+                fields[key] = cur.value(vtype, keep=vtype != _ARRAY or key in _KEEP_ARRAYS)
+            types = Counter()
+            for _ in range(n_tensors):
+                cur.string()
+                n_dims = cur.scalar("<I")
+                cur.pos += 8 * n_dims
+                types[GGMLQuantizationType(cur.scalar("<I")).name] += 1
+                cur.pos += 8
+    except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
         raise SmmError(f"{path}: not a readable GGUF file ({exc})") from None
 
-    def value(key: str):
-        fld = reader.fields.get(key)
-        return None if fld is None else fld.contents()
-
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    eos_id = value("tokenizer.ggml.eos_token_id")
+    tokens = fields.get("tokenizer.ggml.tokens") or []
+    eos_id = fields.get("tokenizer.ggml.eos_token_id")
     return GGUFInfo(
-        architecture=value("general.architecture"),
-        file_type=value("general.file_type"),
-        tensor_count=len(reader.tensors),
-        tensor_types=dict(Counter(t.tensor_type.name for t in reader.tensors)),
-        chat_template=value("tokenizer.chat_template"),
+        architecture=fields.get("general.architecture"),
+        file_type=fields.get("general.file_type"),
+        tensor_count=n_tensors,
+        tensor_types=dict(types),
+        chat_template=fields.get("tokenizer.chat_template"),
         eos_token_id=eos_id,
-        eos_token=tokens.contents(eos_id) if tokens is not None and eos_id is not None else None,
-        padding_token_id=value("tokenizer.ggml.padding_token_id"),
-        vocab_size=len(tokens.data) if tokens is not None else 0,
-        extra={"name": value("general.name")},
+        eos_token=tokens[eos_id] if eos_id is not None and eos_id < len(tokens) else None,
+        padding_token_id=fields.get("tokenizer.ggml.padding_token_id"),
+        vocab_size=len(tokens),
+        name=fields.get("general.name"),
     )
+
+
+SMOKE_PROMPT = "Write a one-line Instagram caption for a small bakery's new croissant."
+
+
+def smoke_test(path: str | os.PathLike, max_tokens: int = 16) -> dict:
+    """Load the GGUF with llama.cpp and generate from a ChatML prompt.
+
+    Checks that the prompt's special tokens are single tokens, that generation yields tokens and
+    ends on end-of-generation or the token limit, and that forcing ``<|im_end|>`` ends the turn
+    (the stop that keeps Ollama from generating forever). SmmError on a failed check.
+    """
+    import time
+
+    from llama_cpp import Llama
+
+    from smm.chat import IM_END, IM_START, render
+
+    started = time.perf_counter()
+    try:
+        llm = Llama(str(path), n_ctx=512, n_threads=min(8, os.cpu_count() or 1), seed=0, verbose=False)
+    except Exception as exc:
+        raise SmmError(f"smoke test: llama.cpp could not load {path} ({exc})") from None
+    eos = llm.token_eos()
+    eos_text = llm.detokenize([eos], special=True).decode("utf-8", "replace")
+    if eos_text != IM_END:
+        raise SmmError(f"smoke test: {path} ends a turn with {eos_text!r}, not {IM_END!r}; generation would not stop")
+    prompt = render([{"role": "user", "content": SMOKE_PROMPT}], add_generation_prompt=True)
+    tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    im_start = llm.tokenize(IM_START.encode(), add_bos=False, special=True)
+    if len(im_start) != 1 or tokens.count(im_start[0]) != prompt.count(IM_START):
+        raise SmmError(f"smoke test: {path}'s tokenizer splits {IM_START!r} into pieces; the chat format would break")
+
+    out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, seed=0)
+    choice, usage = out["choices"][0], out["usage"]
+    if usage["completion_tokens"] < 1 and choice["finish_reason"] != "stop":
+        raise SmmError(f"smoke test: {path} generated nothing")
+    if choice["finish_reason"] not in ("stop", "length") or usage["completion_tokens"] > max_tokens:
+        raise SmmError(f"smoke test: {path} did not stop (finish_reason {choice['finish_reason']!r})")
+    forced = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, logit_bias={eos: 100.0})
+    if forced["choices"][0]["finish_reason"] != "stop" or forced["usage"]["completion_tokens"] != 0:
+        raise SmmError(f"smoke test: generation from {path} does not end on {IM_END!r}")
+    return {
+        "passed": True,
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "finish_reason": choice["finish_reason"],
+        "stopped_on": "eos" if choice["finish_reason"] == "stop" else "token_limit",
+        "text": choice["text"],
+        "ends_on_im_end": True,
+        "seconds": round(time.perf_counter() - started, 2),
+    }

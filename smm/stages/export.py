@@ -1,0 +1,159 @@
+"""``stage=export``: LoRA adapter → merged 16-bit model → GGUF → quantized GGUF + Modelfile → Ollama.
+
+Steps, each logged with its time and peak RAM:
+
+1. check     the adapter, the base model it belongs to, that they fit, and free disk space
+2. merge     the adapter into the base loaded in 16-bit (reused when inputs are unchanged)
+3. convert   the merged folder to an f16 GGUF with llama.cpp's converter (offline)
+4. quantize  to ``export.quantization`` with llama.cpp's quantizer (skipped for f16/bf16)
+5. verify    the GGUF's chat template and end-of-turn token, then the llama.cpp smoke test
+6. publish   ``{model_name}-{quantization}.gguf``, its ``Modelfile`` and ``manifest.json``
+7. register  ``ollama create`` (``export.register=true``)
+
+Which base model: the one named in the adapter's ``adapter_config.json``, unless the config names
+another one explicitly: ``model.recipe`` set (``model=tiny_qwen2``), or ``model.base_model``
+different from its default (``Qwen/Qwen2.5-7B-Instruct``).
+
+Everything is built in a hidden folder inside ``export.output_dir`` and moved into place only
+after all checks pass; a failure leaves the previous export untouched and no partial files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from smm.chat import CHAT_TEMPLATE, IM_END, render_modelfile
+from smm.config import ModelConfig, to_plain
+from smm.errors import SmmError
+from smm.io import sha256_file, write_manifest, write_text
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DEFAULT_BASE = next(f.default for f in dataclasses.fields(ModelConfig) if f.name == "base_model")
+
+
+def choose_base(model_cfg: DictConfig, adapter_base: str | None) -> tuple[str, str]:
+    """The base model to merge into and why: ``(name_or_path, source)``."""
+    from smm.tiny_model import resolve_base_model
+
+    if model_cfg.recipe:
+        return resolve_base_model(model_cfg), f"model.recipe={model_cfg.recipe}"
+    if model_cfg.base_model != DEFAULT_BASE or not adapter_base:
+        return model_cfg.base_model, "model.base_model"
+    return adapter_base, "the adapter's adapter_config.json"
+
+
+def gguf_filename(model_name: str, quantization: str) -> str:
+    if not MODEL_NAME.match(model_name):
+        raise SmmError(f"export.model_name: {model_name!r} must be letters, digits, '.', '_' or '-' (it names the Ollama model and the file)")
+    return f"{model_name}-{quantization}.gguf"
+
+
+def run(cfg: DictConfig) -> float:
+    """Export the adapter; returns the GGUF's size in GB."""
+    from smm import gguf, merge
+    from smm.diskspace import require_free_space
+    from smm.ollama_register import register
+    from smm.steps import Steps
+
+    ex = cfg.export
+    quant = ex.quantization
+    output_dir, merged_dir = Path(ex.output_dir), Path(ex.merged_dir)
+    filename = gguf_filename(ex.model_name, quant)
+    steps = Steps(total=7)
+
+    with steps.step("check", "Checking the adapter, the base model and free disk space") as rec:
+        adapter = merge.read_adapter(ex.adapter_dir)
+        base_name, base_source = choose_base(cfg.model, adapter.base)
+        if adapter.base and base_source != "the adapter's adapter_config.json" and Path(adapter.base).expanduser() != Path(base_name):
+            log.warning("The adapter was trained on %s; merging it into %s (from %s)", adapter.base, base_name, base_source)
+        base_dir = merge.locate_base(base_name)
+        parameters = merge.check_fits(adapter, base_dir, base_name)
+        inputs = merge.fingerprint(adapter, base_dir, merge.merged_dtype(base_dir))
+        reuse = not ex.force and merge.merged_is_current(merged_dir, inputs)
+        if not reuse:
+            merge.check_replaceable(merged_dir)
+        sixteen_bit = parameters * 2
+        needs = [("f16 GGUF", output_dir, sixteen_bit)]
+        if quant not in gguf.CONVERTER_TYPES:
+            needs.append((f"{quant} GGUF", output_dir, gguf.estimated_size(parameters, quant)))
+        if not reuse:
+            needs.append(("merged model", merged_dir, sixteen_bit))
+        require_free_space(needs, reclaimable={} if reuse else {str(merged_dir): merge.folder_size(merged_dir)})
+        rec.update(base_model=base_name, base_source=base_source, parameters=parameters)
+        log.info("Base model %s (%s, %.2f B parameters)", base_name, base_source, parameters / 1e9)
+
+    if reuse:
+        steps.skip("merge", f"{merged_dir} is up to date; export.force=true redoes it")
+    else:
+        with steps.step("merge", f"Merging {adapter.path} into {base_name} ({inputs['dtype']}) → {merged_dir}"):
+            merge.merge_adapter(adapter, base_dir, merged_dir, inputs)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{filename}.", suffix=".partial", dir=output_dir))
+    try:
+        built = staging / filename
+        if quant in gguf.CONVERTER_TYPES:
+            with steps.step("convert", f"Converting to a {quant} GGUF with llama.cpp's converter"):
+                gguf.convert_to_gguf(merged_dir, built, quant, name=ex.model_name)
+            steps.skip("quantize", f"{quant} needs no quantization")
+        else:
+            intermediate = staging / f"{gguf.INTERMEDIATE_TYPE}.gguf"
+            with steps.step("convert", f"Converting to an {gguf.INTERMEDIATE_TYPE} GGUF with llama.cpp's converter"):
+                gguf.convert_to_gguf(merged_dir, intermediate, gguf.INTERMEDIATE_TYPE, name=ex.model_name)
+            with steps.step("quantize", f"Quantizing to {quant} with llama.cpp's quantizer"):
+                gguf.quantize_gguf(intermediate, built, quant)
+            intermediate.unlink()
+
+        with steps.step("verify", "Checking the GGUF's chat template and end-of-turn token" + (", smoke test with llama.cpp" if ex.smoke_test else "")):
+            info = gguf.read_metadata(built)
+            if info.chat_template != CHAT_TEMPLATE:
+                raise SmmError(f"{merged_dir}: the GGUF's chat template differs from smm's ChatML template (tokenizer files in the merged model were changed?)")
+            if info.eos_token != IM_END:
+                raise SmmError(f"{merged_dir}: the GGUF's end-of-sequence token is {info.eos_token!r}, not {IM_END!r}")
+            smoke = gguf.smoke_test(built) if ex.smoke_test else {"skipped": "export.smoke_test=false"}
+
+        with steps.step("publish", f"Writing {output_dir / filename}, its Modelfile and manifest.json"):
+            target = output_dir / filename
+            os.replace(built, target)
+            modelfile = output_dir / "Modelfile"
+            write_text(modelfile, render_modelfile(f"./{filename}", model_name=ex.model_name))
+            size = target.stat().st_size
+            gguf_record = {
+                "file": filename,
+                "size_bytes": size,
+                "quantization": quant,
+                "tensor_count": info.tensor_count,
+                "tensor_types": info.tensor_types,
+                "sha256": sha256_file(target),
+                "chat_template_sha256": hashlib.sha256(info.chat_template.encode()).hexdigest(),
+                "eos_token": info.eos_token,
+            }
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    manifest_args = dict(
+        config=to_plain(cfg), inputs=adapter.files,
+        metrics={"gguf_size_bytes": size, "tensor_count": info.tensor_count, "smoke_test_passed": smoke.get("passed")},
+        gguf=gguf_record, smoke_test=smoke, modelfile=str(modelfile),
+        merged={"dir": str(merged_dir), "reused": reuse, "base_model": base_name, "base_source": base_source},
+    )
+    write_manifest(output_dir, "export", steps=steps.records, **manifest_args)
+
+    if ex.register:
+        with steps.step("register", f"Registering {ex.model_name} with Ollama"):
+            registration = register(ex.model_name, modelfile)
+        write_manifest(output_dir, "export", steps=steps.records, register=registration, **manifest_args)
+    else:
+        steps.skip("register", f"export.register=false; to register: ollama create {ex.model_name} -f {modelfile}")
+    log.info("Exported %s (%.1f MB, %s, %d tensors); Modelfile: %s", target, size / 1e6, quant, info.tensor_count, modelfile)
+    return size / 1e9
