@@ -154,6 +154,7 @@ class FeedbackConfig:
     limit: int = _f(0, "Export at most this many ratings (0 = all).", ge=0)
     batch_size: int = _f(5000, "Rows fetched per round trip from the server-side cursor.", ge=1)
     scrub_pii: bool = _f(True, "Replace e-mail addresses, phone numbers and private @handles with placeholders.")
+    keep_handles: list = _f([], "@handles kept when scrubbing (your brands, public accounts); every other @handle counts as a private person's.")
     tables: FeedbackTables = field(default_factory=FeedbackTables, metadata={"help": "Table names."})
     columns: FeedbackColumns = field(default_factory=FeedbackColumns, metadata={"help": "Column names."})
 

@@ -1,0 +1,77 @@
+"""Talk to the app's PostgreSQL: connect read-only, check the schema, turn driver errors into one line.
+
+Every message names the database by its masked URL (``postgresql://user:***@host:5432/db``) and
+passes through :func:`smm.secrets.redact`, because libpq's own texts can quote the connection
+string.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Iterator
+
+from smm.errors import SmmError
+from smm.feedback.sql import FEEDBACK_COLUMNS, GENERATION_COLUMNS, table_identifier
+from smm.secrets import mask_url, redact
+
+CONNECT_TIMEOUT_S = 10
+_LIBPQ_PREFIX = re.compile(r'^(connection to server (at|on) .*? failed: |could not connect to server: )', re.S)
+_SEVERITY = re.compile(r"^(FATAL|ERROR):\s+")
+
+
+def reason(exc: BaseException, url: str) -> str:
+    """The first line of a driver error, without secrets, libpq's prefix or severity."""
+    text = redact(str(exc).strip() or type(exc).__name__, url)
+    text = _SEVERITY.sub("", _LIBPQ_PREFIX.sub("", text))
+    first = next((line.strip() for line in text.splitlines() if line.strip()), text)
+    return _SEVERITY.sub("", first)
+
+
+@contextlib.contextmanager
+def read_only_session(url: str) -> Iterator:
+    """A connection in one read-only REPEATABLE READ transaction (one consistent snapshot).
+
+    Any database error inside the block becomes an SmmError naming the masked URL.
+    """
+    import psycopg2
+    from psycopg2.extensions import parse_dsn
+
+    masked = mask_url(url)
+    try:
+        parse_dsn(url)
+    except psycopg2.Error:
+        raise SmmError(f"the database URL {masked} is not valid: expected "
+                       "postgresql://user:password@host:5432/dbname (set DATABASE_URL)") from None
+    try:
+        conn = psycopg2.connect(url, connect_timeout=CONNECT_TIMEOUT_S, application_name="smm-feedback")
+    except psycopg2.Error as exc:
+        raise SmmError(f"cannot connect to {masked}: {reason(exc, url)} "
+                       "(is the server running and DATABASE_URL right?)") from None
+    try:
+        conn.set_session(readonly=True, isolation_level="REPEATABLE READ")
+        yield conn
+    except psycopg2.Error as exc:
+        raise SmmError(f"{masked}: {reason(exc, url)}") from None
+    finally:
+        with contextlib.suppress(psycopg2.Error):
+            conn.close()
+
+
+def check_schema(conn, url: str, tables, columns) -> None:
+    """Raise one SmmError naming the first configured table or column the database lacks."""
+    for key, column_keys in (("generations", GENERATION_COLUMNS), ("feedback", FEEDBACK_COLUMNS)):
+        name = tables[key]
+        quoted = table_identifier(name).as_string(conn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s)::oid", (quoted,))
+            oid = cur.fetchone()[0]
+            if oid is None:
+                raise SmmError(f'{mask_url(url)}: table "{name}" not found (set feedback.tables.{key}; '
+                               "expected tables: smm/feedback/schema.sql)")
+            cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
+                        "ORDER BY attnum", (oid,))
+            present = [row[0] for row in cur.fetchall()]
+        for column_key in column_keys:
+            if columns[column_key] not in present:
+                raise SmmError(f'{mask_url(url)}: table "{name}" has no column "{columns[column_key]}" '
+                               f"(set feedback.columns.{column_key}; its columns: {', '.join(present)})")

@@ -1,0 +1,219 @@
+"""One export: new ratings → appended SFT and DPO files → advanced state (``export_feedback``).
+
+Steps, all inside one read-only snapshot of the database:
+
+1. the window: ratings after the state's mark (all with ``full``), from ``since`` on, at most
+   ``limit`` of them; its last rating is the cutoff that becomes the next mark;
+2. generations rated in the window that earlier exports already covered (their old lines are
+   dropped: the latest rating wins, across exports too);
+3. each generation's latest rating in the window, streamed through a server-side cursor in
+   batches of ``batch_size`` → SFT examples and DPO pairs of edits;
+4. thumbs-down answers paired with approved answers to the same prompt → DPO pairs;
+5. both files renamed into place, then the state saved. An interruption before that leaves the
+   previous files and state as they were.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from smm.errors import ConfigError
+from smm.feedback import sql
+from smm.feedback.db import check_schema, read_only_session
+from smm.feedback.mapping import Mapper, Skip, iso, map_pair, map_rating
+from smm.feedback.output import DPO_FILE, SFT_FILE, open_outputs
+from smm.feedback.pii import Scrubber
+from smm.feedback.state import FileState, State, load, prefix_matches, save
+from smm.secrets import mask_url
+
+log = logging.getLogger(__name__)
+MAX_IDS = 1000  # ids kept per skip reason (the count is always exact)
+
+
+@dataclass
+class Reasons:
+    """Ids counted per reason (the first MAX_IDS ids and one detail kept per reason)."""
+
+    counts: Counter = field(default_factory=Counter)
+    ids: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+    detail: dict[str, str] = field(default_factory=dict)
+
+    def add(self, reason: str, row_id: Any, detail: str = "") -> None:
+        self.counts[reason] += 1
+        if len(self.ids[reason]) < MAX_IDS:
+            self.ids[reason].append(row_id)
+        if detail and reason not in self.detail:
+            self.detail[reason] = f"id {row_id}: {detail}"
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, dict]:
+        return {r: {"count": n, "ids": self.ids[r], "example": self.detail.get(r)} for r, n in self.counts.most_common()}
+
+
+@dataclass
+class ExportResult:
+    full: bool = False
+    in_window: int = 0
+    """Ratings in the window, superseded ones included."""
+    latest: Counter = field(default_factory=Counter)
+    """Latest ratings read, by rating."""
+    sft_by: Counter = field(default_factory=Counter)
+    """SFT examples by (\"rating\"|\"task\"|\"language\", value)."""
+    dpo_by: Counter = field(default_factory=Counter)
+    """DPO pairs by (\"pair\"|\"task\"|\"language\", value)."""
+    skipped: Reasons = field(default_factory=Reasons)
+    """Rating rows that gave nothing, by reason (feedback ids)."""
+    no_pair: Reasons = field(default_factory=Reasons)
+    """EDITED ratings without a DPO pair and thumbs-down pairs dropped, by reason (feedback ids)."""
+    dropped: int = 0
+    """Lines of earlier exports removed because their generation was rated again."""
+    mark: tuple | None = None
+    files: dict[str, FileState] = field(default_factory=dict)
+
+    @property
+    def sft(self) -> int:
+        return sum(n for (kind, _), n in self.sft_by.items() if kind == "task")
+
+    @property
+    def dpo(self) -> int:
+        return sum(n for (kind, _), n in self.dpo_by.items() if kind == "task")
+
+    @property
+    def skipped_total(self) -> int:
+        return self.skipped.total
+
+    def count(self, counter: Counter, example: dict, kind: str) -> None:
+        counter[(kind, example.get("rating") or example.get("pair"))] += 1
+        counter[("task", example["task"])] += 1
+        counter[("language", example["language"])] += 1
+
+
+def parse_since(value: str | None) -> datetime | None:
+    """``feedback.since`` as a datetime (ISO date or timestamp; a trailing Z means UTC)."""
+    if value in (None, ""):
+        return None
+    text = str(value).strip()
+    try:
+        return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        raise ConfigError(f"feedback.since: {value!r} is not an ISO date or timestamp "
+                          "(e.g. 2025-01-31 or 2025-01-31T12:00:00+00:00)") from None
+
+
+def _start_state(cfg, state_path: Path, out_dir: Path) -> tuple[State, bool]:
+    """The state to continue from and whether this export is a full one."""
+    if cfg.full:
+        return State(), True
+    state = load(state_path)
+    if state.mark is None:
+        return state, True
+    for name in (SFT_FILE, DPO_FILE):
+        if not prefix_matches(out_dir / name, state.files.get(name, FileState())):
+            log.warning("%s is not what the last export wrote (changed or deleted): exporting everything again",
+                        out_dir / name)
+            return State(), True
+    return state, False
+
+
+def export_feedback(cfg, url: str, progress: bool = True) -> ExportResult:
+    """Run one export with the ``feedback`` config group ``cfg`` from the database at ``url``."""
+    out_dir, state_path = Path(cfg.output_dir), Path(cfg.state_file)
+    since = parse_since(cfg.since)
+    state, full = _start_state(cfg, state_path, out_dir)
+    source = f"{mask_url(url)} {cfg.tables.feedback}"
+    if not full and state.source and state.source != source:
+        log.warning("the export state %s was written for %s, not %s; set feedback.full=true if this is "
+                    "another database", state_path, state.source, source)
+    names = sql.Names.from_config(cfg.tables, cfg.columns)
+    mapper = Mapper(Scrubber(cfg.keep_handles) if cfg.scrub_pii else None)
+    result = ExportResult(full=full)
+    flags = {"since": since is not None, "after_mark": not full}
+    params = {"since": since, "mark_at": state.mark[0] if state.mark else None,
+              "mark_id": state.mark[1] if state.mark else None, "offset": cfg.limit - 1}
+
+    with read_only_session(url) as conn:
+        check_schema(conn, url, cfg.tables, cfg.columns)
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL jit = off; SET LOCAL cursor_tuple_fraction = 1.0")
+            cur.execute(sql.cutoff_query(names, limit=cfg.limit > 0, **flags), params)
+            cutoff = cur.fetchone()
+            if cutoff is None and cfg.limit > 0:
+                cur.execute(sql.cutoff_query(names, limit=False, **flags), params)
+                cutoff = cur.fetchone()
+            if cutoff is None and not full:
+                log.info("no new feedback since %s (id %s)", *state.mark)
+                result.mark, result.files = state.mark, state.files
+                return result
+            drop: set = set()
+            if cutoff is not None:
+                params.update(cut_at=cutoff[0], cut_id=cutoff[1])
+                cur.execute(sql.count_query(names, **flags), params)
+                result.in_window = cur.fetchone()[0]
+                if not full:
+                    cur.execute(sql.rerated_query(names, since=flags["since"]), params)
+                    drop = {row[0] for row in cur.fetchall()}
+        with open_outputs(out_dir, None if full else state.files, drop) as outputs:
+            if cutoff is not None:
+                _write_ratings(conn, names, flags, params, cfg.batch_size, mapper, outputs, result, progress)
+                _write_pairs(conn, names, flags, params, cfg.batch_size, mapper, outputs, result)
+        result.dropped = sum(o.dropped for o in outputs.values())
+    result.files = {name: o.state() for name, o in outputs.items()}
+    result.mark = (iso(cutoff[0]), cutoff[1]) if cutoff else None
+    save(state_path, State(mark=result.mark, files=result.files, source=source))
+    return result
+
+
+def _stream(conn, name: str, query, params: dict, batch_size: int):
+    """Rows of ``query`` from a server-side cursor, ``batch_size`` per round trip, as lists."""
+    with conn.cursor(name=name) as cur:
+        cur.itersize = batch_size
+        cur.execute(query, params)
+        while rows := cur.fetchmany(batch_size):
+            yield rows
+
+
+def _write_ratings(conn, names, flags, params, batch_size, mapper, outputs, result, progress) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    sft, dpo = outputs[SFT_FILE], outputs[DPO_FILE]
+    columns = (TextColumn("feedback"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("export", total=result.in_window)
+        for rows in _stream(conn, "smm_feedback_ratings", sql.ratings_query(names, **flags), params, batch_size):
+            for row in rows:
+                try:
+                    examples = map_rating(mapper, row)
+                except Skip as skip:
+                    result.skipped.add(skip.reason, row[0], skip.detail)
+                    continue
+                result.latest[examples.rating] += 1
+                if examples.sft is not None:
+                    sft.write(examples.sft)
+                    result.count(result.sft_by, examples.sft, "rating")
+                if examples.dpo is not None:
+                    dpo.write(examples.dpo)
+                    result.count(result.dpo_by, examples.dpo, "pair")
+                if examples.no_pair:
+                    result.no_pair.add(examples.no_pair, row[0])
+            bar.advance(task, len(rows))
+        bar.update(task, completed=result.in_window)
+
+
+def _write_pairs(conn, names, flags, params, batch_size, mapper, outputs, result) -> None:
+    dpo = outputs[DPO_FILE]
+    for rows in _stream(conn, "smm_feedback_pairs", sql.pairs_query(names, **flags), params, batch_size):
+        for row in rows:
+            try:
+                pair = map_pair(mapper, row)
+            except Skip as skip:
+                result.no_pair.add(skip.reason, row[0], skip.detail)
+                continue
+            dpo.write(pair)
+            result.count(result.dpo_by, pair, "pair")

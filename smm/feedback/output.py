@@ -1,0 +1,72 @@
+"""Append examples to the JSONL outputs atomically.
+
+Each file is rebuilt in a temp file beside it: the previous export's lines (minus those of
+re-rated generations) and then the new ones; both temp files replace their targets only when
+everything was written. Sizes, hashes and line counts of what was written go to the state.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import orjson
+
+from smm.feedback.state import FileState
+from smm.io import atomic_writer
+
+SFT_FILE = "feedback_sft.jsonl"
+DPO_FILE = "feedback_dpo.jsonl"
+# Fields of an output line that name the generations it came from.
+GENERATION_FIELDS = ("generation_id", "chosen_generation_id", "rejected_generation_id")
+
+
+class JsonlOutput:
+    """One output file being written: counts and hashes every byte."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.digest = hashlib.sha256()
+        self.bytes = self.lines = self.new = self.dropped = 0
+
+    def _put(self, data: bytes) -> None:
+        self.fh.write(data)
+        self.digest.update(data)
+        self.bytes += len(data)
+        self.lines += data.count(b"\n")
+
+    def write(self, example: dict[str, Any]) -> None:
+        self._put(orjson.dumps(example, default=str, option=orjson.OPT_APPEND_NEWLINE))
+        self.new += 1
+
+    def keep_previous(self, path: Path, size: int, drop: set) -> None:
+        """Copy the first ``size`` bytes of ``path`` (the last export's lines), except lines about ``drop``."""
+        with open(path, "rb") if size else contextlib.nullcontext() as src:
+            left = size
+            while left > 0:
+                chunk = src.readline() if drop else src.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                chunk = chunk[:left]
+                left -= len(chunk)
+                if drop and any(orjson.loads(chunk).get(f) in drop for f in GENERATION_FIELDS):
+                    self.dropped += 1
+                else:
+                    self._put(chunk)
+
+    def state(self) -> FileState:
+        return FileState(bytes=self.bytes, sha256=self.digest.hexdigest(), lines=self.lines)
+
+
+@contextlib.contextmanager
+def open_outputs(directory: Path, previous: dict[str, FileState] | None, drop: set) -> Iterator[dict[str, JsonlOutput]]:
+    """Both outputs, seeded with ``previous`` content (None = start empty); renamed into place on success."""
+    with contextlib.ExitStack() as stack:
+        outputs = {}
+        for name in (SFT_FILE, DPO_FILE):
+            output = JsonlOutput(stack.enter_context(atomic_writer(directory / name, "wb")))
+            if previous is not None:
+                output.keep_previous(directory / name, previous.get(name, FileState()).bytes, drop)
+            outputs[name] = output
+        yield outputs

@@ -1,0 +1,59 @@
+"""Keep secrets out of messages: mask connection URLs and scrub passwords from error texts.
+
+``mask_url("postgresql://app:s3cret@db:5432/social")`` → ``postgresql://app:***@db:5432/social``.
+``redact(text, url)`` removes every form of the URL and its password from a text (for example a
+driver's error message) before anything prints, logs or stores it.
+"""
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote
+
+MASK = "***"
+_SECRET_PARAMS = frozenset({"password", "pass", "passwd", "pwd", "secret", "token", "api_key", "apikey"})
+# key=value connection strings (libpq "host=db password=x") and URL query parameters
+_KEYWORD_SECRET = re.compile(
+    r"(?i)\b(" + "|".join(sorted(_SECRET_PARAMS)) + r")(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)"
+)
+
+
+def mask_url(url: str | None) -> str:
+    """The URL with its password (in the user part or the query) replaced by ``***``.
+
+    Works for ``scheme://user:password@host:port/db?…`` URLs (even with unescaped ``/`` or ``@``
+    in the password) and libpq ``key=value`` strings.
+    """
+    if not url:
+        return "<no database URL>"
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        userinfo, at, hostpart = rest.rpartition("@")
+        if at:
+            user, colon, _password = userinfo.partition(":")
+            rest = f"{user}:{MASK}@{hostpart}" if colon else f"{user}@{hostpart}"
+        url = f"{scheme}{sep}{rest}"
+    return _KEYWORD_SECRET.sub(lambda m: f"{m[1]}{m[2]}{MASK}", url)
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The password(s) of a URL, raw, decoded and percent-encoded, longest first."""
+    if not url:
+        return []
+    found = {m[3].strip("'") for m in _KEYWORD_SECRET.finditer(url)}
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    if ":" in userinfo:
+        found.add(userinfo.partition(":")[2])
+    for secret in list(found):
+        found.update({unquote(secret), quote(unquote(secret), safe="")})
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def redact(text: str, *urls: str | None) -> str:
+    """``text`` with each URL replaced by its masked form and every password in it by ``***``."""
+    for url in urls:
+        if not url:
+            continue
+        text = text.replace(url, mask_url(url))
+        for secret in url_secrets(url):
+            text = text.replace(secret, MASK)
+    return text
