@@ -36,5 +36,5 @@ def register(model_name: str, modelfile: Path, timeout_s: float = 1800) -> dict:
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines()
         detail = lines[-1] if lines else f"exit code {result.returncode}"
-        raise SmmError(f"ollama create failed: {detail} (is `ollama serve` running?); the GGUF and Modelfile are in {modelfile.parent}, retry with: {shown}")
+        raise SmmError(f"ollama create failed: {detail}; the GGUF and Modelfile are in {modelfile.parent}: start Ollama (ollama serve) and run: {shown}")
     return {"registered": True, "command": shown}
