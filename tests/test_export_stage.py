@@ -156,3 +156,18 @@ def test_register_failure_is_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(SmmError, match=r"^ollama create failed: Error: could not connect to ollama app, is it running\?; .*start Ollama \(ollama serve\) and run: ollama create m -f "):
         register("m", modelfile)
     assert ollama.calls()[0]["args"] == ["create", "m", "-f", str(modelfile)]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ((), "/nonexistent/base-from-adapter"),
+    (("model.base_model=Qwen/Qwen2.5-7B-Instruct",), "Qwen/Qwen2.5-7B-Instruct"),
+])
+def test_base_comes_from_adapter_unless_given_on_the_command_line(tiny_adapter, tmp_path, extra, expected):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter, adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "/nonexistent/base-from-adapter"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    result = run_smm("stage=export", f"export.adapter_dir={adapter}", *extra, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: base model '{expected}' not found: not a local folder and not in the Hugging Face cache")

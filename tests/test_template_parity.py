@@ -171,16 +171,21 @@ def test_exported_artifacts_carry_the_one_template(renderers):
     assert _modelfile(renderers, "system") == [DEFAULT_SYSTEM_PROMPT]
 
 
-@pytest.mark.parametrize("name", WITH_SYSTEM)
-def test_matches_llama_cpp_official_qwen25_template(renderers, tmp_path, name):
+@pytest.fixture(scope="module")
+def official_qwen25(tmp_path_factory):
+    """llama.cpp's copy of Qwen2.5-7B-Instruct's own chat template, rendered as llama-cpp-python does."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     from smm.tiny_model import extract_from_sdist
 
-    official = extract_from_sdist("models/templates/Qwen-Qwen2.5-7B-Instruct.jinja", tmp_path / "qwen25.jinja")
-    formatter = Jinja2ChatFormatter(template=official.read_text(encoding="utf-8"), eos_token=IM_END, bos_token="")
+    path = extract_from_sdist("models/templates/Qwen-Qwen2.5-7B-Instruct.jinja", tmp_path_factory.mktemp("qwen") / "qwen25.jinja")
+    return Jinja2ChatFormatter(template=path.read_text(encoding="utf-8"), eos_token=IM_END, bos_token="")
+
+
+@pytest.mark.parametrize("name", WITH_SYSTEM)
+def test_matches_llama_cpp_official_qwen25_template(renderers, official_qwen25, name):
     messages = CONVERSATIONS[name]
-    assert formatter(messages=messages).prompt == _hf(renderers, messages, add_generation_prompt=True)
+    assert official_qwen25(messages=messages).prompt == _hf(renderers, messages, add_generation_prompt=True)
 
 
 # ---- the Ollama re-implementation itself, against expectations written out by hand

@@ -10,9 +10,9 @@ Steps, each logged with its time and peak RAM:
 6. publish   ``{model_name}-{quantization}.gguf``, its ``Modelfile`` and ``manifest.json``
 7. register  ``ollama create`` (``export.register=true``)
 
-Which base model: the one named in the adapter's ``adapter_config.json``, unless the config names
-another one explicitly: ``model.recipe`` set (``model=tiny_qwen2``), or ``model.base_model``
-different from its default (``Qwen/Qwen2.5-7B-Instruct``).
+Which base model: the one named in the adapter's ``adapter_config.json``, unless the user names one:
+``model.recipe`` set (``model=tiny_qwen2``), ``model.base_model`` different from its default
+(``Qwen/Qwen2.5-7B-Instruct``), or ``model.base_model=``/``model=`` given on the command line.
 
 Everything is built in a hidden folder inside ``export.output_dir`` and moved into place only
 after all checks pass; a failure leaves the previous export untouched and no partial files.
@@ -41,13 +41,27 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DEFAULT_BASE = next(f.default for f in dataclasses.fields(ModelConfig) if f.name == "base_model")
 
 
+def base_overridden(model_cfg: DictConfig) -> bool:
+    """Whether the user chose the base model: ``model.base_model`` differs from its default, or the
+    command line sets ``model.base_model=`` or ``model=`` (read from Hydra when it is running)."""
+    if model_cfg.base_model != DEFAULT_BASE:
+        return True
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # not inside a Hydra run (tests, scripts)
+        return False
+    return any(o.lstrip("+~").split("=", 1)[0] in ("model", "model.base_model") for o in overrides)
+
+
 def choose_base(model_cfg: DictConfig, adapter_base: str | None) -> tuple[str, str]:
     """The base model to merge into and why: ``(name_or_path, source)``."""
     from smm.tiny_model import resolve_base_model
 
     if model_cfg.recipe:
         return resolve_base_model(model_cfg), f"model.recipe={model_cfg.recipe}"
-    if model_cfg.base_model != DEFAULT_BASE or not adapter_base:
+    if not adapter_base or base_overridden(model_cfg):
         return model_cfg.base_model, "model.base_model"
     return adapter_base, "the adapter's adapter_config.json"
 
