@@ -122,7 +122,7 @@ def export(work: Path) -> None:
         _save(work, state)
 
     if "check" not in done:
-        with steps.step("check", "Checking the adapter against the base model") as rec:
+        with steps.step("check", "Checking the adapter against the base model"):
             adapter = merge.read_adapter(work / "lora_adapter")
             parameters = merge.check_fits(adapter, merge.locate_base(str(base_dir)), "base")
             state["inputs"] = merge.fingerprint(adapter, base_dir, merge.merged_dtype(base_dir))

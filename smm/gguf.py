@@ -24,8 +24,6 @@ from typing import Iterator
 
 from smm.errors import SmmError
 
-log = logging.getLogger(__name__)
-
 # Types the converter writes itself; every other one is made from an f16 GGUF by the quantizer.
 CONVERTER_TYPES = ("f16", "bf16")
 INTERMEDIATE_TYPE = "f16"

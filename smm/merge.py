@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -20,8 +19,6 @@ from pathlib import Path
 from smm.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END
 from smm.errors import SmmError
 from smm.io import sha256_file, write_json
-
-log = logging.getLogger(__name__)
 
 MERGE_RECIPE = 1  # bump when the merged folder's layout or content changes
 RECORD = "merge.json"
