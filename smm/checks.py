@@ -106,6 +106,9 @@ def _owner(task: Task, error: ValidationError) -> str:
 
 def _describe(error: ValidationError) -> str:
     where = error.json_path.removeprefix("$.") if error.absolute_path else "answer"
+    if error.validator == "minItems" and isinstance(error.instance, list):
+        n = len(error.instance)
+        return f"{where}: {n} item{'' if n == 1 else 's'}, at least {error.validator_value} needed"
     return f"{where}: {error.message}"[:300]
 
 

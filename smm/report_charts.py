@@ -14,11 +14,11 @@ from smm.checks import NA, PASS
 GREEN, RED, GREY, BLUE, ORANGE = "#1a9850", "#d73027", "#e6e6e6", "#3b6fb6", "#e08a2c"
 
 
-def _svg(fig) -> str:
+def _svg(fig, tight: bool = True) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    fig.savefig(buffer, format="svg", bbox_inches="tight" if tight else None)
     plt.close(fig)
     text = buffer.getvalue()
     return text[text.index("<svg"):]  # drop the XML prolog and doctype for inlining
@@ -30,7 +30,7 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "svg.fonttype": "path"})
+    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "svg.fonttype": "none"})
     return plt
 
 
@@ -53,9 +53,13 @@ def heatmap(records: Sequence[dict], checks: Sequence[str], tasks: Sequence[str]
                 grid[i, j] = sum(s == PASS for s in statuses) / len(statuses)
         grid[i, -1] = sum(r["score"] for r in group) / len(group)
 
-    cmap = LinearSegmentedColormap.from_list("pass", [RED, "#fee08b", GREEN])
-    cmap.set_bad(GREY)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.78 * len(columns), 0.9 + 0.3 * len(rows)))
+    cmap = LinearSegmentedColormap.from_list("pass", [RED, "#fee08b", GREEN]).with_extremes(bad=GREY)
+    labels = [f"{t}  ·  {l.upper()}  (n={n})" for (t, l), n in zip(rows, counts)]
+    # A fixed layout (inches): much faster to save than bbox_inches="tight" on a figure this busy.
+    left, top, bottom, right, cell_w, cell_h = 0.3 + 0.068 * max(map(len, labels)), 0.75, 0.1, 0.2, 0.72, 0.28
+    width, height = left + cell_w * len(columns) + right, top + cell_h * len(rows) + bottom
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((left / width, bottom / height, cell_w * len(columns) / width, cell_h * len(rows) / height))
     ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
     for i in range(len(rows)):
         for j in range(len(columns)):
@@ -65,7 +69,7 @@ def heatmap(records: Sequence[dict], checks: Sequence[str], tasks: Sequence[str]
             ax.text(j, i, label, ha="center", va="center", fontsize=7.5, color=color)
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="left")
     ax.xaxis.tick_top()
-    ax.set_yticks(range(len(rows)), [f"{t}  ·  {l.upper()}  (n={n})" for (t, l), n in zip(rows, counts)])
+    ax.set_yticks(range(len(rows)), labels)
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
@@ -73,8 +77,7 @@ def heatmap(records: Sequence[dict], checks: Sequence[str], tasks: Sequence[str]
     for i in range(1, len(rows)):
         if rows[i][0] != rows[i - 1][0]:
             ax.axhline(i - 0.5, color="white", linewidth=3)
-    ax.set_title("Pass rate (%) per check, task and language", loc="left", pad=42, fontsize=10)
-    return _svg(fig)
+    return _svg(fig, tight=False)
 
 
 def check_bars(rates: dict[str, float | None], baseline: dict[str, float | None] | None = None,

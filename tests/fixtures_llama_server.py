@@ -5,6 +5,7 @@ is shown if it does not come up.
 """
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -48,7 +49,8 @@ def llama_server(tiny_gguf, tmp_path_factory) -> Iterator[LlamaServer]:
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_gguf), "--model_alias", MODEL_ALIAS,
-             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "False"],
+             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1),
+             "--verbose", "False"],
             stdout=out, stderr=subprocess.STDOUT,
         )
     try:

@@ -17,13 +17,33 @@ from smm.errors import SmmError
 
 
 def base_model_for(adapter_dir: Path, model_cfg) -> str:
-    """The base model to load under the adapter in ``adapter_dir``."""
+    """The local folder of the base model to load under the adapter in ``adapter_dir``."""
     from smm.tiny_model import resolve_base_model
 
     recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if recorded and Path(recorded).is_dir():
         return recorded
-    return resolve_base_model(model_cfg)
+    return local_snapshot(resolve_base_model(model_cfg))
+
+
+def local_snapshot(name: str) -> str:
+    """``name`` itself if it is a folder, else its snapshot folder in the local Hugging Face cache.
+
+    Loading by folder keeps transformers off the network (given a hub name it looks up files
+    online even with ``local_files_only``, retrying for half a minute when offline).
+    """
+    if Path(name).is_dir():
+        return name
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except (LocalEntryNotFoundError, ValueError):
+        raise SmmError(
+            f"base model {name!r} is neither a local folder nor in the local Hugging Face cache "
+            "(nothing is downloaded here); set model.base_model to a local folder"
+        ) from None
 
 
 def _load_kwargs(model_cfg) -> dict:
@@ -62,7 +82,7 @@ class HFBackend:
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, **_load_kwargs(model_cfg))
         except OSError as exc:
-            raise SmmError(f"cannot load the base model {base!r} from local files ({' '.join(str(exc).split())[:200]})") from None
+            raise SmmError(f"cannot load the base model from {base} ({' '.join(str(exc).split())[:200]})") from None
         self.model = PeftModel.from_pretrained(model, adapter).eval()
         self.settings = settings
         self.label = f"hf:{adapter.name}"
