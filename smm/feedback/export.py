@@ -24,7 +24,7 @@ from typing import Any
 from smm.errors import ConfigError
 from smm.feedback import sql
 from smm.feedback.db import check_schema, read_only_session
-from smm.feedback.mapping import Mapper, Skip, iso, map_pair, map_rating
+from smm.feedback.mapping import Mapper, Skip, map_pair, map_rating
 from smm.feedback.output import DPO_FILE, SFT_FILE, open_outputs
 from smm.feedback.pii import Scrubber
 from smm.feedback.state import FileState, State, load, prefix_matches, save
@@ -63,11 +63,9 @@ class ExportResult:
     in_window: int = 0
     """Ratings in the window, superseded ones included."""
     latest: Counter = field(default_factory=Counter)
-    """Latest ratings read, by rating."""
-    sft_by: Counter = field(default_factory=Counter)
-    """SFT examples by (\"rating\"|\"task\"|\"language\", value)."""
-    dpo_by: Counter = field(default_factory=Counter)
-    """DPO pairs by (\"pair\"|\"task\"|\"language\", value)."""
+    """Latest ratings read (one per generation), by rating."""
+    made: Counter = field(default_factory=Counter)
+    """New examples by (``sft``|``dpo``, rating or pair kind, task, language)."""
     skipped: Reasons = field(default_factory=Reasons)
     """Rating rows that gave nothing, by reason (feedback ids)."""
     no_pair: Reasons = field(default_factory=Reasons)
@@ -77,22 +75,24 @@ class ExportResult:
     mark: tuple | None = None
     files: dict[str, FileState] = field(default_factory=dict)
 
+    def add(self, output: str, example: dict) -> None:
+        self.made[(output, example.get("rating") or example["pair"], example["task"], example["language"])] += 1
+
+    def by(self, output: str, position: int) -> Counter:
+        """New ``output`` examples counted by label (1), task (2) or language (3)."""
+        counts: Counter = Counter()
+        for key, n in self.made.items():
+            if key[0] == output:
+                counts[key[position]] += n
+        return counts
+
     @property
     def sft(self) -> int:
-        return sum(n for (kind, _), n in self.sft_by.items() if kind == "task")
+        return sum(n for key, n in self.made.items() if key[0] == "sft")
 
     @property
     def dpo(self) -> int:
-        return sum(n for (kind, _), n in self.dpo_by.items() if kind == "task")
-
-    @property
-    def skipped_total(self) -> int:
-        return self.skipped.total
-
-    def count(self, counter: Counter, example: dict, kind: str) -> None:
-        counter[(kind, example.get("rating") or example.get("pair"))] += 1
-        counter[("task", example["task"])] += 1
-        counter[("language", example["language"])] += 1
+        return sum(n for key, n in self.made.items() if key[0] == "dpo")
 
 
 def parse_since(value: str | None) -> datetime | None:
@@ -136,12 +136,15 @@ def export_feedback(cfg, url: str, progress: bool = True) -> ExportResult:
     result = ExportResult(full=full)
     flags = {"since": since is not None, "after_mark": not full}
     params = {"since": since, "mark_at": state.mark[0] if state.mark else None,
-              "mark_id": state.mark[1] if state.mark else None, "offset": cfg.limit - 1}
+              "mark_id": state.mark[1] if state.mark else None, "offset": cfg.limit - 1,
+              "registry_prompts": sql.registry_prompts()}
 
     with read_only_session(url) as conn:
         check_schema(conn, url, cfg.tables, cfg.columns)
         with conn.cursor() as cur:
-            cur.execute("SET LOCAL jit = off; SET LOCAL cursor_tuple_fraction = 1.0")
+            # UTC text timestamps; the whole result is read, so plan for it (not a fast first row);
+            # JIT compilation costs more than it saves on these queries.
+            cur.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL cursor_tuple_fraction = 1.0; SET LOCAL jit = off")
             cur.execute(sql.cutoff_query(names, limit=cfg.limit > 0, **flags), params)
             cutoff = cur.fetchone()
             if cutoff is None and cfg.limit > 0:
@@ -165,7 +168,7 @@ def export_feedback(cfg, url: str, progress: bool = True) -> ExportResult:
                 _write_pairs(conn, names, flags, params, cfg.batch_size, mapper, outputs, result)
         result.dropped = sum(o.dropped for o in outputs.values())
     result.files = {name: o.state() for name, o in outputs.items()}
-    result.mark = (iso(cutoff[0]), cutoff[1]) if cutoff else None
+    result.mark = (cutoff[0].isoformat(), cutoff[1]) if cutoff else None
     save(state_path, State(mark=result.mark, files=result.files, source=source))
     return result
 
@@ -196,10 +199,10 @@ def _write_ratings(conn, names, flags, params, batch_size, mapper, outputs, resu
                 result.latest[examples.rating] += 1
                 if examples.sft is not None:
                     sft.write(examples.sft)
-                    result.count(result.sft_by, examples.sft, "rating")
+                    result.add("sft", examples.sft)
                 if examples.dpo is not None:
                     dpo.write(examples.dpo)
-                    result.count(result.dpo_by, examples.dpo, "pair")
+                    result.add("dpo", examples.dpo)
                 if examples.no_pair:
                     result.no_pair.add(examples.no_pair, row[0])
             bar.advance(task, len(rows))
@@ -216,4 +219,4 @@ def _write_pairs(conn, names, flags, params, batch_size, mapper, outputs, result
                 result.no_pair.add(skip.reason, row[0], skip.detail)
                 continue
             dpo.write(pair)
-            result.count(result.dpo_by, pair, "pair")
+            result.add("dpo", pair)

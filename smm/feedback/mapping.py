@@ -168,10 +168,6 @@ class Examples(NamedTuple):
     no_pair: str | None = None
 
 
-def iso(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value
-
-
 def map_rating(mapper: Mapper, row: tuple) -> Examples:
     """One row of ``sql.ratings_query`` → its examples; raises Skip for a bad row."""
     (fid, gid, rating, edited, comment, created_at, found, task, language, platform, system, user,
@@ -185,7 +181,7 @@ def map_rating(mapper: Mapper, row: tuple) -> Examples:
             raise Skip(EMPTY_OUTPUT)
         return Examples(rating, prompt)
     provenance = {"rating": rating, "generation_id": gid, "feedback_id": fid, "model_name": model_name,
-                  "rated_at": iso(created_at)}
+                  "rated_at": created_at}
     if rating == THUMBS_UP:
         answer, _ = mapper.answer(prompt.task, output, EMPTY_OUTPUT, INVALID_ANSWER)
         return Examples(rating, prompt, sft=sft_example(prompt, answer, provenance))
@@ -199,20 +195,18 @@ def map_rating(mapper: Mapper, row: tuple) -> Examples:
     pair = dpo_pair(prompt, chosen, rejected, {
         "pair": "edited", "chosen_generation_id": gid, "rejected_generation_id": gid,
         "chosen_feedback_id": fid, "rejected_feedback_id": fid, "model_name": model_name,
-        "comment": mapper.scrub(comment) if comment else None, "rated_at": iso(created_at)})
+        "comment": mapper.scrub(comment) if comment else None, "rated_at": created_at})
     return Examples(rating, prompt, sft=sft, dpo=pair)
 
 
 def map_pair(mapper: Mapper, row: tuple) -> dict:
     """One row of ``sql.pairs_query`` → a DPO pair (thumbs-down answer rejected); raises Skip."""
-    (d_fid, d_gid, d_comment, d_created_at, rejected, a_fid, a_gid, a_rating, a_edited, a_created_at, task,
-     language, platform, system, user, output, model_name) = row
+    (d_fid, d_gid, d_comment, rejected, a_fid, a_gid, a_rating, a_edited, rated_at, task, language, platform,
+     system, user, output, model_name) = row
     prompt = mapper.prompt(task, language, platform, system, user)
     text = a_edited if a_rating == EDITED else output
     _, value = mapper.answer(prompt.task, text, INVALID_CHOSEN, INVALID_CHOSEN)
     return dpo_pair(prompt, canonical(value), mapper.rejected(rejected), {
         "pair": "thumbs_down", "chosen_generation_id": a_gid, "rejected_generation_id": d_gid,
         "chosen_feedback_id": a_fid, "rejected_feedback_id": d_fid, "model_name": model_name,
-        "comment": mapper.scrub(d_comment) if d_comment else None,
-        "rated_at": iso(max(d_created_at, a_created_at))})
-
+        "comment": mapper.scrub(d_comment) if d_comment else None, "rated_at": rated_at})

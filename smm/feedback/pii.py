@@ -25,7 +25,9 @@ _PHONE = re.compile(
     r")(?![\w@])"
 )
 _DATE = re.compile(r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}")
-_NOT_DIGITS = bytes(b for b in range(256) if not 0x30 <= b <= 0x39)
+# Cheap first pass: a run of 7+ digits and separators. Starting with a character class lets the
+# regex engine skip other characters fast; only texts with such a run get the full pattern.
+_PHONE_CANDIDATE = re.compile(r"[+(0-9][0-9 ()./-]{5,}[0-9]")
 _HANDLE = re.compile(r"(?<![\w@.&/#])@([A-Za-z0-9_](?:[A-Za-z0-9_.]{0,28}[A-Za-z0-9_])?)(?![\w@])")
 
 
@@ -52,6 +54,6 @@ class Scrubber:
             text = _EMAIL.sub(EMAIL, text)
             if "@" in text:
                 text = _HANDLE.sub(self._handle, text)
-        if len(text.encode("utf-8", "surrogatepass").translate(None, _NOT_DIGITS)) < 7:  # fast path: too few digits for a phone
+        if _PHONE_CANDIDATE.search(text) is None:
             return text
         return _PHONE.sub(self._phone, text)

@@ -10,11 +10,13 @@ cutoff, the latest wins; older ones are superseded.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from psycopg2 import sql
 
 from smm.feedback import APPROVED, THUMBS_DOWN
+from smm.tasks import TASKS
 
 GENERATION_COLUMNS = ("generation_id", "task", "language", "platform", "system_prompt", "user_input",
                       "model_output", "model_name")
@@ -24,9 +26,21 @@ FEEDBACK_COLUMNS = ("feedback_id", "feedback_generation_id", "rating", "edited_o
 RATING_FIELDS = ("fid", "gid", "rating", "edited", "comment", "created_at", "found", "task", "language",
                  "platform", "system_prompt", "user_input", "model_output", "model_name")
 # Columns of a thumbs-down pair row (see ``pairs_query``), in order.
-PAIR_FIELDS = ("d_fid", "d_gid", "d_comment", "d_created_at", "rejected", "a_fid", "a_gid", "a_rating",
-               "a_edited", "a_created_at", "task", "language", "platform", "system_prompt", "user_input",
-               "model_output", "model_name")
+PAIR_FIELDS = ("d_fid", "d_gid", "d_comment", "rejected", "a_fid", "a_gid", "a_rating", "a_edited",
+               "rated_at", "task", "language", "platform", "system_prompt", "user_input", "model_output",
+               "model_name")
+# Parameters every export query takes besides the window: the registry's system prompts by task.
+# A system prompt equal to its task's comes back as NULL (= the registry's), which saves sending
+# the same few hundred bytes with nearly every row.
+_SYSTEM_PROMPT = ("CASE WHEN {g}.{{system_prompt}} = (%(registry_prompts)s::jsonb ->> {g}.{{task}}::text) "
+                  "THEN NULL ELSE {g}.{{system_prompt}} END")
+# Timestamps as ISO 8601 text (the session runs in UTC), cheaper than datetimes on both ends.
+_ISO = "replace({col}::text, ' ', 'T')"
+
+
+def registry_prompts() -> str:
+    """The ``registry_prompts`` parameter: the task registry's system prompts as a JSON object."""
+    return json.dumps({name: task.system_prompt for name, task in TASKS.items()})
 
 
 def table_identifier(name: str) -> sql.Identifier:
@@ -118,9 +132,9 @@ def ratings_query(names: Names, *, since: bool, after_mark: bool) -> sql.Compose
     """
     latest = _latest(names, since=since, after_mark=after_mark, narrow=False)
     return names.sql(
-        "WITH {latest} SELECT n.fid, n.gid, n.rating, n.edited, n.comment, n.created_at, "
+        "WITH {latest} SELECT n.fid, n.gid, n.rating, n.edited, n.comment, " + _ISO.format(col="n.created_at") + ", "
         "g.{generation_id} IS NOT NULL, g.{task}::text, g.{language}::text, g.{platform}::text, "
-        "g.{system_prompt}, g.{user_input}, g.{model_output}, g.{model_name}::text "
+        + _SYSTEM_PROMPT.format(g="g") + ", g.{user_input}, g.{model_output}, g.{model_name}::text "
         "FROM latest AS n LEFT JOIN {generations} AS g ON g.{generation_id} = n.gid ORDER BY n.gid",
         latest=latest,
     )
@@ -156,9 +170,10 @@ def pairs_query(names: Names, *, since: bool, after_mark: bool) -> sql.Composed:
         "JOIN {generations} AS dg ON dg.{generation_id} = d.gid JOIN {generations} AS ag ON ag.{generation_id} = a.gid "
         "WHERE d.rating = {down} AND a.rating IN {approved} AND (d.is_new OR a.is_new) AND " + _SAME_PROMPT + " "
         "ORDER BY d.fid, a.created_at DESC, a.fid DESC) "
-        "SELECT p.d_fid, p.d_gid, df.{comment}, df.{created_at}, dg.{model_output}, "
-        "p.a_fid, p.a_gid, upper(af.{rating}::text), af.{edited_output}, af.{created_at}, "
-        "ag.{task}::text, ag.{language}::text, ag.{platform}::text, ag.{system_prompt}, ag.{user_input}, "
+        "SELECT p.d_fid, p.d_gid, df.{comment}, dg.{model_output}, "
+        "p.a_fid, p.a_gid, upper(af.{rating}::text), af.{edited_output}, "
+        + _ISO.format(col="greatest(df.{created_at}, af.{created_at})") + ", "
+        "ag.{task}::text, ag.{language}::text, ag.{platform}::text, " + _SYSTEM_PROMPT.format(g="ag") + ", ag.{user_input}, "
         "ag.{model_output}, ag.{model_name}::text "
         "FROM pairs AS p JOIN {feedback} AS df ON df.{feedback_id} = p.d_fid "
         "JOIN {feedback} AS af ON af.{feedback_id} = p.a_fid "

@@ -62,19 +62,20 @@ def _print(result: ExportResult, console: Console) -> None:
     ratings = Table(title=f"Ratings ({result.in_window:,} in this export, latest per generation counted)")
     for column in ("rating", "read", "SFT", "DPO"):
         ratings.add_column(column, justify="left" if column == "rating" else "right")
+    sft_by_rating, dpo_by_pair = result.by("sft", 1), result.by("dpo", 1)
     for rating in sorted(set(result.latest) | {"THUMBS_UP", "EDITED", "THUMBS_DOWN"}):
-        dpo_kind = {"EDITED": "edited", "THUMBS_DOWN": "thumbs_down"}.get(rating)
-        ratings.add_row(rating, f"{result.latest[rating]:,}", f"{result.sft_by[('rating', rating)]:,}",
-                        f"{result.dpo_by[('pair', dpo_kind)]:,}" if dpo_kind else "-")
+        pair = {"EDITED": "edited", "THUMBS_DOWN": "thumbs_down"}.get(rating)
+        ratings.add_row(rating, f"{result.latest[rating]:,}", f"{sft_by_rating[rating]:,}",
+                        f"{dpo_by_pair[pair]:,}" if pair else "-")
     ratings.add_row("skipped", f"{result.skipped.total:,}", "", "")
     console.print(ratings)
-    for kind in ("task", "language"):
+    for position, kind in ((2, "task"), (3, "language")):
+        sft, dpo = result.by("sft", position), result.by("dpo", position)
         table = Table(title=f"New examples by {kind}")
         for column in (kind, "SFT", "DPO"):
             table.add_column(column, justify="left" if column == kind else "right")
-        values = sorted({v for (k, v) in result.sft_by | result.dpo_by if k == kind})
-        for value in values:
-            table.add_row(value, f"{result.sft_by[(kind, value)]:,}", f"{result.dpo_by[(kind, value)]:,}")
+        for value in sorted(set(sft) | set(dpo)):
+            table.add_row(value, f"{sft[value]:,}", f"{dpo[value]:,}")
         console.print(table)
     for title, reasons in (("skipped", result.skipped), ("no DPO pair", result.no_pair)):
         for reason, info in reasons.as_dict().items():

@@ -1,0 +1,86 @@
+"""Pieces of the feedback stage that need no database: URL masking, PII scrubbing, answer checks."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from smm.feedback.mapping import Mapper, Skip
+from smm.feedback.pii import Scrubber
+from smm.secrets import mask_url, redact, url_secrets
+from smm.tasks import TASKS, parse_answer
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql://app:s3cret@db.example.com:5432/social", "postgresql://app:***@db.example.com:5432/social"),
+    ("postgres://app:p%40ss%2Fword@db/social?sslmode=require", "postgres://app:***@db/social?sslmode=require"),
+    ("postgresql://app:pa/ss@w@rd@db:5432/social", "postgresql://app:***@db:5432/social"),
+    ("postgresql://app@db/social?password=s3cret&sslmode=require", "postgresql://app@db/social?password=***&sslmode=require"),
+    ("host=db user=app password=s3cret dbname=social", "host=db user=app password=*** dbname=social"),
+    ("host=db password='s3 cret' dbname=social", "host=db password=*** dbname=social"),
+    ("postgresql://app@db/social", "postgresql://app@db/social"),
+    (None, "<no database URL>"),
+])
+def test_mask_url_hides_every_password_form(url, masked):
+    assert mask_url(url) == masked
+
+
+def test_redact_removes_url_and_password_in_every_encoding():
+    url = "postgresql://app:p%40ss-w0rd@db:5432/social"
+    assert set(url_secrets(url)) == {"p%40ss-w0rd", "p@ss-w0rd"}
+    text = f'could not parse "{url}"; password "p@ss-w0rd" rejected; p%40ss-w0rd'
+    cleaned = redact(text, url)
+    assert "p@ss-w0rd" not in cleaned and "p%40ss-w0rd" not in cleaned
+    assert "postgresql://app:***@db:5432/social" in cleaned
+
+
+SCRUB_CASES = [
+    ("Mail anna.schmidt@example.com today", "Mail [EMAIL] today"),
+    ("Call +49 30 1234567 or +1 (555) 123-4567", "Call [PHONE] or [PHONE]"),
+    ("Tel. 0171 1234567, (030) 123 45 67, 030/1234567", "Tel. [PHONE], [PHONE], [PHONE]"),
+    ("US office 555-123-4567", "US office [PHONE]"),
+    ("Thanks @jane_doe92 and @Luis.Gomez!", "Thanks @user and @user!"),
+    ("Follow @CafeLuna for more", "Follow @CafeLuna for more"),  # kept: listed in keep_handles
+]
+UNTOUCHED = [
+    "Opening 2024-05-01, 01.05.2024 and 12/05/2024 at 09:00 or 18:30",
+    "Now 19,99 € instead of 24.99, 1.000.000 fans, score -0.8, since 2024",
+    "Order #12345678, ticket 123456789, ISBN 978-3-16-148410-0, #sale2024",
+    '{"post": "Fresh bread", "hashtags": ["#bakery"], "score": 0.75}',
+]
+
+
+@pytest.mark.parametrize("text, expected", SCRUB_CASES)
+def test_scrubber_replaces_personal_data(text, expected):
+    assert Scrubber(keep_handles=["@cafeluna"])(text) == expected
+
+
+@pytest.mark.parametrize("text", UNTOUCHED)
+def test_scrubber_leaves_dates_prices_and_numbers_alone(text):
+    assert Scrubber()(text) == text
+
+
+def _answers():
+    """Valid and invalid answers for every task (invalid: a missing key, a wrong type, extra keys, not JSON)."""
+    for name, task in TASKS.items():
+        example = task.example
+        yield name, json.dumps(example)
+        first = next(iter(example))
+        yield name, json.dumps({k: v for k, v in example.items() if k != first})
+        yield name, json.dumps({**example, first: 12345})
+        yield name, json.dumps({**example, "extra": "x"})
+        yield name, json.dumps(example)[:-5]
+        yield name, "[]"
+
+
+@pytest.mark.parametrize("task_name, text", list(_answers()))
+def test_fast_answer_check_agrees_with_the_registry(task_name, text):
+    task = TASKS[task_name]
+    _, errors = parse_answer(task, text)
+    try:
+        Mapper().answer(task, text, "empty", "invalid")
+        accepted = True
+    except Skip as skip:
+        accepted = False
+        assert skip.detail == errors[0]
+    assert accepted == (not errors)
