@@ -8,7 +8,7 @@ import pytest
 from fixtures_eval_data import case_row, write_cases
 
 from smm.errors import SmmError
-from smm.evalset.loader import BUILTIN_CASES, load_cases, select_cases, spread_over_tasks
+from smm.evalset.loader import BUILTIN_CASES, load_cases, select_cases, spread_selection
 from smm.tasks import TASKS
 
 
@@ -88,10 +88,13 @@ def test_duplicate_ids_across_files_name_both_places(tmp_path):
     assert str(err.value) == f"{path}:1: duplicate case id {taken.id!r} (first at {taken.source})"
 
 
-def test_max_cases_spreads_over_the_tasks():
+def test_max_cases_spreads_over_tasks_languages_and_platforms():
     cases = select_cases(max_cases=12)
     assert len(cases) == 12
     assert Counter(c.task for c in cases) == {t: 2 for t in TASKS}
+    assert set(Counter(c.language for c in cases).values()) <= {2, 3} and len({c.language for c in cases}) == 5
+    assert len({c.platform for c in cases}) == 5
     full = select_cases()
     assert [c.id for c in cases] == [c.id for c in full if c.id in {x.id for x in cases}]  # file order kept
-    assert spread_over_tasks(full, 1000) == full
+    assert spread_selection(full, 1000) == full
+    assert {c.task for c in select_cases(max_cases=6)} == set(TASKS)

@@ -6,9 +6,7 @@ without a template falls back to ChatML, Qwen2.5's format, with a warning.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from pathlib import Path
 
 from smm.backends import Generation, GenerationSettings, Messages, timed
@@ -32,8 +30,7 @@ class LlamaCppBackend:
         self.settings = settings
         self.label = f"llama_cpp:{path.name}"
         try:
-            with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-                self.llm = Llama(str(path), n_ctx=n_ctx, seed=settings.seed, verbose=False)
+            self.llm = Llama(str(path), n_ctx=n_ctx, seed=settings.seed, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise SmmError(f"eval.model_path: llama.cpp cannot load {model_path} ({exc}); is it a GGUF file?") from None
         if not self.llm.metadata.get("tokenizer.chat_template"):

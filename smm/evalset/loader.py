@@ -14,8 +14,8 @@ Every problem is reported as ``file:line: reason``.
 """
 from __future__ import annotations
 
-import itertools
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,24 +146,30 @@ def _check_unique(cases: list[EvalCase]) -> None:
         seen[case.id] = case
 
 
-def spread_over_tasks(cases: list[EvalCase], limit: int) -> list[EvalCase]:
-    """At most ``limit`` cases taken round-robin over the tasks, so a small limit still covers them all."""
-    by_task: dict[str, list[EvalCase]] = {}
-    for case in cases:
-        by_task.setdefault(case.task, []).append(case)
-    interleaved = [c for group in itertools.zip_longest(*by_task.values()) for c in group if c is not None]
-    chosen = {c.id for c in interleaved[:limit]}
+def spread_selection(cases: list[EvalCase], limit: int) -> list[EvalCase]:
+    """At most ``limit`` cases, in file order, chosen so that tasks, then languages, then platforms
+    are as evenly covered as the cases allow (a small limit still samples every task)."""
+    if limit >= len(cases):
+        return list(cases)
+    counts: dict[tuple[str, str], int] = Counter()
+    remaining, chosen = list(cases), set()
+    for _ in range(limit):
+        best = min(remaining, key=lambda c: (counts["task", c.task], counts["language", c.language], counts["platform", c.platform]))
+        remaining.remove(best)
+        chosen.add(best.id)
+        for key in ("task", "language", "platform"):
+            counts[key, getattr(best, key)] += 1
     return [c for c in cases if c.id in chosen]
 
 
 def select_cases(test_file: str | None = None, test_mode: str = "add", max_cases: int = 0,
                  builtin: str | os.PathLike = BUILTIN_CASES) -> list[EvalCase]:
     """The cases to run: the built-in set, plus (``add``) or instead of it (``replace``) the user's file,
-    cut to ``max_cases`` (0 = all) spread over the tasks. Case ids must be unique."""
+    cut to ``max_cases`` (0 = all) spread over tasks, languages and platforms. Case ids must be unique."""
     if test_mode == "replace" and not test_file:
         raise SmmError("eval.test_mode=replace needs eval.test_file (a JSONL file of your own cases)")
     cases = [] if test_mode == "replace" else load_cases(builtin)
     if test_file:
         cases += load_cases(test_file)
     _check_unique(cases)
-    return spread_over_tasks(cases, max_cases) if max_cases else cases
+    return spread_selection(cases, max_cases) if max_cases else cases
