@@ -52,7 +52,7 @@ def test_ollama_model_name_with_or_without_tag(stub_server):
     with pytest.raises(SmmError) as err:
         ollama(server, "qwen2.5")
     assert "model 'qwen2.5' is not on the Ollama server" in str(err.value)
-    assert "qwen2.5:7b" in str(err.value) and "ollama list" in str(err.value) and "ollama create qwen2.5" in str(err.value)
+    assert "qwen2.5:7b" in str(err.value) and "ollama list" in str(err.value) and "ollama create qwen2.5 -f output/gguf/Modelfile" in str(err.value)
 
 
 def test_ollama_server_down_is_one_line_with_hint():

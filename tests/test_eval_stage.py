@@ -177,7 +177,9 @@ def test_server_down_from_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,code,message", [
-    (["eval.url={url}", "eval.model=missing"], 1, "model 'missing' is not on the Ollama server"),
+    (["eval.url={url}", "eval.model=missing", "export.output_dir=exp"], 1,
+     "model 'missing' is not on the Ollama server at {url} (it has: social-media-marketer:latest); register it with "
+     "`python run.py stage=export export.register=true` or `ollama create missing -f exp/Modelfile`"),
     (["eval.url={url}", "eval.test_file={bad}"], 1, "{bad}:2: task 'tweet' is not one of"),
     (["eval.url={url}", "eval.test_mode=replace"], 1, "eval.test_mode=replace needs eval.test_file"),
     (["eval.url={url}", "eval.gate_min_delta=0.1"], 2, "eval.gate_min_delta needs eval.baseline"),

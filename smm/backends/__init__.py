@@ -89,13 +89,16 @@ def generate_all(backend: Backend, conversations: Sequence[Messages], on_done: C
 
 
 def make_backend(kind: str, eval_cfg, *, model: str | None = None, model_path: str | None = None,
-                 model_cfg=None) -> Backend:
-    """The backend ``kind`` for ``eval_cfg``; ``model``/``model_path`` override the config's (baselines)."""
+                 model_cfg=None, modelfile: str = "output/gguf/Modelfile") -> Backend:
+    """The backend ``kind`` for ``eval_cfg``; ``model``/``model_path`` override the config's (baselines).
+
+    ``model_cfg`` (the ``model`` group) is needed by ``hf``; ``modelfile`` is named in Ollama's hints.
+    """
     settings = GenerationSettings.from_config(eval_cfg)
     if kind == "ollama":
         from smm.backends.ollama import OllamaBackend
 
-        return OllamaBackend(eval_cfg.url, model or eval_cfg.model, settings, eval_cfg.concurrency)
+        return OllamaBackend(eval_cfg.url, model or eval_cfg.model, settings, eval_cfg.concurrency, modelfile)
     if kind == "openai":
         from smm.backends.openai_compat import OpenAIBackend
 

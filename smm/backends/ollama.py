@@ -21,8 +21,10 @@ def _same_model(wanted: str, name: str) -> bool:
 
 
 class OllamaBackend:
-    def __init__(self, url: str, model: str, settings: GenerationSettings, concurrency: int = 4) -> None:
+    def __init__(self, url: str, model: str, settings: GenerationSettings, concurrency: int = 4,
+                 modelfile: str = "output/gguf/Modelfile") -> None:
         self.model = model
+        self.modelfile = modelfile
         self.settings = settings
         self.max_workers = concurrency
         self.label = f"ollama:{model}"
@@ -37,7 +39,7 @@ class OllamaBackend:
         return SmmError(
             f"model {self.model!r} is not on the Ollama server at {self.client.shown_url}{have}; "
             f"register it with `python run.py stage=export export.register=true` or "
-            f"`ollama create {self.model} -f <Modelfile next to the GGUF>`; `ollama list` shows what is there"
+            f"`ollama create {self.model} -f {self.modelfile}`; `ollama list` shows what is there"
         )
 
     def _check_model(self) -> None:

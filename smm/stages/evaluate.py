@@ -46,6 +46,11 @@ def describe_model(kind: str, e: DictConfig, *, model: str | None = None, model_
     return {"backend": kind, "adapter_dir": e.adapter_dir}
 
 
+def modelfile_of(cfg: DictConfig) -> str:
+    """The export stage's Modelfile (named in the hint when Ollama lacks the model)."""
+    return str(Path(cfg.export.output_dir) / "Modelfile")
+
+
 def evaluate(backend: Backend, cases: list[EvalCase], title: str) -> list[dict]:
     """Every case's record, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -94,9 +99,9 @@ def plan_baseline(cfg: DictConfig, cases: list[EvalCase]) -> BaselinePlan | None
             f"eval.baseline={spec!r}: a model name needs eval.backend=ollama or openai; "
             "with llama_cpp or hf give a .gguf file or a report.json"
         )
-    make_backend(e.backend, e, model=spec).close()  # fail now if the server does not have it
-    return BaselinePlan("model on the same server", describe_model(e.backend, e, model=spec),
-                        make=lambda: make_backend(e.backend, e, model=spec))
+    make = lambda: make_backend(e.backend, e, model=spec, modelfile=modelfile_of(cfg))  # noqa: E731
+    make().close()  # fail now if the server does not have it
+    return BaselinePlan("model on the same server", describe_model(e.backend, e, model=spec), make=make)
 
 
 def _baseline_from_report(path: Path, cases: list[EvalCase]) -> BaselinePlan:
@@ -198,7 +203,9 @@ def run(cfg: DictConfig) -> float:
     baseline_plan = plan_baseline(cfg, cases)
     log.info("Evaluating %d cases with eval.backend=%s", len(cases), e.backend)
 
-    label, records = _run_backend(lambda: make_backend(e.backend, e, model_cfg=cfg.model), cases, "Evaluating")
+    label, records = _run_backend(
+        lambda: make_backend(e.backend, e, model_cfg=cfg.model, modelfile=modelfile_of(cfg)), cases, "Evaluating"
+    )
     baseline = None
     if baseline_plan is not None:
         records_b, label_b = baseline_plan.records, baseline_plan.model.get("label")
