@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from smm.feedback.mapping import Mapper, Skip
+from smm.feedback.mapping import Mapper, Skip, canonical
 from smm.feedback.pii import Scrubber
 from smm.secrets import mask_url, redact, url_secrets
 from smm.tasks import TASKS, parse_answer
@@ -84,3 +84,8 @@ def test_fast_answer_check_agrees_with_the_registry(task_name, text):
         accepted = False
         assert skip.detail == errors[0]
     assert accepted == (not errors)
+
+
+@pytest.mark.parametrize("value", [TASKS["ab_variations"].example, {"t": "ü\n\"é\" 🥐 \\", "n": [1, 2.5, -0.0, None, True]}, "text", []])
+def test_canonical_answers_are_what_json_dumps_writes(value):
+    assert canonical(value) == json.dumps(value, ensure_ascii=False)

@@ -7,7 +7,9 @@ string.
 from __future__ import annotations
 
 import contextlib
+import queue
 import re
+import threading
 from typing import Iterator
 
 from smm.errors import SmmError
@@ -75,3 +77,75 @@ def check_schema(conn, url: str, tables, columns) -> None:
             if columns[column_key] not in present:
                 raise SmmError(f'{mask_url(url)}: table "{name}" has no column "{columns[column_key]}" '
                                f"(set feedback.columns.{column_key}; its columns: {', '.join(present)})")
+
+
+class BatchStream:
+    """The rows of ``query`` from a server-side cursor, in lists of ``batch_size``, read ahead.
+
+    A background thread starts the query at once and keeps fetching while the caller works on
+    earlier batches, so the server and this process work at the same time; at most three
+    batches are held in memory. Errors of the thread are raised to the reader. Use it as a
+    context manager (or call ``close``) so the thread ends even if the rows are not all read.
+    """
+
+    def __init__(self, conn, name: str, query, params: dict, batch_size: int) -> None:
+        self._batches: queue.Queue = queue.Queue(maxsize=2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fetch, args=(conn, name, query, params, batch_size),
+                                        name=f"{name}-fetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._batches.put(item, timeout=0.1)
+                return
+
+    def _fetch(self, conn, name, query, params, batch_size) -> None:
+        try:
+            with conn.cursor(name=name) as cur:
+                cur.itersize = batch_size
+                cur.execute(query, params)
+                while not self._stop.is_set():
+                    rows = cur.fetchmany(batch_size)
+                    self._put(rows)
+                    if not rows:
+                        return
+        except BaseException as exc:  # handed to the reader, which raises it
+            self._put(exc)
+
+    def __iter__(self) -> Iterator[list[tuple]]:
+        while True:
+            item = self._batches.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                return
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> "BatchStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def snapshot_twin(conn, url: str) -> Iterator:
+    """A second read-only connection that sees exactly ``conn``'s snapshot, so two queries of one
+    export run side by side on the server; ``conn`` itself on a hot standby (no snapshot export)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_is_in_recovery()")
+        if cur.fetchone()[0]:
+            yield conn
+            return
+        cur.execute("SELECT pg_export_snapshot()")
+        snapshot = cur.fetchone()[0]
+    with read_only_session(url) as twin:
+        with twin.cursor() as cur:
+            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+        yield twin

@@ -14,6 +14,7 @@ Steps, all inside one read-only snapshot of the database:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any
 
 from smm.errors import ConfigError
 from smm.feedback import sql
-from smm.feedback.db import check_schema, read_only_session
+from smm.feedback.db import BatchStream, check_schema, read_only_session, snapshot_twin
 from smm.feedback.mapping import Mapper, Skip, map_pair, map_rating
 from smm.feedback.output import DPO_FILE, SFT_FILE, open_outputs
 from smm.feedback.pii import Scrubber
@@ -47,7 +48,7 @@ class Reasons:
         if len(self.ids[reason]) < MAX_IDS:
             self.ids[reason].append(row_id)
         if detail and reason not in self.detail:
-            self.detail[reason] = f"id {row_id}: {detail}"
+            self.detail[reason] = f"id {row_id}: {detail[:200]}"
 
     @property
     def total(self) -> int:
@@ -141,31 +142,21 @@ def export_feedback(cfg, url: str, progress: bool = True) -> ExportResult:
 
     with read_only_session(url) as conn:
         check_schema(conn, url, cfg.tables, cfg.columns)
-        with conn.cursor() as cur:
-            # UTC text timestamps; the whole result is read, so plan for it (not a fast first row);
-            # JIT compilation costs more than it saves on these queries.
-            cur.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL cursor_tuple_fraction = 1.0; SET LOCAL jit = off")
-            cur.execute(sql.cutoff_query(names, limit=cfg.limit > 0, **flags), params)
-            cutoff = cur.fetchone()
-            if cutoff is None and cfg.limit > 0:
-                cur.execute(sql.cutoff_query(names, limit=False, **flags), params)
-                cutoff = cur.fetchone()
-            if cutoff is None and not full:
-                log.info("no new feedback since %s (id %s)", *state.mark)
-                result.mark, result.files = state.mark, state.files
-                return result
-            drop: set = set()
+        cutoff, drop = _open_window(conn, names, flags, params, cfg.limit, full, result)
+        if cutoff is None and not full:
+            log.info("no new feedback since %s (id %s)", *state.mark)
+            result.mark, result.files = state.mark, state.files
+            return result
+        with contextlib.ExitStack() as stack:
+            outputs = stack.enter_context(open_outputs(out_dir, None if full else state.files, drop))
             if cutoff is not None:
-                params.update(cut_at=cutoff[0], cut_id=cutoff[1])
-                cur.execute(sql.count_query(names, **flags), params)
-                result.in_window = cur.fetchone()[0]
-                if not full:
-                    cur.execute(sql.rerated_query(names, since=flags["since"]), params)
-                    drop = {row[0] for row in cur.fetchall()}
-        with open_outputs(out_dir, None if full else state.files, drop) as outputs:
-            if cutoff is not None:
+                # the pairs query runs on a twin connection from now on, while the ratings stream here
+                twin = stack.enter_context(snapshot_twin(conn, url))
+                _tune(twin)
+                pairs = stack.enter_context(BatchStream(twin, "smm_feedback_pairs", sql.pairs_query(names, **flags),
+                                                        params, cfg.batch_size))
                 _write_ratings(conn, names, flags, params, cfg.batch_size, mapper, outputs, result, progress)
-                _write_pairs(conn, names, flags, params, cfg.batch_size, mapper, outputs, result)
+                _write_pairs(conn, names, pairs, params, mapper, outputs, result)
         result.dropped = sum(o.dropped for o in outputs.values())
     result.files = {name: o.state() for name, o in outputs.items()}
     result.mark = (cutoff[0].isoformat(), cutoff[1]) if cutoff else None
@@ -173,13 +164,31 @@ def export_feedback(cfg, url: str, progress: bool = True) -> ExportResult:
     return result
 
 
-def _stream(conn, name: str, query, params: dict, batch_size: int):
-    """Rows of ``query`` from a server-side cursor, ``batch_size`` per round trip, as lists."""
-    with conn.cursor(name=name) as cur:
-        cur.itersize = batch_size
-        cur.execute(query, params)
-        while rows := cur.fetchmany(batch_size):
-            yield rows
+def _tune(conn) -> None:
+    """Session settings of an export transaction: UTC text timestamps; plan for reading whole
+    results (not a fast first row); no JIT compilation, which costs more than it saves here."""
+    with conn.cursor() as cur:
+        cur.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL cursor_tuple_fraction = 1.0; SET LOCAL jit = off")
+
+
+def _open_window(conn, names, flags, params, limit, full, result) -> tuple[tuple | None, set]:
+    """The cutoff (None: no ratings in the window) and the re-rated generations; fills ``params``."""
+    _tune(conn)
+    with conn.cursor() as cur:
+        cur.execute(sql.cutoff_query(names, limit=limit > 0, **flags), params)
+        cutoff = cur.fetchone()
+        if cutoff is None and limit > 0:
+            cur.execute(sql.cutoff_query(names, limit=False, **flags), params)
+            cutoff = cur.fetchone()
+        if cutoff is None:
+            return None, set()
+        params.update(cut_at=cutoff[0], cut_id=cutoff[1])
+        cur.execute(sql.count_query(names, **flags), params)
+        result.in_window = cur.fetchone()[0]
+        if full:
+            return cutoff, set()
+        cur.execute(sql.rerated_query(names, since=flags["since"]), params)
+        return cutoff, {row[0] for row in cur.fetchall()}
 
 
 def _write_ratings(conn, names, flags, params, batch_size, mapper, outputs, result, progress) -> None:
@@ -187,9 +196,10 @@ def _write_ratings(conn, names, flags, params, batch_size, mapper, outputs, resu
 
     sft, dpo = outputs[SFT_FILE], outputs[DPO_FILE]
     columns = (TextColumn("feedback"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, disable=not progress) as bar:
+    ratings = BatchStream(conn, "smm_feedback_ratings", sql.ratings_query(names, **flags), params, batch_size)
+    with ratings, Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("export", total=result.in_window)
-        for rows in _stream(conn, "smm_feedback_ratings", sql.ratings_query(names, **flags), params, batch_size):
+        for rows in ratings:
             for row in rows:
                 try:
                     examples = map_rating(mapper, row)
@@ -209,14 +219,19 @@ def _write_ratings(conn, names, flags, params, batch_size, mapper, outputs, resu
         bar.update(task, completed=result.in_window)
 
 
-def _write_pairs(conn, names, flags, params, batch_size, mapper, outputs, result) -> None:
+def _write_pairs(conn, names, pairs, params, mapper, outputs, result) -> None:
+    """Read the pairs' ids, fetch each batch's two ratings by id, write the DPO pairs."""
     dpo = outputs[DPO_FILE]
-    for rows in _stream(conn, "smm_feedback_pairs", sql.pairs_query(names, **flags), params, batch_size):
-        for row in rows:
-            try:
-                pair = map_pair(mapper, row)
-            except Skip as skip:
-                result.no_pair.add(skip.reason, row[0], skip.detail)
-                continue
-            dpo.write(pair)
-            result.add("dpo", pair)
+    rows_query = sql.pair_rows_query(names)
+    with conn.cursor() as fetch:
+        for batch in pairs:
+            fetch.execute(rows_query, {**params, "ids": tuple({fid for pair in batch for fid in pair})})
+            rows = {row[0]: row for row in fetch}
+            for d_fid, a_fid in batch:
+                try:
+                    pair = map_pair(mapper, rows[d_fid], rows[a_fid])
+                except Skip as skip:
+                    result.no_pair.add(skip.reason, d_fid, skip.detail)
+                    continue
+                dpo.write(pair)
+                result.add("dpo", pair)

@@ -18,6 +18,7 @@ is exactly what was checked.
 from __future__ import annotations
 
 import json
+import json.encoder
 from typing import Any, Callable, NamedTuple
 
 import fastjsonschema
@@ -42,8 +43,11 @@ INVALID_EDIT = "edit not valid for its task"
 NO_ORIGINAL = "edit without an original output"
 UNCHANGED_EDIT = "edit leaves the answer unchanged"
 INVALID_CHOSEN = "approved answer not valid for its task"
+OTHER_PROMPT = "prompts differ (hash collision)"
 
 _PLATFORMS = frozenset(PLATFORMS)
+# The registry's system messages, built once: nearly every example shares one of them.
+_SYSTEM_MESSAGES = {task.system_prompt: {"role": "system", "content": task.system_prompt} for task in TASKS.values()}
 
 
 class Skip(Exception):
@@ -64,13 +68,16 @@ class Prompt(NamedTuple):
     user: str
 
     def messages(self) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user}]
+        system = _SYSTEM_MESSAGES.get(self.system) or {"role": "system", "content": self.system}
+        return [system, {"role": "user", "content": self.user}]
 
     def fields(self) -> dict[str, Any]:
         return {"task": self.task.name, "language": self.language, "platform": self.platform}
 
 
 def _language(value: str | None) -> str:
+    if value in LANGUAGES:  # the common case, checked first: this runs for every row
+        return value
     code = (value or "").strip().lower().replace("_", "-")
     code = code.split("-", 1)[0]
     if code not in LANGUAGES:
@@ -79,6 +86,8 @@ def _language(value: str | None) -> str:
 
 
 def _platform(value: str | None, task: Task) -> str | None:
+    if value in _PLATFORMS:
+        return value
     name = (value or "").strip().lower()
     if not name:
         if task.published_fields:
@@ -98,7 +107,7 @@ class Mapper:
         # a failure is re-checked with the registry's parse_answer, which has the last word.
         self._validators = {name: fastjsonschema.compile(task.schema) for name, task in TASKS.items()}
 
-    def prompt(self, task_name, language, platform, system, user) -> Prompt:
+    def prompt(self, task_name, language, platform, system, user, scrub: bool = True) -> Prompt:
         task = TASKS.get(task_name) if task_name else None
         if task is None:
             raise Skip(UNKNOWN_TASK, repr(task_name))
@@ -107,6 +116,8 @@ class Mapper:
         user = (user or "").strip()
         if not user:
             raise Skip(EMPTY_INPUT)
+        if not scrub:  # checked only: nothing of it is written
+            return Prompt(task, language, platform, system, user)
         system = (system or "").strip()
         system = self.scrub(system) if system and system != task.system_prompt else task.system_prompt
         return Prompt(task, language, platform, system, self.scrub(user))
@@ -136,12 +147,26 @@ class Mapper:
             return text
 
 
-def canonical(value: Any) -> str:
-    """The one JSON style of answers in DPO pairs (the style prepare gives SFT answers)."""
-    return json.dumps(value, ensure_ascii=False)
+def _make_canonical() -> Callable[[Any], str]:
+    """``json.dumps(value, ensure_ascii=False)`` without its per-call setup (about 4x faster).
+
+    Values come from a JSON parser, so there are no cycles to check and no other types to convert.
+    """
+    if json.encoder.c_make_encoder is None:  # an interpreter without the C accelerator
+        return json.JSONEncoder(ensure_ascii=False).encode
+    encode = json.encoder.c_make_encoder(None, json.JSONEncoder().default, json.encoder.encode_basestring,
+                                         None, ": ", ", ", False, False, True)
+    return lambda value: "".join(encode(value, 0))
+
+
+canonical = _make_canonical()
+"""The one JSON style of answers in DPO pairs: ``json.dumps(value, ensure_ascii=False)``, the
+style prepare gives SFT answers."""
 
 
 def rating_of(value: str | None) -> str:
+    if value in RATINGS:
+        return value
     rating = (value or "").strip().upper()
     if rating not in RATINGS:
         raise Skip(UNKNOWN_RATING, repr(value))
@@ -175,7 +200,7 @@ def map_rating(mapper: Mapper, row: tuple) -> Examples:
     if not found:
         raise Skip(GENERATION_MISSING, f"generation {gid}")
     rating = rating_of(rating)
-    prompt = mapper.prompt(task, language, platform, system, user)
+    prompt = mapper.prompt(task, language, platform, system, user, scrub=rating != THUMBS_DOWN)
     if rating == THUMBS_DOWN:
         if not (output or "").strip():
             raise Skip(EMPTY_OUTPUT)
@@ -199,14 +224,15 @@ def map_rating(mapper: Mapper, row: tuple) -> Examples:
     return Examples(rating, prompt, sft=sft, dpo=pair)
 
 
-def map_pair(mapper: Mapper, row: tuple) -> dict:
-    """One row of ``sql.pairs_query`` → a DPO pair (thumbs-down answer rejected); raises Skip."""
-    (d_fid, d_gid, d_comment, rejected, a_fid, a_gid, a_rating, a_edited, rated_at, task, language, platform,
-     system, user, output, model_name) = row
-    prompt = mapper.prompt(task, language, platform, system, user)
-    text = a_edited if a_rating == EDITED else output
-    _, value = mapper.answer(prompt.task, text, INVALID_CHOSEN, INVALID_CHOSEN)
+def map_pair(mapper: Mapper, down: tuple, approved: tuple) -> dict:
+    """Two rows of ``sql.pair_rows_query`` → a DPO pair, the thumbs-down answer rejected; raises Skip."""
+    d_fid, d_gid, _, _, d_comment, d_created_at, *d_prompt, rejected, _ = down
+    a_fid, a_gid, a_rating, a_edited, _, a_created_at, *a_prompt, output, model_name = approved
+    if d_prompt != a_prompt:
+        raise Skip(OTHER_PROMPT)
+    prompt = mapper.prompt(*a_prompt)
+    _, value = mapper.answer(prompt.task, a_edited if a_rating == EDITED else output, INVALID_CHOSEN, INVALID_CHOSEN)
     return dpo_pair(prompt, canonical(value), mapper.rejected(rejected), {
         "pair": "thumbs_down", "chosen_generation_id": a_gid, "rejected_generation_id": d_gid,
         "chosen_feedback_id": a_fid, "rejected_feedback_id": d_fid, "model_name": model_name,
-        "comment": mapper.scrub(d_comment) if d_comment else None, "rated_at": rated_at})
+        "comment": mapper.scrub(d_comment) if d_comment else None, "rated_at": max(d_created_at, a_created_at)})

@@ -20,6 +20,7 @@ SFT_FILE = "feedback_sft.jsonl"
 DPO_FILE = "feedback_dpo.jsonl"
 # Fields of an output line that name the generations it came from.
 GENERATION_FIELDS = ("generation_id", "chosen_generation_id", "rejected_generation_id")
+WRITE_BATCH = 1000  # lines joined into one write
 
 
 class JsonlOutput:
@@ -29,6 +30,7 @@ class JsonlOutput:
         self.fh = fh
         self.digest = hashlib.sha256()
         self.bytes = self.lines = self.new = self.dropped = 0
+        self._pending: list[bytes] = []
 
     def _put(self, data: bytes) -> None:
         self.fh.write(data)
@@ -37,8 +39,15 @@ class JsonlOutput:
         self.lines += data.count(b"\n")
 
     def write(self, example: dict[str, Any]) -> None:
-        self._put(orjson.dumps(example, default=str, option=orjson.OPT_APPEND_NEWLINE))
+        self._pending.append(orjson.dumps(example, default=str, option=orjson.OPT_APPEND_NEWLINE))
         self.new += 1
+        if len(self._pending) >= WRITE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._put(b"".join(self._pending))
+            self._pending.clear()
 
     def keep_previous(self, path: Path, size: int, drop: set) -> None:
         """Copy the first ``size`` bytes of ``path`` (the last export's lines), except lines about ``drop``."""
@@ -56,6 +65,7 @@ class JsonlOutput:
                     self._put(chunk)
 
     def state(self) -> FileState:
+        self.flush()
         return FileState(bytes=self.bytes, sha256=self.digest.hexdigest(), lines=self.lines)
 
 
@@ -70,3 +80,5 @@ def open_outputs(directory: Path, previous: dict[str, FileState] | None, drop: s
                 output.keep_previous(directory / name, previous.get(name, FileState()).bytes, drop)
             outputs[name] = output
         yield outputs
+        for output in outputs.values():
+            output.flush()

@@ -25,10 +25,9 @@ FEEDBACK_COLUMNS = ("feedback_id", "feedback_generation_id", "rating", "edited_o
 # Columns of a streamed rating row (see ``ratings_query``), in order.
 RATING_FIELDS = ("fid", "gid", "rating", "edited", "comment", "created_at", "found", "task", "language",
                  "platform", "system_prompt", "user_input", "model_output", "model_name")
-# Columns of a thumbs-down pair row (see ``pairs_query``), in order.
-PAIR_FIELDS = ("d_fid", "d_gid", "d_comment", "rejected", "a_fid", "a_gid", "a_rating", "a_edited",
-               "rated_at", "task", "language", "platform", "system_prompt", "user_input", "model_output",
-               "model_name")
+# Columns of a rating fetched by id for a thumbs-down pair (see ``pair_rows_query``), in order.
+PAIR_ROW_FIELDS = ("fid", "gid", "rating", "edited", "comment", "created_at", "task", "language", "platform",
+                   "system_prompt", "user_input", "model_output", "model_name")
 # Parameters every export query takes besides the window: the registry's system prompts by task.
 # A system prompt equal to its task's comes back as NULL (= the registry's), which saves sending
 # the same few hundred bytes with nearly every row.
@@ -140,44 +139,51 @@ def ratings_query(names: Names, *, since: bool, after_mark: bool) -> sql.Compose
     )
 
 
-_SAME_PROMPT = (
-    "dg.{task}::text = ag.{task}::text AND dg.{user_input} = ag.{user_input} "
-    "AND coalesce(dg.{system_prompt}, '') = coalesce(ag.{system_prompt}, '') "
-    "AND coalesce(dg.{language}::text, '') = coalesce(ag.{language}::text, '') "
-    "AND coalesce(dg.{platform}::text, '') = coalesce(ag.{platform}::text, '')"
+_PROMPT_HASH = (
+    "hashtextextended(concat_ws(chr(31), coalesce(g.{language}::text, ''), coalesce(g.{platform}::text, ''), "
+    "coalesce(g.{system_prompt}, ''), g.{user_input}), 0)"
 )
 
 
 def pairs_query(names: Names, *, since: bool, after_mark: bool) -> sql.Composed:
-    """Thumbs-down answers paired with the newest approved or edited answer to the same prompt.
+    """``(thumbs-down feedback id, approved feedback id)`` for each new pair, by the first id.
 
-    Same prompt = same task, user input, system prompt, language and platform. Only pairs with
-    at least one rating new in this window (``PAIR_FIELDS``): a thumbs-down rated now pairs with
-    the newest approved answer of any time, an older thumbs-down with the newest one rated now.
-    The prompt is matched on a 64-bit hash first, then compared in full.
+    A thumbs-down answer pairs with the newest approved or edited answer to the same prompt
+    (same task, language, platform, system prompt and user input, as stored); only pairs with at
+    least one rating new in this window: a thumbs-down rated now pairs with the newest approved
+    answer of any time, an older thumbs-down with the newest one rated now. Prompts are grouped
+    by task and a 64-bit hash (a sort or hash aggregate, never a quadratic join); the caller
+    compares the two prompts in full (``pair_rows_query``).
     """
     latest = _latest(names, since=since, after_mark=False, narrow=True)
     is_new = sql.SQL("(l.created_at, l.fid) > (%(mark_at)s, %(mark_id)s)" if after_mark else "TRUE")
     down, approved = sql.Literal(THUMBS_DOWN), sql.Literal(tuple(sorted(APPROVED)))
     return names.sql(
-        "WITH {latest}, keyed AS (SELECT l.fid, l.gid, l.rating, l.created_at, {is_new} AS is_new, "
-        "g.{task}::text AS task, hashtextextended(g.{user_input}, 0) AS h "
-        "FROM latest AS l "
-        "JOIN {generations} AS g ON g.{generation_id} = l.gid "
-        "WHERE l.rating = {down} OR l.rating IN {approved}), "
-        "pairs AS (SELECT DISTINCT ON (d.fid) d.fid AS d_fid, d.gid AS d_gid, a.fid AS a_fid, a.gid AS a_gid "
-        "FROM keyed AS d JOIN keyed AS a ON a.task = d.task AND a.h = d.h "
-        "JOIN {generations} AS dg ON dg.{generation_id} = d.gid JOIN {generations} AS ag ON ag.{generation_id} = a.gid "
-        "WHERE d.rating = {down} AND a.rating IN {approved} AND (d.is_new OR a.is_new) AND " + _SAME_PROMPT + " "
-        "ORDER BY d.fid, a.created_at DESC, a.fid DESC) "
-        "SELECT p.d_fid, p.d_gid, df.{comment}, dg.{model_output}, "
-        "p.a_fid, p.a_gid, upper(af.{rating}::text), af.{edited_output}, "
-        + _ISO.format(col="greatest(df.{created_at}, af.{created_at})") + ", "
-        "ag.{task}::text, ag.{language}::text, ag.{platform}::text, " + _SYSTEM_PROMPT.format(g="ag") + ", ag.{user_input}, "
-        "ag.{model_output}, ag.{model_name}::text "
-        "FROM pairs AS p JOIN {feedback} AS df ON df.{feedback_id} = p.d_fid "
-        "JOIN {feedback} AS af ON af.{feedback_id} = p.a_fid "
-        "JOIN {generations} AS dg ON dg.{generation_id} = p.d_gid "
-        "JOIN {generations} AS ag ON ag.{generation_id} = p.a_gid ORDER BY p.d_fid",
+        # no WHERE on the rating here: a filter the planner cannot estimate would turn the join
+        # with generations into a million index lookups; other ratings fall out in the aggregates
+        "WITH {latest}, "
+        "keyed AS (SELECT l.fid, l.created_at, l.rating = {down} AS is_down, l.rating IN {approved} AS is_approved, "
+        "{is_new} AS is_new, g.{task}::text AS task, " + _PROMPT_HASH + " AS h "
+        "FROM latest AS l JOIN {generations} AS g ON g.{generation_id} = l.gid), "
+        "groups AS (SELECT "
+        "array_agg(fid ORDER BY created_at DESC, fid DESC) FILTER (WHERE is_approved) AS approved, "
+        "array_agg(fid ORDER BY created_at DESC, fid DESC) FILTER (WHERE is_approved AND is_new) AS new_approved, "
+        "array_agg(fid) FILTER (WHERE is_down AND is_new) AS new_downs, "
+        "array_agg(fid) FILTER (WHERE is_down AND NOT is_new) AS old_downs "
+        "FROM keyed GROUP BY task, h HAVING bool_or(is_down) AND bool_or(is_approved) AND bool_or(is_new)) "
+        "SELECT unnest(new_downs) AS d_fid, approved[1] AS a_fid FROM groups "
+        "UNION ALL SELECT unnest(old_downs), new_approved[1] FROM groups WHERE new_approved IS NOT NULL "
+        "ORDER BY 1",
         latest=latest, is_new=is_new, down=down, approved=approved,
+    )
+
+
+def pair_rows_query(names: Names) -> sql.Composed:
+    """The ratings ``%(ids)s`` (a tuple of feedback ids) with their generations (``PAIR_ROW_FIELDS``)."""
+    return names.sql(
+        "SELECT f.{feedback_id}, f.{feedback_generation_id}, upper(f.{rating}::text), f.{edited_output}, f.{comment}, "
+        + _ISO.format(col="f.{created_at}") + ", g.{task}::text, g.{language}::text, g.{platform}::text, "
+        + _SYSTEM_PROMPT.format(g="g") + ", g.{user_input}, g.{model_output}, g.{model_name}::text "
+        "FROM {feedback} AS f JOIN {generations} AS g ON g.{generation_id} = f.{feedback_generation_id} "
+        "WHERE f.{feedback_id} IN %(ids)s"
     )
