@@ -1,4 +1,5 @@
-"""Talk to the app's PostgreSQL: connect read-only, check the schema, turn driver errors into one line.
+"""Talk to the app's PostgreSQL: connect read-only, check the schema, turn driver errors into one
+line, stream query results in batches (``BatchStream``), share a snapshot (``snapshot_twin``).
 
 Every message names the database by its masked URL (``postgresql://user:***@host:5432/db``) and
 passes through :func:`smm.secrets.redact`, because libpq's own texts can quote the connection

@@ -7,8 +7,9 @@ Steps, all inside one read-only snapshot of the database:
 2. generations rated in the window that earlier exports already covered (their old lines are
    dropped: the latest rating wins, across exports too);
 3. each generation's latest rating in the window, streamed through a server-side cursor in
-   batches of ``batch_size`` → SFT examples and DPO pairs of edits;
-4. thumbs-down answers paired with approved answers to the same prompt → DPO pairs;
+   batches of ``batch_size`` (read ahead by a thread) → SFT examples and DPO pairs of edits;
+4. thumbs-down answers paired with approved answers to the same prompt → DPO pairs. The server
+   computes the pairs on a second connection that shares the snapshot while step 3 runs;
 5. both files renamed into place, then the state saved. An interruption before that leaves the
    previous files and state as they were.
 """

@@ -27,6 +27,12 @@ SHOWN_IDS = 10
 
 
 def database_url(cfg: DictConfig) -> str:
+    """``feedback.database_url``, else ``DATABASE_URL``; SmmError when there is neither."""
+    if cfg.feedback.database_url:
+        # a command-line override never gets here (the entrypoint moves it to DATABASE_URL), so
+        # the URL came from a config file, and Hydra has written it to .hydra/config.yaml
+        log.warning("feedback.database_url is set in a config file, so Hydra recorded it in the run's "
+                    ".hydra/config.yaml: keep it in the DATABASE_URL environment variable instead")
     url = cfg.feedback.database_url or os.environ.get("DATABASE_URL")
     if not url:
         raise SmmError("no database: set DATABASE_URL=postgresql://user:password@host:5432/dbname "
