@@ -25,7 +25,7 @@ from smm.errors import SmmError
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = "tiny-qwen2-v1"
+RECIPE_VERSION = "tiny-qwen2-v2"
 SDIST = "llama-cpp-python==0.3.36"
 VOCAB_MEMBER = "vendor/llama.cpp/models/ggml-vocab-qwen2.gguf"
 BASE_VOCAB_SIZE = 151643  # BPE tokens of Qwen2; ids from here on are added tokens
@@ -41,10 +41,12 @@ PRETOKENIZE_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
     r"\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-# Row sizes are multiples of 256 so that llama.cpp quantizes every matrix to Q4_K.
+# Row sizes are multiples of 256 so that llama.cpp quantizes every matrix to Q4_K. Weights are drawn
+# with std 0.1 (not Qwen's 0.02): with the frozen random LM head of a 256-wide model, 0.02 caps the
+# logits so low that LoRA cannot move the loss, while 0.1 lets the demo visibly learn the format.
 MODEL_SHAPE = dict(
     vocab_size=151936, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.1,
 )
 
 

@@ -1,0 +1,161 @@
+"""TRL SFTTrainer wiring for smm: datasets, arguments, throughput measurement and resume.
+
+The datasets arrive tokenized with their labels (smm/tokenize.py), so TRL does no templating of its
+own and the assistant-only mask is exactly ours. With ``training.packing`` TRL packs conversations
+best-fit-decreasing into rows of ``model.max_seq_length`` tokens and trains padding-free: position
+ids restart at every conversation and attention stays inside it (flash-attention varlen kernels
+where installed, else a block-diagonal mask that transformers derives from the position ids).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTTrainer
+
+from smm.errors import SmmError
+from smm.tokenize import Tokenized
+
+
+def to_dataset(tokenized: Tokenized):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": tokenized.input_ids, "labels": tokenized.labels})
+
+
+def optimizer_name(requested: str, device: str, quantization: str) -> str:
+    if requested != "auto":
+        return requested
+    return "paged_adamw_8bit" if device == "cuda" and quantization != "none" else "adamw_torch"
+
+
+def sft_config(cfg, device: str, dtype: Any, backend: str, has_val: bool):
+    """TRL's SFTConfig from smm's training/model/logger config."""
+    from trl import SFTConfig
+
+    t = cfg.training
+    evaluate = "steps" if t.eval_steps else "epoch"
+    save = "steps" if t.save_steps else "epoch"
+    return SFTConfig(
+        output_dir=t.checkpoint_dir,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=optimizer_name(t.optimizer, device, cfg.model.quantization),
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy=evaluate if has_val else "no",
+        eval_steps=t.eval_steps or None,
+        save_strategy=save,
+        save_steps=t.save_steps or None,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=bool(t.early_stopping_patience and has_val),
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=device == "cuda" and dtype == torch.bfloat16,
+        fp16=device == "cuda" and dtype == torch.float16,
+        use_cpu=device == "cpu",
+        # Unsloth checkpoints activations itself (use_gradient_checkpointing="unsloth").
+        gradient_checkpointing=t.gradient_checkpointing and backend == "hf",
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        max_length=cfg.model.max_seq_length,
+        packing=t.packing,
+        packing_strategy="bfd",
+        report_to=["wandb"] if cfg.logger.name == "wandb" else "none",
+        dataloader_pin_memory=device == "cuda",
+    )
+
+
+class SmmSFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer, with a lighter loss on the CPU.
+
+    TRL's fused LM head skips unlabelled positions only where Triton runs (CUDA); on the CPU it
+    projects every position in vocabulary tiles and also computes entropy, about 3x slower than
+    projecting just the labelled positions. There we compute the same token-mean NLL directly.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.device.type != "cpu":
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        backbone_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        hidden = causal_lm.model(**backbone_inputs, use_cache=False).last_hidden_state
+        targets = inputs["labels"][:, 1:]
+        keep = targets != -100
+        logits = causal_lm.lm_head(hidden[:, :-1][keep]).float()
+        count = keep.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = F.cross_entropy(logits, targets[keep], reduction="sum") / torch.as_tensor(count).clamp(min=1)
+        mode = "train" if model.training else "eval"
+        accuracy = (logits.argmax(-1) == targets[keep]).float().mean() if keep.any() else torch.tensor(0.0)
+        self._metrics[mode]["mean_token_accuracy"].append(accuracy.item())
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+
+class ThroughputCallback(TrainerCallback):
+    """Time spent in training steps only (no evaluation, no checkpointing), and peak GPU memory."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.step_seconds = 0.0
+        self._started = 0.0
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._sync()
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._sync()
+        self.step_seconds += time.perf_counter() - self._started
+
+    def peak_memory_gib(self) -> dict[str, float]:
+        if self.device != "cuda":
+            return {}
+        return {
+            "peak_vram_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "peak_vram_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        }
+
+
+def resolve_resume(value: Any, checkpoint_dir: str) -> str | None:
+    """The checkpoint to resume from: None (fresh start), the latest one (true) or a given path."""
+    text = str(value).strip().lower()
+    if text in ("false", "none", "", "0"):
+        return None
+    if text in ("true", "latest", "1"):
+        last = get_last_checkpoint(checkpoint_dir) if Path(checkpoint_dir).is_dir() else None
+        if last is None:
+            raise SmmError(f"training.resume=true but {checkpoint_dir} holds no checkpoint; start without resume")
+        return last
+    path = Path(str(value))
+    if not (path / "trainer_state.json").is_file():
+        raise SmmError(f"training.resume={value}: not a checkpoint folder (no trainer_state.json)")
+    return str(path)
+
+
+def clear_checkpoints(checkpoint_dir: str) -> None:
+    """Remove an earlier run's checkpoints so a later resume cannot pick them up."""
+    for old in Path(checkpoint_dir).glob("checkpoint-*"):
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,168 @@
+"""Stage train: QLoRA fine-tuning of the base model on the prepared conversations.
+
+Reads ``data.output_dir``/train.jsonl and val.jsonl, formats them with smm's ChatML template,
+trains a LoRA adapter with TRL's SFTTrainer (loss on assistant tokens only, packed padding-free
+batches) on Unsloth or transformers + PEFT, and writes ``training.output_dir``: the adapter, the
+tokenizer with its chat template, ``metrics.json`` and ``manifest.json``. Returns the final
+validation loss (the Optuna objective).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from smm.config import to_plain
+from smm.errors import SmmError
+from smm.io import atomic_directory, read_jsonl, write_json, write_manifest
+from smm.tiny_model import resolve_base_model
+
+log = logging.getLogger(__name__)
+
+
+def read_processed(path: Path) -> list[dict]:
+    rows = []
+    for line in read_jsonl(path):
+        if line.error or not isinstance(line.value, dict) or "messages" not in line.value:
+            raise SmmError(f"{line.where}: {line.error or 'not a prepared example'}; re-run `python run.py stage=prepare`")
+        rows.append(line.value)
+    return rows
+
+
+def ensure_writable(*folders: str) -> None:
+    """Fail before any work if an output folder cannot be created or written."""
+    for folder in folders:
+        parent = Path(folder).resolve().parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as exc:
+            raise SmmError(f"{folder} is not writable ({exc.strerror}); choose another training.output_dir/checkpoint_dir") from None
+
+
+def start_wandb(cfg: DictConfig) -> None:
+    import wandb
+
+    wandb.init(
+        project=cfg.logger.project, entity=cfg.logger.entity, name=cfg.logger.run_name,
+        tags=list(cfg.logger.tags), config=to_plain(cfg), dir=str(Path(cfg.training.checkpoint_dir).parent),
+    )
+
+
+def run(cfg: DictConfig) -> float:
+    data_dir = Path(cfg.data.output_dir)
+    train_file, val_file = data_dir / "train.jsonl", data_dir / "val.jsonl"
+    if not train_file.is_file():
+        raise SmmError(f"no prepared data at {train_file}: run `python run.py stage=prepare` first")
+    ensure_writable(cfg.training.output_dir, cfg.training.checkpoint_dir)
+    train_rows = read_processed(train_file)
+    val_rows = read_processed(val_file) if val_file.is_file() else []
+
+    from smm.train_model import load_for_training  # imports Unsloth (if chosen) before transformers
+
+    base = resolve_base_model(cfg.model)
+    loaded = load_for_training(base, cfg)
+    from smm.sft import SmmSFTTrainer, ThroughputCallback, clear_checkpoints, resolve_resume, sft_config, to_dataset
+    from smm.tokenize import tokenize_examples
+
+    max_len = cfg.model.max_seq_length
+    train_tok = tokenize_examples(loaded.tokenizer, train_rows, max_len)
+    val_tok = tokenize_examples(loaded.tokenizer, val_rows, max_len)
+    if train_tok.truncated or val_tok.truncated:
+        log.warning("Truncated %d train and %d val conversations to model.max_seq_length=%d",
+                    train_tok.truncated, val_tok.truncated, max_len)
+    if not train_tok.input_ids:
+        raise SmmError(f"no trainable conversations in {train_file} (all {train_tok.dropped} lost their answer to truncation)")
+    log.info("Training on %d conversations (%d tokens), validating on %d", len(train_tok.input_ids), train_tok.tokens, len(val_tok.input_ids))
+
+    resume = resolve_resume(cfg.training.resume, cfg.training.checkpoint_dir)
+    if resume is None:
+        clear_checkpoints(cfg.training.checkpoint_dir)
+    if cfg.logger.name == "wandb":
+        start_wandb(cfg)
+
+    from transformers import EarlyStoppingCallback
+
+    throughput = ThroughputCallback(loaded.device)
+    callbacks = [throughput]
+    has_val = bool(val_tok.input_ids)
+    if cfg.training.early_stopping_patience and has_val:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    trainer = SmmSFTTrainer(
+        model=loaded.model, processing_class=loaded.tokenizer,
+        args=sft_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val),
+        train_dataset=to_dataset(train_tok), eval_dataset=to_dataset(val_tok) if has_val else None,
+        callbacks=callbacks,
+    )
+    result = _train(trainer, resume, cfg)
+    final = trainer.evaluate() if has_val else {}
+    val_loss = final.get("eval_loss")
+    epochs_done = trainer.state.epoch or 0.0
+    tokens_seen = train_tok.tokens * epochs_done
+    metrics = {
+        "backend": loaded.backend,
+        "device": _device_name(loaded.device),
+        "train_loss": result.metrics.get("train_loss"),
+        "eval_loss": val_loss,
+        "epochs": round(epochs_done, 3),
+        "steps": trainer.state.global_step,
+        "resumed_from": resume,
+        "train_examples": len(train_tok.input_ids),
+        "val_examples": len(val_tok.input_ids),
+        "truncated": train_tok.truncated + val_tok.truncated,
+        "dropped": train_tok.dropped + val_tok.dropped,
+        "train_tokens_per_epoch": train_tok.tokens,
+        "step_seconds": round(throughput.step_seconds, 2),
+        "real_tokens_per_s": round(tokens_seen / throughput.step_seconds, 1) if throughput.step_seconds else None,
+        "runtime_s": result.metrics.get("train_runtime"),
+        **throughput.peak_memory_gib(),
+        "loss_history": [
+            {k: h[k] for k in ("step", "loss", "eval_loss") if k in h}
+            for h in trainer.state.log_history if "loss" in h or "eval_loss" in h
+        ],
+    }
+    _save(cfg, loaded, base, metrics, [train_file, val_file] if val_rows else [train_file])
+    if cfg.logger.name == "wandb":
+        import wandb
+
+        wandb.finish()
+    log.info("Adapter saved to %s (backend %s, eval loss %s, %s real tokens/s)",
+             cfg.training.output_dir, loaded.backend, val_loss, metrics["real_tokens_per_s"])
+    return float(val_loss if val_loss is not None else metrics["train_loss"])
+
+
+def _train(trainer, resume: str | None, cfg: DictConfig):
+    import torch
+
+    try:
+        return trainer.train(resume_from_checkpoint=resume)
+    except torch.cuda.OutOfMemoryError:
+        raise SmmError(
+            f"CUDA out of memory at training.batch_size={cfg.training.batch_size}, "
+            f"model.max_seq_length={cfg.model.max_seq_length}: try preset=low_vram_8gb"
+        ) from None
+
+
+def _device_name(device: str) -> str:
+    if device != "cuda":
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
+def _save(cfg: DictConfig, loaded, base: str, metrics: dict, inputs: list[Path]) -> None:
+    """Adapter + tokenizer + metrics + manifest, swapped into training.output_dir in one step."""
+    peft_config = loaded.model.peft_config["default"]
+    peft_config.base_model_name_or_path = base  # the 16-bit base, also when Unsloth loaded a 4-bit copy
+    with atomic_directory(cfg.training.output_dir) as staging:
+        loaded.model.save_pretrained(staging)
+        loaded.tokenizer.save_pretrained(staging)
+        write_json(staging / "metrics.json", metrics)
+        write_manifest(
+            staging, "train", to_plain(cfg), inputs=inputs, metrics=metrics,
+            base_model=base, backend=metrics["backend"], device=metrics["device"],
+        )
