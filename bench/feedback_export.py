@@ -197,6 +197,17 @@ def server_cpu_seconds() -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def add_ratings(url: str) -> int:
+    """Rate one generation in a thousand again (re-rated: their earlier lines get replaced)."""
+    import psycopg2
+
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO feedback (generation_id, rating, created_at) SELECT id, "
+                    "(ARRAY['THUMBS_UP', 'THUMBS_DOWN', 'THUMBS_UP'])[id % 3 + 1], now() "
+                    "FROM generations WHERE id % 1000 = 7")
+        return cur.rowcount
+
+
 def run_stage(url: str, out: Path, *overrides: str) -> dict:
     """Run ``python run.py stage=feedback`` as a user would; its wall time, CPU time and peak RSS."""
     args = [sys.executable, str(REPO / "run.py"), "stage=feedback", f"feedback.output_dir={out}",
@@ -238,22 +249,28 @@ def main() -> None:
         load_before = os.getloadavg()[0]
         full = run_stage(url, out)
         again = run_stage(url, out)
+        added = add_ratings(url)
+        incremental = run_stage(url, out)
         sizes = {p.name: p.stat().st_size for p in out.glob("*.jsonl")}
     finally:
         if server is not None:
             server.stop()
-    _report(args.rows, load_s, full, again, sizes, load_before)
+    _report(args.rows, load_s, full, again, incremental, added, sizes, load_before)
 
 
-def _report(rows: int, load_s: float, full: dict, again: dict, sizes: dict, load_before: float) -> None:
+def _report(rows: int, load_s: float, full: dict, again: dict, incremental: dict, added: int, sizes: dict,
+            load_before: float) -> None:
     from importlib import metadata
 
     m = full["metrics"]
     print()
     print("| run | feedback rows | wall s | rows/s | stage CPU s | server CPU s | peak RSS MiB | new SFT | new DPO | skipped |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in (("full export", full), ("second run (nothing new)", again)):
-        print(f"| {name} | {rows:,} | {r['seconds']:.1f} | {rows / r['seconds']:,.0f} | {r['cpu']:.1f} | {r['server_cpu']:.1f} | "
+    runs = (("full export", full), ("second run (nothing new)", again),
+            (f"third run ({added:,} new ratings of rated generations)", incremental))
+    for name, r in runs:
+        rate = f"{rows / r['seconds']:,.0f}" if r is full else "–"
+        print(f"| {name} | {rows:,} | {r['seconds']:.1f} | {rate} | {r['cpu']:.1f} | {r['server_cpu']:.1f} | "
               f"{r['rss_mib']:.0f} | {r['metrics']['new_sft']:,} | {r['metrics']['new_dpo']:,} | {r['metrics']['skipped']:,} |")
     print()
     print(f"load (COPY + index + analyze) {load_s:.0f} s; files {', '.join(f'{k} {v / 2**20:.0f} MiB' for k, v in sizes.items())}")

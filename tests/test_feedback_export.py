@@ -87,6 +87,11 @@ def test_thumbs_down_is_rejected_only_next_to_an_approved_answer(feedback_db, tm
     assert (pair["rejected_feedback_id"], pair["chosen_feedback_id"]) == (down, up)
     assert pair["platform"] == "instagram"  # the same prompt includes the platform
 
+    late = feedback_db.rate(feedback_db.generation(user_input="Post about our new cake", model_output="nope"), "THUMBS_DOWN")
+    third = export(feedback_db, tmp_path)
+    assert (third.sft, third.dpo) == (0, 1)  # a new thumbs-down meets the approved answer of an earlier export
+    assert [(p["rejected_feedback_id"], p["chosen_feedback_id"]) for p in read(tmp_path, DPO_FILE)] == [(down, up), (late, up)]
+
 
 def test_a_thumbs_down_pairs_with_the_newest_approved_or_edited_answer(feedback_db, tmp_path):
     prompt = "Hashtags for a flower shop"

@@ -105,14 +105,19 @@ def rerated_query(names: Names, *, since: bool) -> sql.Composed:
     )
 
 
-def _latest(names: Names, *, since: bool, after_mark: bool, narrow: bool) -> sql.Composed:
-    """CTE ``latest``: each generation's latest rating in the window (up to the cutoff)."""
+def _fresh_generations(names: Names, since: bool) -> sql.Composed:
+    """Subquery: the generations with a rating new in this window."""
+    fresh = window(names, "n", since=since, after_mark=True)
+    return names.sql("SELECT n.{feedback_generation_id} FROM {feedback} AS n WHERE {fresh}", fresh=fresh)
+
+
+def _latest(names: Names, *, since: bool, narrow: bool, generations: sql.Composable | None = None) -> sql.Composed:
+    """CTE ``latest``: each generation's latest rating in the window (up to the cutoff), for all
+    generations or those of the subquery ``generations``."""
     scope = window(names, "f", since=since, after_mark=False)
-    if after_mark:  # incremental: only generations that got a new rating
-        fresh = window(names, "n", since=since, after_mark=True)
-        scope = names.sql(
-            "{scope} AND f.{feedback_generation_id} IN (SELECT n.{feedback_generation_id} FROM {feedback} AS n "
-            "WHERE {fresh})", scope=scope, fresh=fresh)
+    if generations is not None:
+        scope = names.sql("{scope} AND f.{feedback_generation_id} IN ({subquery})", scope=scope,
+                          subquery=generations)
     extra = "" if narrow else ", f.{edited_output} AS edited, f.{comment} AS comment"
     return names.sql(
         "latest AS (SELECT DISTINCT ON (f.{feedback_generation_id}) f.{feedback_id} AS fid, "
@@ -129,7 +134,8 @@ def ratings_query(names: Names, *, since: bool, after_mark: bool) -> sql.Compose
     Ordered by generation id, which lets PostgreSQL merge-join the two tables without a sort.
     ``found`` is false for a rating whose generation does not exist (no foreign key).
     """
-    latest = _latest(names, since=since, after_mark=after_mark, narrow=False)
+    latest = _latest(names, since=since, narrow=False,
+                     generations=_fresh_generations(names, since) if after_mark else None)
     return names.sql(
         "WITH {latest} SELECT n.fid, n.gid, n.rating, n.edited, n.comment, " + _ISO.format(col="n.created_at") + ", "
         "g.{generation_id} IS NOT NULL, g.{task}::text, g.{language}::text, g.{platform}::text, "
@@ -140,9 +146,23 @@ def ratings_query(names: Names, *, since: bool, after_mark: bool) -> sql.Compose
 
 
 _PROMPT_HASH = (
-    "hashtextextended(concat_ws(chr(31), coalesce(g.{language}::text, ''), coalesce(g.{platform}::text, ''), "
-    "coalesce(g.{system_prompt}, ''), g.{user_input}), 0)"
+    "hashtextextended(concat_ws(chr(31), coalesce({g}.{{language}}::text, ''), coalesce({g}.{{platform}}::text, ''), "
+    "coalesce({g}.{{system_prompt}}, ''), {g}.{{user_input}}), 0)"
 )
+
+
+def _same_prompt_generations(names: Names, since: bool) -> sql.Composed:
+    """Subquery: generations whose prompt (task and hash) is one of a generation rated anew.
+
+    Incremental exports pair only around new ratings, so the aggregate below sees these few
+    generations instead of all of them (one pass over generations to hash their prompts remains).
+    """
+    return names.sql(
+        "SELECT r.{generation_id} FROM {generations} AS r WHERE (r.{task}::text, " + _PROMPT_HASH.format(g="r") + ") IN "
+        "(SELECT g.{task}::text, " + _PROMPT_HASH.format(g="g") + " FROM {generations} AS g "
+        "WHERE g.{generation_id} IN ({fresh}))",
+        fresh=_fresh_generations(names, since),
+    )
 
 
 def pairs_query(names: Names, *, since: bool, after_mark: bool) -> sql.Composed:
@@ -155,7 +175,8 @@ def pairs_query(names: Names, *, since: bool, after_mark: bool) -> sql.Composed:
     by task and a 64-bit hash (a sort or hash aggregate, never a quadratic join); the caller
     compares the two prompts in full (``pair_rows_query``).
     """
-    latest = _latest(names, since=since, after_mark=False, narrow=True)
+    latest = _latest(names, since=since, narrow=True,
+                     generations=_same_prompt_generations(names, since) if after_mark else None)
     is_new = sql.SQL("(l.created_at, l.fid) > (%(mark_at)s, %(mark_id)s)" if after_mark else "TRUE")
     down, approved = sql.Literal(THUMBS_DOWN), sql.Literal(tuple(sorted(APPROVED)))
     return names.sql(
@@ -163,7 +184,7 @@ def pairs_query(names: Names, *, since: bool, after_mark: bool) -> sql.Composed:
         # with generations into a million index lookups; other ratings fall out in the aggregates
         "WITH {latest}, "
         "keyed AS (SELECT l.fid, l.created_at, l.rating = {down} AS is_down, l.rating IN {approved} AS is_approved, "
-        "{is_new} AS is_new, g.{task}::text AS task, " + _PROMPT_HASH + " AS h "
+        "{is_new} AS is_new, g.{task}::text AS task, " + _PROMPT_HASH.format(g="g") + " AS h "
         "FROM latest AS l JOIN {generations} AS g ON g.{generation_id} = l.gid), "
         "groups AS (SELECT "
         "array_agg(fid ORDER BY created_at DESC, fid DESC) FILTER (WHERE is_approved) AS approved, "
