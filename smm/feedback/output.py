@@ -23,6 +23,29 @@ GENERATION_FIELDS = ("generation_id", "chosen_generation_id", "rejected_generati
 WRITE_BATCH = 1000  # lines joined into one write
 
 
+_ID_KEYS = tuple(f'"{name}":'.encode() for name in GENERATION_FIELDS)
+
+
+def generation_ids(line: bytes) -> list[bytes]:
+    """The JSON-encoded generation ids of an output line, found without parsing it.
+
+    A key in quotes followed by a colon cannot occur inside a JSON string (its quotes would be
+    escaped there), so the last occurrence of each key is the key itself; keys sit near the end.
+    """
+    ids = []
+    for key in _ID_KEYS:
+        at = line.rfind(key)
+        if at < 0:
+            continue
+        start = at + len(key)
+        if line.startswith(b'"', start):
+            end = line.index(b'"', start + 1) + 1
+        else:
+            end = min(i for i in (line.find(b",", start), line.find(b"}", start)) if i >= 0)
+        ids.append(line[start:end])
+    return ids
+
+
 class JsonlOutput:
     """One output file being written: counts and hashes every byte."""
 
@@ -51,15 +74,16 @@ class JsonlOutput:
 
     def keep_previous(self, path: Path, size: int, drop: set) -> None:
         """Copy the first ``size`` bytes of ``path`` (the last export's lines), except lines about ``drop``."""
+        dropped = {orjson.dumps(generation) for generation in drop}
         with open(path, "rb") if size else contextlib.nullcontext() as src:
             left = size
             while left > 0:
-                chunk = src.readline() if drop else src.read(min(left, 1 << 20))
+                chunk = src.readline() if dropped else src.read(min(left, 1 << 20))
                 if not chunk:
                     break
                 chunk = chunk[:left]
                 left -= len(chunk)
-                if drop and any(orjson.loads(chunk).get(f) in drop for f in GENERATION_FIELDS):
+                if dropped and not dropped.isdisjoint(generation_ids(chunk)):
                     self.dropped += 1
                 else:
                     self._put(chunk)

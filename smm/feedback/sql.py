@@ -22,15 +22,9 @@ GENERATION_COLUMNS = ("generation_id", "task", "language", "platform", "system_p
                       "model_output", "model_name")
 FEEDBACK_COLUMNS = ("feedback_id", "feedback_generation_id", "rating", "edited_output", "comment", "created_at")
 
-# Columns of a streamed rating row (see ``ratings_query``), in order.
-RATING_FIELDS = ("fid", "gid", "rating", "edited", "comment", "created_at", "found", "task", "language",
-                 "platform", "system_prompt", "user_input", "model_output", "model_name")
-# Columns of a rating fetched by id for a thumbs-down pair (see ``pair_rows_query``), in order.
-PAIR_ROW_FIELDS = ("fid", "gid", "rating", "edited", "comment", "created_at", "task", "language", "platform",
-                   "system_prompt", "user_input", "model_output", "model_name")
-# Parameters every export query takes besides the window: the registry's system prompts by task.
-# A system prompt equal to its task's comes back as NULL (= the registry's), which saves sending
-# the same few hundred bytes with nearly every row.
+# Rows carry the system prompt only when it differs from the task's in the registry (parameter
+# ``registry_prompts``); NULL stands for the registry's, which saves sending the same few hundred
+# bytes with nearly every row.
 _SYSTEM_PROMPT = ("CASE WHEN {g}.{{system_prompt}} = (%(registry_prompts)s::jsonb ->> {g}.{{task}}::text) "
                   "THEN NULL ELSE {g}.{{system_prompt}} END")
 # Timestamps as ISO 8601 text (the session runs in UTC), cheaper than datetimes on both ends.
@@ -129,10 +123,13 @@ def _latest(names: Names, *, since: bool, narrow: bool, generations: sql.Composa
 
 
 def ratings_query(names: Names, *, since: bool, after_mark: bool) -> sql.Composed:
-    """Each generation's latest rating in the window with its generation (``RATING_FIELDS``).
+    """Each generation's latest rating in the window with its generation.
 
-    Ordered by generation id, which lets PostgreSQL merge-join the two tables without a sort.
-    ``found`` is false for a rating whose generation does not exist (no foreign key).
+    Columns: feedback id, generation id, rating (upper case), edited output, comment, rated at (ISO
+    text), whether the generation exists, task, language, platform, system prompt (NULL = the
+    registry's), user input, model output, model name. The "exists" flag is false for a rating
+    whose generation is missing (possible without a foreign key). Ordered by generation id, which
+    lets PostgreSQL merge-join the two tables without a sort.
     """
     latest = _latest(names, since=since, narrow=False,
                      generations=_fresh_generations(names, since) if after_mark else None)
@@ -200,7 +197,10 @@ def pairs_query(names: Names, *, since: bool, after_mark: bool) -> sql.Composed:
 
 
 def pair_rows_query(names: Names) -> sql.Composed:
-    """The ratings ``%(ids)s`` (a tuple of feedback ids) with their generations (``PAIR_ROW_FIELDS``)."""
+    """The ratings ``%(ids)s`` (a tuple of feedback ids) with their generations.
+
+    Columns: as ``ratings_query`` without the "generation exists" flag.
+    """
     return names.sql(
         "SELECT f.{feedback_id}, f.{feedback_generation_id}, upper(f.{rating}::text), f.{edited_output}, f.{comment}, "
         + _ISO.format(col="f.{created_at}") + ", g.{task}::text, g.{language}::text, g.{platform}::text, "
