@@ -18,12 +18,11 @@ from smm.io import atomic_writer
 
 SFT_FILE = "feedback_sft.jsonl"
 DPO_FILE = "feedback_dpo.jsonl"
-# Fields of an output line that name the generations it came from.
-GENERATION_FIELDS = ("generation_id", "chosen_generation_id", "rejected_generation_id")
 WRITE_BATCH = 1000  # lines joined into one write
 
 
-_ID_KEYS = tuple(f'"{name}":'.encode() for name in GENERATION_FIELDS)
+_SFT_KEYS = (b'"generation_id":',)
+_DPO_KEYS = (b'"chosen_generation_id":', b'"rejected_generation_id":')
 
 
 def generation_ids(line: bytes) -> list[bytes]:
@@ -33,7 +32,7 @@ def generation_ids(line: bytes) -> list[bytes]:
     escaped there), so the last occurrence of each key is the key itself; keys sit near the end.
     """
     ids = []
-    for key in _ID_KEYS:
+    for key in _DPO_KEYS if line.startswith(b'{"prompt"') else _SFT_KEYS:
         at = line.rfind(key)
         if at < 0:
             continue
@@ -76,17 +75,21 @@ class JsonlOutput:
         """Copy the first ``size`` bytes of ``path`` (the last export's lines), except lines about ``drop``."""
         dropped = {orjson.dumps(generation) for generation in drop}
         with open(path, "rb") if size else contextlib.nullcontext() as src:
-            left = size
+            left, partial = size, b""
             while left > 0:
-                chunk = src.readline() if dropped else src.read(min(left, 1 << 20))
-                if not chunk:
+                block = src.read(min(left, 1 << 20))
+                if not block:
                     break
-                chunk = chunk[:left]
-                left -= len(chunk)
-                if dropped and not dropped.isdisjoint(generation_ids(chunk)):
-                    self.dropped += 1
-                else:
-                    self._put(chunk)
+                left -= len(block)
+                if not dropped:
+                    self._put(block)
+                    continue
+                lines = (partial + block).split(b"\n")
+                partial = lines.pop()  # empty at the end: the state's size ends at a line's end
+                kept = [line for line in lines if dropped.isdisjoint(generation_ids(line))]
+                self.dropped += len(lines) - len(kept)
+                if kept:
+                    self._put(b"\n".join(kept) + b"\n")
 
     def state(self) -> FileState:
         self.flush()
