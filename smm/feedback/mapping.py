@@ -187,7 +187,6 @@ class Examples(NamedTuple):
     """What one rating row gives: an SFT example, a DPO pair, and why a pair was not made."""
 
     rating: str
-    prompt: Prompt | None
     sft: dict | None = None
     dpo: dict | None = None
     no_pair: str | None = None
@@ -204,24 +203,24 @@ def map_rating(mapper: Mapper, row: tuple) -> Examples:
     if rating == THUMBS_DOWN:
         if not (output or "").strip():
             raise Skip(EMPTY_OUTPUT)
-        return Examples(rating, prompt)
+        return Examples(rating)
     provenance = {"rating": rating, "generation_id": gid, "feedback_id": fid, "model_name": model_name,
                   "rated_at": created_at}
     if rating == THUMBS_UP:
         answer, _ = mapper.answer(prompt.task, output, EMPTY_OUTPUT, INVALID_ANSWER)
-        return Examples(rating, prompt, sft=sft_example(prompt, answer, provenance))
+        return Examples(rating, sft=sft_example(prompt, answer, provenance))
     answer, value = mapper.answer(prompt.task, edited, EMPTY_EDIT, INVALID_EDIT)
     sft = sft_example(prompt, answer, provenance)
     if not (output or "").strip():
-        return Examples(rating, prompt, sft=sft, no_pair=NO_ORIGINAL)
+        return Examples(rating, sft=sft, no_pair=NO_ORIGINAL)
     chosen, rejected = canonical(value), mapper.rejected(output)
     if chosen == rejected:
-        return Examples(rating, prompt, sft=sft, no_pair=UNCHANGED_EDIT)
+        return Examples(rating, sft=sft, no_pair=UNCHANGED_EDIT)
     pair = dpo_pair(prompt, chosen, rejected, {
         "pair": "edited", "chosen_generation_id": gid, "rejected_generation_id": gid,
         "chosen_feedback_id": fid, "rejected_feedback_id": fid, "model_name": model_name,
         "comment": mapper.scrub(comment) if comment else None, "rated_at": created_at})
-    return Examples(rating, prompt, sft=sft, dpo=pair)
+    return Examples(rating, sft=sft, dpo=pair)
 
 
 def map_pair(mapper: Mapper, down: tuple, approved: tuple) -> dict:
