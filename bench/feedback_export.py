@@ -244,14 +244,15 @@ def main() -> None:
         print(f"loading {args.rows:,} feedback rows ...", flush=True)
         load_s = load(url, args.rows)
         print(f"loaded in {load_s:.0f} s; exporting ...", flush=True)
-        out = args.keep or Path(tempfile.mkdtemp(prefix="smm-feedback-bench-"))
-        out.mkdir(parents=True, exist_ok=True)
-        load_before = os.getloadavg()[0]
-        full = run_stage(url, out)
-        again = run_stage(url, out)
-        added = add_ratings(url)
-        incremental = run_stage(url, out)
-        sizes = {p.name: p.stat().st_size for p in out.glob("*.jsonl")}
+        with tempfile.TemporaryDirectory(prefix="smm-feedback-bench-") as scratch:
+            out = args.keep or Path(scratch)
+            out.mkdir(parents=True, exist_ok=True)
+            load_before = os.getloadavg()[0]
+            full = run_stage(url, out)
+            again = run_stage(url, out)
+            added = add_ratings(url)
+            incremental = run_stage(url, out)
+            sizes = {p.name: p.stat().st_size for p in out.glob("*.jsonl")}
     finally:
         if server is not None:
             server.stop()
