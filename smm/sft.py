@@ -1,4 +1,4 @@
-"""TRL SFTTrainer wiring for smm: datasets, arguments, throughput measurement and resume.
+"""TRL SFTTrainer wiring for smm: datasets, arguments, the trainer and throughput measurement.
 
 The datasets arrive tokenized with their labels (smm/tokenize.py), so TRL does no templating of its
 own and the assistant-only mask is exactly ours. With ``training.packing`` TRL packs conversations
@@ -8,18 +8,15 @@ where installed, else a block-diagonal mask that transformers derives from the p
 """
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
-from smm.errors import SmmError
+from smm.checkpoints import save_schedule
 from smm.tokenize import Tokenized
 
 
@@ -41,7 +38,8 @@ def sft_config(cfg, device: str, dtype: Any, backend: str, has_val: bool):
 
     t = cfg.training
     evaluate = "steps" if t.eval_steps else "epoch"
-    save = "steps" if t.save_steps else "epoch"
+    early_stopping = bool(t.early_stopping_patience and has_val)
+    save, save_steps = save_schedule(t.save_steps, t.eval_steps, early_stopping)
     return SFTConfig(
         output_dir=t.checkpoint_dir,
         num_train_epochs=t.epochs,
@@ -60,9 +58,9 @@ def sft_config(cfg, device: str, dtype: Any, backend: str, has_val: bool):
         eval_strategy=evaluate if has_val else "no",
         eval_steps=t.eval_steps or None,
         save_strategy=save,
-        save_steps=t.save_steps or None,
+        save_steps=save_steps,
         save_total_limit=t.save_total_limit,
-        load_best_model_at_end=bool(t.early_stopping_patience and has_val),
+        load_best_model_at_end=early_stopping,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         seed=t.seed,
@@ -139,23 +137,19 @@ class ThroughputCallback(TrainerCallback):
         }
 
 
-def resolve_resume(value: Any, checkpoint_dir: str) -> str | None:
-    """The checkpoint to resume from: None (fresh start), the latest one (true) or a given path."""
-    text = str(value).strip().lower()
-    if text in ("false", "none", "", "0"):
-        return None
-    if text in ("true", "latest", "1"):
-        last = get_last_checkpoint(checkpoint_dir) if Path(checkpoint_dir).is_dir() else None
-        if last is None:
-            raise SmmError(f"training.resume=true but {checkpoint_dir} holds no checkpoint; start without resume")
-        return last
-    path = Path(str(value))
-    if not (path / "trainer_state.json").is_file():
-        raise SmmError(f"training.resume={value}: not a checkpoint folder (no trainer_state.json)")
-    return str(path)
+def build_trainer(cfg, loaded, train: Tokenized, val: Tokenized) -> tuple[SmmSFTTrainer, ThroughputCallback]:
+    """The trainer the stage runs on ``loaded`` (smm.train_model.LoadedModel), with its throughput callback."""
+    from transformers import EarlyStoppingCallback
 
-
-def clear_checkpoints(checkpoint_dir: str) -> None:
-    """Remove an earlier run's checkpoints so a later resume cannot pick them up."""
-    for old in Path(checkpoint_dir).glob("checkpoint-*"):
-        shutil.rmtree(old, ignore_errors=True)
+    throughput = ThroughputCallback(loaded.device)
+    callbacks = [throughput]
+    has_val = bool(val.input_ids)
+    if cfg.training.early_stopping_patience and has_val:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    trainer = SmmSFTTrainer(
+        model=loaded.model, processing_class=loaded.tokenizer,
+        args=sft_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val),
+        train_dataset=to_dataset(train), eval_dataset=to_dataset(val) if has_val else None,
+        callbacks=callbacks,
+    )
+    return trainer, throughput

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from smm.chat import CHAT_TEMPLATE
@@ -116,12 +117,25 @@ def _load_unsloth(path: str, model_cfg, lora_cfg, dtype, seed: int, gradient_che
     return model, tokenizer
 
 
+def check_local_path(path: str) -> None:
+    """Fail before loading when ``path`` names a local folder (not a Hub name) that holds no model."""
+    folder = Path(path).expanduser()
+    local = folder.exists() or path.startswith(("/", ".", "~")) or path.count("/") > 1
+    if local and not (folder / "config.json").is_file():
+        what = "no config.json in it" if folder.is_dir() else "no such folder"
+        raise SmmError(f"model.base_model {path!r}: {what}; give a model folder or a Hugging Face name such as Qwen/Qwen2.5-7B-Instruct")
+
+
 def load_for_training(path: str, cfg) -> LoadedModel:
     """Base model at ``path`` + fresh LoRA adapter, on the backend ``training.backend`` resolves to."""
     backend = choose_backend(cfg.training.backend, cfg.model.quantization)
+    check_local_path(path)
     device = "cuda" if _cuda_available() else "cpu"
     dtype = compute_dtype(cfg.model.dtype, device)
     log.info("Loading %s for training: backend %s, %s, %s weights", path, backend, device, cfg.model.quantization)
+    from transformers import set_seed
+
+    set_seed(cfg.training.seed)  # the adapter's initial weights are drawn here, before the trainer seeds anything
     try:
         if backend == "unsloth":
             model, tokenizer = _load_unsloth(path, cfg.model, cfg.lora, dtype, cfg.training.seed, cfg.training.gradient_checkpointing)

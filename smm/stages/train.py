@@ -9,11 +9,13 @@ validation loss (the Optuna objective).
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from smm.checkpoints import clear_checkpoints, resolve_resume, save_schedule
 from smm.config import to_plain
 from smm.errors import SmmError
 from smm.io import atomic_directory, read_jsonl, write_json, write_manifest
@@ -40,15 +42,17 @@ def ensure_writable(*folders: str) -> None:
             with tempfile.TemporaryFile(dir=parent):
                 pass
         except OSError as exc:
-            raise SmmError(f"{folder} is not writable ({exc.strerror}); choose another training.output_dir/checkpoint_dir") from None
+            raise SmmError(f"{folder} is not writable ({exc.strerror}: {exc.filename}); choose another training.output_dir/checkpoint_dir") from None
 
 
 def start_wandb(cfg: DictConfig) -> None:
+    """A wandb run named and tagged from ``logger``; its files go to $WANDB_DIR, else beside the checkpoints."""
     import wandb
 
     wandb.init(
         project=cfg.logger.project, entity=cfg.logger.entity, name=cfg.logger.run_name,
-        tags=list(cfg.logger.tags), config=to_plain(cfg), dir=str(Path(cfg.training.checkpoint_dir).parent),
+        tags=list(cfg.logger.tags), config=to_plain(cfg),
+        dir=os.environ.get("WANDB_DIR") or str(Path(cfg.training.checkpoint_dir).parent),
     )
 
 
@@ -60,12 +64,17 @@ def run(cfg: DictConfig) -> float:
     ensure_writable(cfg.training.output_dir, cfg.training.checkpoint_dir)
     train_rows = read_processed(train_file)
     val_rows = read_processed(val_file) if val_file.is_file() else []
+    # Checked before the model loads: a bad checkpoint schedule or resume fails fast.
+    save_schedule(cfg.training.save_steps, cfg.training.eval_steps, bool(cfg.training.early_stopping_patience and val_rows))
+    resume = resolve_resume(cfg.training.resume, cfg.training.checkpoint_dir)
+    if cfg.training.early_stopping_patience and not val_rows:
+        log.warning("training.early_stopping_patience is ignored: %s is missing or empty", val_file)
 
     from smm.train_model import load_for_training  # imports Unsloth (if chosen) before transformers
 
     base = resolve_base_model(cfg.model)
     loaded = load_for_training(base, cfg)
-    from smm.sft import SmmSFTTrainer, ThroughputCallback, clear_checkpoints, resolve_resume, sft_config, to_dataset
+    from smm.sft import build_trainer
     from smm.tokenize import tokenize_examples
 
     max_len = cfg.model.max_seq_length
@@ -78,25 +87,15 @@ def run(cfg: DictConfig) -> float:
         raise SmmError(f"no trainable conversations in {train_file} (all {train_tok.dropped} lost their answer to truncation)")
     log.info("Training on %d conversations (%d tokens), validating on %d", len(train_tok.input_ids), train_tok.tokens, len(val_tok.input_ids))
 
-    resume = resolve_resume(cfg.training.resume, cfg.training.checkpoint_dir)
     if resume is None:
         clear_checkpoints(cfg.training.checkpoint_dir)
+    else:
+        log.info("Resuming from %s", resume)
     if cfg.logger.name == "wandb":
         start_wandb(cfg)
 
-    from transformers import EarlyStoppingCallback
-
-    throughput = ThroughputCallback(loaded.device)
-    callbacks = [throughput]
-    has_val = bool(val_tok.input_ids)
-    if cfg.training.early_stopping_patience and has_val:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
-    trainer = SmmSFTTrainer(
-        model=loaded.model, processing_class=loaded.tokenizer,
-        args=sft_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val),
-        train_dataset=to_dataset(train_tok), eval_dataset=to_dataset(val_tok) if has_val else None,
-        callbacks=callbacks,
-    )
+    trainer, throughput = build_trainer(cfg, loaded, train_tok, val_tok)
+    has_val = trainer.eval_dataset is not None
     result = _train(trainer, resume, cfg)
     final = trainer.evaluate() if has_val else {}
     val_loss = final.get("eval_loss")
