@@ -48,6 +48,10 @@ def load_stage(name: str):
         raise StageNotAvailable(f"stage={name} does not exist (stages: {', '.join(STAGE_NAMES)})")
     try:
         return importlib.import_module(f"smm.stages.{name}")
+    except ValueError as exc:  # Hydra's own command-line conflicts, e.g. -m together with --cfg
+        if full_error or not _raised_by_hydra(exc):
+            raise
+        _fail(str(exc), 2)
     except ModuleNotFoundError as exc:
         if exc.name == f"smm.stages.{name}":
             raise StageNotAvailable(f"stage={name} is not available yet in this version of smm") from None
@@ -94,6 +98,13 @@ def describe_config_error(exc: BaseException) -> str:
     return re.sub(r"\s+", " ", str(exc)).strip()
 
 
+def _raised_by_hydra(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.sep}hydra{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
 def _fail(message: str, code: int) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
@@ -119,6 +130,10 @@ def guarded(main: Callable[[], object]) -> None:
         if full_error:
             raise
         _fail(describe_config_error(exc), 2)
+    except ValueError as exc:  # Hydra's own command-line conflicts, e.g. -m together with --cfg
+        if full_error or not _raised_by_hydra(exc):
+            raise
+        _fail(str(exc), 2)
     except ModuleNotFoundError as exc:
         top = (exc.name or "").split(".")[0]
         if full_error or top not in EXTRA_FOR_MODULE:

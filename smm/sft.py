@@ -76,6 +76,7 @@ def sft_config(cfg, device: str, dtype: Any, backend: str, has_val: bool):
         packing_strategy="bfd",
         report_to=["wandb"] if cfg.logger.name == "wandb" else "none",
         dataloader_pin_memory=device == "cuda",
+        include_num_input_tokens_seen="non_padding",
     )
 
 
@@ -105,12 +106,24 @@ class SmmSFTTrainer(SFTTrainer):
 
 
 class ThroughputCallback(TrainerCallback):
-    """Time spent in training steps only (no evaluation, no checkpointing), and peak GPU memory."""
+    """Per optimizer step: seconds spent training (no evaluation, no checkpointing) and real
+    (non-padding) tokens processed; and peak GPU memory."""
 
     def __init__(self, device: str):
         self.device = device
-        self.step_seconds = 0.0
+        self.steps: list[tuple[float, int]] = []
         self._started = 0.0
+        self._tokens_before = 0
+
+    @property
+    def step_seconds(self) -> float:
+        return sum(seconds for seconds, _ in self.steps)
+
+    def tokens_per_second(self, skip: int = 0) -> float | None:
+        """Real tokens per second of training, leaving out the first ``skip`` (warm-up) steps."""
+        measured = self.steps[skip:]
+        seconds = sum(s for s, _ in measured)
+        return sum(t for _, t in measured) / seconds if seconds else None
 
     def _sync(self) -> None:
         if self.device == "cuda":
@@ -123,10 +136,11 @@ class ThroughputCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         self._sync()
         self._started = time.perf_counter()
+        self._tokens_before = state.num_input_tokens_seen
 
     def on_step_end(self, args, state, control, **kwargs):
         self._sync()
-        self.step_seconds += time.perf_counter() - self._started
+        self.steps.append((time.perf_counter() - self._started, int(state.num_input_tokens_seen - self._tokens_before)))
 
     def peak_memory_gib(self) -> dict[str, float]:
         if self.device != "cuda":

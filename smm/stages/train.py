@@ -100,7 +100,7 @@ def run(cfg: DictConfig) -> float:
     final = trainer.evaluate() if has_val else {}
     val_loss = final.get("eval_loss")
     epochs_done = trainer.state.epoch or 0.0
-    tokens_seen = train_tok.tokens * epochs_done
+    tokens_per_s = throughput.tokens_per_second()
     metrics = {
         "backend": loaded.backend,
         "device": _device_name(loaded.device),
@@ -115,7 +115,7 @@ def run(cfg: DictConfig) -> float:
         "dropped": train_tok.dropped + val_tok.dropped,
         "train_tokens_per_epoch": train_tok.tokens,
         "step_seconds": round(throughput.step_seconds, 2),
-        "real_tokens_per_s": round(tokens_seen / throughput.step_seconds, 1) if throughput.step_seconds else None,
+        "real_tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None,
         "runtime_s": result.metrics.get("train_runtime"),
         **throughput.peak_memory_gib(),
         "loss_history": [

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The train benchmark as run on the GPU machine (see docs/benchmarks.md). Usage, from the repo root
+# with .site (shared/device/build-site.sh) and .bench_tok (the tiny model's tokenizer files) present:
+#   bash bench/gpu_train_calls.sh A   # model + Unsloth path + bare baseline
+#   bash bench/gpu_train_calls.sh B   # model (if gone) + transformers/PEFT path + low_vram_8gb preset
+set -uo pipefail
+export PYTHONPATH=$PWD/.site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/tok
+cp .bench_tok/* /tmp/tok/ && gunzip -f /tmp/tok/tokenizer.json.gz
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 bench/train_throughput.py make --out /tmp/m7b --tokenizer /tmp/tok
+run() { python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_$1.jsonl" --steps 8 --warmup 3 "${@:2}" 2>&1 | grep -vE "it/s\]|s/it\]" | tail -25; }
+case "${1:-A}" in
+  A) run A --backend unsloth --shapes rows4096,mix_packed,mix_padded,rows1024
+     run A --backend bare --shapes rows4096,rows1024,mix ;;
+  B) run B --backend unsloth --shapes rows4096,mix_packed,rows4096_padded
+     run B --backend unsloth --preset low_vram_8gb --shapes mix_packed,rows2048_padded
+     run B --backend hf --shapes rows4096,mix_packed,mix_padded ;;
+esac
+python3 bench/train_throughput.py table "$OUT"/train_*.jsonl

@@ -1,0 +1,344 @@
+"""GPU benchmark of the train stage: real (non-padding) tokens/s and peak VRAM, smm vs a bare loop.
+
+A Qwen2.5-7B-shaped model with random weights is built locally (vocab 152064, hidden 3584, 28
+layers, 28 heads, 4 KV heads, intermediate 18944; no hub) with the real Qwen2.5 tokenizer taken
+from the tiny model's folder. Each ``run`` is one process and one model load:
+
+    python bench/train_throughput.py make --out /tmp/m7b --tokenizer .bench_tok
+    python bench/train_throughput.py run --model /tmp/m7b --backend bare    --shapes rows4096,rows1024,mix
+    python bench/train_throughput.py run --model /tmp/m7b --backend unsloth --shapes rows4096,mix_packed,mix_padded
+    python bench/train_throughput.py run --model /tmp/m7b --backend hf      --shapes rows4096,mix_packed,mix_padded
+    python bench/train_throughput.py run --model /tmp/m7b --backend unsloth --preset low_vram_8gb --shapes mix_packed
+    python bench/train_throughput.py table $OUT/*.jsonl
+
+``bare`` is the baseline: transformers + PEFT + bitsandbytes nf4, a hand-written loop over padded
+batches. ``unsloth`` and ``hf`` run smm's own code path (config composed from conf/, the model
+loaded by smm.train_model, data tokenized by smm.tokenize, SmmSFTTrainer with smm's SFTConfig),
+with QLoRA r16 a16 on the 7 projections at batch 2. Shapes: ``rowsN`` = conversations of exactly
+N tokens; ``mix`` = conversations of 120-1500 tokens (log-uniform, like the seeds and feedback),
+``mix_packed`` / ``mix_padded`` = that mix with training.packing on / off. Every run also checks
+packed attention boundaries: per-token log-probs of conversations packed into one row must equal
+those of each conversation alone. ``--tiny`` uses the tiny model shape for a CPU dry run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SHAPE_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768)
+SHAPE_TINY = dict(vocab_size=151936, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+WORDS = ("marketing post launch summer sale customers community coffee bakery fresh weekend offer "
+         "Kaffee Angebot Wochenende Kunden frais boulangerie clientes oferta verão novidade #brand "
+         "engagement reach story reel hashtag audience café brunch vélo Fahrrad bicicleta").split()
+MIX_RANGE = (120, 1500)
+
+
+def make(out: Path, tokenizer_dir: Path, tiny: bool) -> None:
+    """A random bf16 Qwen2 of the 7B (or tiny) shape with the real tokenizer, saved to ``out``."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    if (out / "config.json").exists():
+        print(f"{out} exists")
+        return
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = Qwen2Config(**(SHAPE_TINY if tiny else SHAPE_7B), tie_word_embeddings=False, rope_theta=1e6,
+                         rms_norm_eps=1e-6, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen2ForCausalLM(config)
+    torch.set_default_dtype(torch.float32)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    print(f"made {out}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params in {time.perf_counter() - started:.0f} s")
+
+
+def conversations(tokenizer, lengths: list[int], seed: int) -> list[dict]:
+    """Synthetic prepared examples whose chat-formatted length is close to each target length."""
+    from smm.chat import DEFAULT_SYSTEM_PROMPT
+
+    rng = random.Random(seed)
+    base = len(tokenizer(DEFAULT_SYSTEM_PROMPT + "user" + "assistant", add_special_tokens=False)["input_ids"]) + 12
+    rows = []
+    for length in lengths:
+        body = max(length - base, 16)
+        user_words = [rng.choice(WORDS) for _ in range(max(4, body // 8))]
+        answer_words = [rng.choice(WORDS) for _ in range(body)]
+        messages = [
+            {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+            {"role": "user", "content": " ".join(user_words)},
+            {"role": "assistant", "content": json.dumps({"post": " ".join(answer_words)})},
+        ]
+        rows.append({"messages": messages, "task": "post_generation", "language": "en", "platform": "x"})
+    return rows
+
+
+def shape_lengths(shape: str, n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    if shape.startswith("rows"):
+        return [int(shape[4:]) + 64] * n  # a little over: truncation makes every row exactly N tokens
+    lo, hi = MIX_RANGE
+    return [int(math.exp(rng.uniform(math.log(lo), math.log(hi)))) for _ in range(n)]
+
+
+def _result(backend: str, shape: str, steps: list[tuple[float, int]], warmup: int, extra: dict) -> dict:
+    import torch
+
+    measured = steps[warmup:]
+    seconds, tokens = sum(s for s, _ in measured), sum(t for _, t in measured)
+    return {
+        "backend": backend, "shape": shape, "steps": len(measured), "tokens": tokens,
+        "real_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+        "seconds_per_step": round(seconds / len(measured), 3) if measured else None,
+        "peak_vram_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "peak_vram_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if torch.cuda.is_available() else None,
+        **extra,
+    }
+
+
+def bare(model_dir: Path, shapes: list[str], n_steps: int, warmup: int, batch: int) -> list[dict]:
+    """The baseline: transformers + PEFT + bitsandbytes nf4 QLoRA, a plain loop over padded batches."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from smm.config import LORA_TARGETS
+    from smm.tokenize import tokenize_examples
+
+    cuda = torch.cuda.is_available()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16) if cuda else None
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                 quantization_config=quant, device_map={"": 0} if cuda else None)
+    if cuda:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                                             task_type="CAUSAL_LM"))
+    model.train()  # gradient checkpointing only acts in training mode
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    device = "cuda" if cuda else "cpu"
+    results = []
+    for shape in shapes:
+        max_len = int(shape[4:]) if shape.startswith("rows") else 4096
+        data = tokenize_examples(tok, conversations(tok, shape_lengths(shape, batch * (n_steps + warmup), 1), 1), max_len)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        steps = []
+        for start in range(0, batch * (n_steps + warmup), batch):
+            rows = list(zip(data.input_ids, data.labels))[start:start + batch]
+            width = max(len(ids) for ids, _ in rows)
+            ids = torch.full((len(rows), width), tok.pad_token_id)
+            labels = torch.full((len(rows), width), -100)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, (row_ids, row_labels) in enumerate(rows):
+                ids[i, :len(row_ids)], labels[i, :len(row_ids)], mask[i, :len(row_ids)] = (
+                    torch.tensor(row_ids), torch.tensor(row_labels), 1)
+            if cuda:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize()
+            steps.append((time.perf_counter() - started, int(mask.sum())))
+        results.append(_result("bare", shape, steps, warmup, {"padded": True, "loss": round(float(loss), 3)}))
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def smm_config(model_dir: Path, backend: str, preset: str | None, workdir: Path, tiny: bool):
+    from hydra import compose, initialize_config_dir
+
+    from smm.config import register_configs, validate
+
+    register_configs()
+    overrides = [
+        "stage=train", f"model.base_model={model_dir}", f"training.backend={backend}",
+        f"model.quantization={'none' if tiny else '4bit'}", "training.gradient_accumulation_steps=1",
+        "training.logging_steps=1", "training.save_steps=1000000", "training.warmup_ratio=0",
+        f"training.output_dir={workdir / 'adapter'}", f"training.checkpoint_dir={workdir / 'checkpoints'}",
+    ]
+    if preset:
+        overrides.append(f"preset={preset}")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    validate(cfg)
+    return cfg
+
+
+def boundary_check(trainer, model, rows: list[dict]) -> tuple[float, float]:
+    """Max |log p| difference from each conversation run alone: (a) packed into one padding-free row
+    by the trainer's collator, (b) naively concatenated (attention crosses conversations). (a) should be
+    rounding noise, far below (b)."""
+    import torch
+
+    collator = trainer.data_collator
+    device = next(model.parameters()).device
+    features = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
+
+    def logprobs(batch) -> torch.Tensor:
+        batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        labels = batch.pop("labels")
+        logits = model(**batch).logits.float()
+        picked = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return picked[labels[:, 1:] != -100]
+
+    os.environ["UNSLOTH_RETURN_LOGITS"] = "1"  # Unsloth returns no logits in training otherwise
+    try:
+        with torch.no_grad():
+            packed = logprobs(collator(features))
+            alone = torch.cat([logprobs(collator([f])) for f in features])
+            concat = {k: torch.tensor([sum((f[k] for f in features), [])]) for k in ("input_ids", "labels")}
+            naive = logprobs(concat)
+    finally:
+        del os.environ["UNSLOTH_RETURN_LOGITS"]
+    return float((packed - alone).abs().max()), float((naive - alone).abs().max())
+
+
+def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warmup: int, preset: str | None,
+            workdir: Path, tiny: bool) -> list[dict]:
+    """smm's own train path: load once, then one SmmSFTTrainer per shape."""
+    cfg = smm_config(model_dir, backend, preset, workdir, tiny)
+    from smm.train_model import load_for_training  # imports Unsloth first when it runs
+
+    loaded = load_for_training(str(model_dir), cfg)
+    import torch
+    from omegaconf import open_dict
+
+    from smm.sft import SmmSFTTrainer, ThroughputCallback, sft_config, to_dataset
+    from smm.tokenize import tokenize_examples
+
+    batch, seq = cfg.training.batch_size, cfg.model.max_seq_length
+    results = []
+    for shape in shapes:
+        packing, base = not shape.endswith("_padded"), shape.split("_")[0]
+        with open_dict(cfg):
+            cfg.training.packing = packing
+            cfg.training.max_steps = n_steps + warmup
+        row = min(int(base[4:]), seq) if base.startswith("rows") else seq
+        per_step = max(1, (batch * seq) // (row if base.startswith("rows") else sum(MIX_RANGE) // 3)) if packing else batch
+        lengths = shape_lengths(base, per_step * (n_steps + warmup) * 2, 2)
+        data = tokenize_examples(loaded.tokenizer, conversations(loaded.tokenizer, lengths, 2), row)
+        throughput = ThroughputCallback(loaded.device)
+        trainer = SmmSFTTrainer(
+            model=loaded.model, processing_class=loaded.tokenizer,
+            args=sft_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val=False),
+            train_dataset=to_dataset(data), callbacks=[throughput],
+        )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        started = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - started
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        sample = [{"input_ids": i, "labels": l} for i, l in zip(data.input_ids[:4], data.labels[:4])]
+        extra = {
+            "packed": packing, "preset": preset, "batch_size": batch, "max_seq_length": seq, "lora_rank": cfg.lora.rank,
+            "backend_ran": loaded.backend, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+            "wall_s": round(wall, 1),
+        }
+        if packing:
+            extra["boundary_max_abs_diff"], extra["naive_concat_max_abs_diff"] = boundary_check(trainer, loaded.model, sample)
+        results.append(_result(backend, shape, throughput.steps, warmup, extra))
+        print(json.dumps(results[-1]), flush=True)
+        del trainer
+    return results
+
+
+def environment() -> dict:
+    import importlib.metadata as md
+
+    import torch
+
+    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "python": sys.version.split()[0]}
+    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "unsloth", "datasets", "accelerate"):
+        try:
+            env[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return env
+
+
+def _delta(r: dict) -> str:
+    if r.get("boundary_max_abs_diff") is None:
+        return "–"
+    return f"{r['boundary_max_abs_diff']:.3g} / {r['naive_concat_max_abs_diff']:.3g}"
+
+
+def table(files: list[Path]) -> str:
+    """A Markdown table of every result, with ratios to the bare baseline on the same shape."""
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.startswith("{")]
+    results = [r for r in rows if "shape" in r]
+    base = {r["shape"]: r["real_tokens_per_s"] for r in results if r["backend"] == "bare"}
+    lines = ["| backend | preset | shape | packing | real tok/s | × bare (same shape) | × bare padded mix | s/step | peak VRAM alloc / reserved GiB | boundary Δ packed / naive |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        shape = r["shape"].split("_")[0]
+        ratio = lambda b: f"{r['real_tokens_per_s'] / b:.2f}" if b and r["real_tokens_per_s"] else "–"
+        lines.append(
+            f"| {r['backend']} | {r.get('preset') or '-'} | {r['shape']} | {'on' if r.get('packed') else 'off'} | "
+            f"{r['real_tokens_per_s']:,.0f} | {ratio(base.get(shape))} | {ratio(base.get('mix'))} | {r['seconds_per_step']} | "
+            f"{r['peak_vram_allocated_gib']} / {r['peak_vram_reserved_gib']} | {_delta(r)} |")
+    envs = [r for r in rows if "date" in r]
+    return "\n".join(lines + ([f"\nEnvironment: {json.dumps(envs[0])}"] if envs else []))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    mk = sub.add_parser("make")
+    mk.add_argument("--out", type=Path, required=True)
+    mk.add_argument("--tokenizer", type=Path, required=True)
+    mk.add_argument("--tiny", action="store_true")
+    rn = sub.add_parser("run")
+    rn.add_argument("--model", type=Path, required=True)
+    rn.add_argument("--backend", choices=("bare", "hf", "unsloth"), required=True)
+    rn.add_argument("--shapes", default="rows4096,mix_packed,mix_padded")
+    rn.add_argument("--steps", type=int, default=10)
+    rn.add_argument("--warmup", type=int, default=3)
+    rn.add_argument("--preset")
+    rn.add_argument("--tiny", action="store_true")
+    rn.add_argument("--workdir", type=Path, default=Path("/tmp/smm-bench"))
+    rn.add_argument("--json", type=Path, help="append results as JSON lines to this file")
+    tb = sub.add_parser("table")
+    tb.add_argument("files", type=Path, nargs="+")
+    args = parser.parse_args()
+    if args.command == "make":
+        make(args.out, args.tokenizer, args.tiny)
+    elif args.command == "table":
+        print(table(args.files))
+    else:
+        shapes = args.shapes.split(",")
+        if args.backend == "bare":
+            results = bare(args.model, shapes, args.steps, args.warmup, batch=2)
+        else:
+            results = smm_run(args.model, args.backend, shapes, args.steps, args.warmup, args.preset, args.workdir, args.tiny)
+        if args.json:
+            with open(args.json, "a") as fh:
+                fh.write(json.dumps(environment()) + "\n")
+                for r in results:
+                    fh.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Stage pipeline: run ``pipeline.stages`` in order (default prepare → train → export → evaluate).
+
+Each stage is the same ``run(cfg)`` that ``stage=<name>`` calls, so the stages still talk only
+through the files their config names. The first stage that fails stops the pipeline with its own
+one-line error. Returns the last stage's result (for the default list: the evaluation score).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from smm.cli import load_stage
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> float:
+    stages = list(cfg.pipeline.stages)
+    results: list[tuple[str, float, float]] = []
+    for number, name in enumerate(stages, start=1):
+        log.info("Pipeline step %d/%d: %s", number, len(stages), name)
+        started = time.perf_counter()
+        result = float(load_stage(name).run(cfg))
+        results.append((name, result, time.perf_counter() - started))
+    table = Table(title="Pipeline")
+    table.add_column("stage")
+    table.add_column("result", justify="right")
+    table.add_column("seconds", justify="right")
+    for name, result, seconds in results:
+        table.add_row(name, f"{result:.4g}", f"{seconds:.0f}")
+    Console().print(table)
+    return results[-1][1]
