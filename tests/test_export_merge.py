@@ -44,8 +44,10 @@ def test_merged_logits_equal_base_plus_adapter(tiny_model_dir, tiny_adapter, mer
 
     adapter_effect = (reference - base_logits).abs().max().item()
     merge_error = (merged_logits - reference).abs().max().item()
-    assert adapter_effect > 0.2, "the fixture adapter must change the logits for this test to mean anything"
-    assert merge_error < 0.03  # bf16 rounding of the merged weights; the adapter's effect is >20x larger
+    scale = base_logits.abs().max().item()
+    assert adapter_effect > 0.05 * scale, "the fixture adapter must change the logits for this test to mean anything"
+    assert merge_error < 0.02 * scale  # bf16 rounding of the merged weights
+    assert merge_error < adapter_effect / 10
     assert torch.equal(merged_logits.argmax(-1), reference.argmax(-1))
 
 
