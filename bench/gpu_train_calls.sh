@@ -3,18 +3,34 @@
 # with .site (shared/device/build-site.sh) and .bench_tok (the tiny model's tokenizer files) present:
 #   bash bench/gpu_train_calls.sh A   # model + Unsloth path + bare baseline
 #   bash bench/gpu_train_calls.sh B   # model (if gone) + transformers/PEFT path + low_vram_8gb preset
+#   bash bench/gpu_train_calls.sh C   # the train stage itself on the 7B shape (defaults, low_vram_8gb),
+#                                     # then the transformers/PEFT path and the default path on full rows
+#   STEPS=6 bash bench/gpu_train_calls.sh D   # the final comparison, baseline and smm in one call
 set -uo pipefail
 export PYTHONPATH=$PWD/.site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/tok
 cp .bench_tok/* /tmp/tok/ && gunzip -f /tmp/tok/tokenizer.json.gz
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 bench/train_throughput.py make --out /tmp/m7b --tokenizer /tmp/tok
-run() { python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_$1.jsonl" --steps 8 --warmup 3 "${@:2}" 2>&1 | grep -vE "it/s\]|s/it\]" | tail -25; }
+STEPS=${STEPS:-8}
+run() { python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_$1.jsonl" --steps "$STEPS" --warmup 3 "${@:2}" 2>&1 | grep -vE "it/s\]|s/it\]" | tail -25; }
 case "${1:-A}" in
   A) run A --backend unsloth --shapes rows4096,mix_packed,mix_padded,rows1024
      run A --backend bare --shapes rows4096,rows1024,mix ;;
   B) run B --backend unsloth --shapes rows4096,mix_packed,rows4096_padded
      run B --backend unsloth --preset low_vram_8gb --shapes mix_packed,rows2048_padded
      run B --backend hf --shapes rows4096,mix_packed,mix_padded ;;
+  C) stage() { python3 run.py stage=train model.base_model=/tmp/m7b "hydra.run.dir=/tmp/run_$1" \
+       "training.output_dir=/tmp/adapter_$1" "training.checkpoint_dir=/tmp/ckpt_$1" "${@:2}" 2>&1 | grep -E "INFO|WARN|error" | tail -6
+       python3 -c "import json,sys; m=json.load(open('/tmp/adapter_$1/metrics.json')); m.pop('loss_history'); print(json.dumps(m))" | tee -a "$OUT/stage_$1.json"; }
+     stage default
+     stage low_vram preset=low_vram_8gb
+     python3 -c "import json; print(json.load(open('/tmp/adapter_default/adapter_config.json'))['base_model_name_or_path'])"
+     run C --backend unsloth --shapes rows4096
+     run C --backend hf --shapes rows4096,mix_packed,mix_padded ;;
+  D) run D --backend bare --shapes rows4096,mix
+     run D --backend unsloth --shapes rows4096,mix_packed,mix_padded
+     run D --backend unsloth --preset low_vram_8gb --shapes mix_padded,rows2048_padded
+     run D --backend hf --shapes rows4096,mix_packed,mix_padded ;;
 esac
 python3 bench/train_throughput.py table "$OUT"/train_*.jsonl

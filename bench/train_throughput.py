@@ -224,8 +224,8 @@ def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warm
     import torch
     from omegaconf import open_dict
 
-    from smm.sft import SmmSFTTrainer, ThroughputCallback, sft_config, to_dataset
-    from smm.tokenize import tokenize_examples
+    from smm.sft import build_trainer
+    from smm.tokenize import Tokenized, tokenize_examples
 
     batch, seq = cfg.training.batch_size, cfg.model.max_seq_length
     results = []
@@ -238,12 +238,8 @@ def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warm
         per_step = max(1, (batch * seq) // (row if base.startswith("rows") else sum(MIX_RANGE) // 3)) if packing else batch
         lengths = shape_lengths(base, per_step * (n_steps + warmup) * 2, 2)
         data = tokenize_examples(loaded.tokenizer, conversations(loaded.tokenizer, lengths, 2), row)
-        throughput = ThroughputCallback(loaded.device)
-        trainer = SmmSFTTrainer(
-            model=loaded.model, processing_class=loaded.tokenizer,
-            args=sft_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val=False),
-            train_dataset=to_dataset(data), callbacks=[throughput],
-        )
+        trainer, throughput = build_trainer(cfg, loaded, data, Tokenized())
+        packing = trainer.args.packing  # the stage skips packing where rows are already full
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         started = time.perf_counter()

@@ -8,6 +8,7 @@ where installed, else a block-diagonal mask that transformers derives from the p
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -18,6 +19,8 @@ from trl import SFTTrainer
 
 from smm.checkpoints import save_schedule
 from smm.tokenize import Tokenized
+
+log = logging.getLogger(__name__)
 
 
 def to_dataset(tokenized: Tokenized):
@@ -32,7 +35,22 @@ def optimizer_name(requested: str, device: str, quantization: str) -> str:
     return "paged_adamw_8bit" if device == "cuda" and quantization != "none" else "adamw_torch"
 
 
-def sft_config(cfg, device: str, dtype: Any, backend: str, has_val: bool):
+PACK_BELOW_FILL = 0.9
+
+
+def row_fill(lengths: list[int], max_seq_length: int) -> float:
+    """How full unpacked rows are: the mean conversation length over ``max_seq_length``."""
+    return sum(lengths) / (len(lengths) * max_seq_length) if lengths else 1.0
+
+
+def should_pack(requested: bool, lengths: list[int], max_seq_length: int) -> bool:
+    """Pack only when conversations are short: rows that are already full gain nothing from
+    packing, and the packed attention mask costs memory (docs/benchmarks.md: 24 vs 7 GiB on full
+    4096-token rows of a 7B model)."""
+    return requested and row_fill(lengths, max_seq_length) < PACK_BELOW_FILL
+
+
+def sft_config(cfg, device: str, dtype: Any, backend: str, has_val: bool, packing: bool):
     """TRL's SFTConfig from smm's training/model/logger config."""
     from trl import SFTConfig
 
@@ -72,7 +90,7 @@ def sft_config(cfg, device: str, dtype: Any, backend: str, has_val: bool):
         gradient_checkpointing=t.gradient_checkpointing and backend == "hf",
         gradient_checkpointing_kwargs={"use_reentrant": False},
         max_length=cfg.model.max_seq_length,
-        packing=t.packing,
+        packing=packing,
         packing_strategy="bfd",
         report_to=["wandb"] if cfg.logger.name == "wandb" else "none",
         dataloader_pin_memory=device == "cuda",
@@ -158,11 +176,15 @@ def build_trainer(cfg, loaded, train: Tokenized, val: Tokenized) -> tuple[SmmSFT
     throughput = ThroughputCallback(loaded.device)
     callbacks = [throughput]
     has_val = bool(val.input_ids)
+    lengths, max_len = [len(ids) for ids in train.input_ids], cfg.model.max_seq_length
+    packing = should_pack(cfg.training.packing, lengths, max_len)
+    if cfg.training.packing and not packing:
+        log.info("Not packing: the conversations already fill %.0f%% of model.max_seq_length", 100 * row_fill(lengths, max_len))
     if cfg.training.early_stopping_patience and has_val:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
     trainer = SmmSFTTrainer(
         model=loaded.model, processing_class=loaded.tokenizer,
-        args=sft_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val),
+        args=sft_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val, packing),
         train_dataset=to_dataset(train), eval_dataset=to_dataset(val) if has_val else None,
         callbacks=callbacks,
     )

@@ -108,6 +108,7 @@ def run(cfg: DictConfig) -> float:
         "eval_loss": val_loss,
         "epochs": round(epochs_done, 3),
         "steps": trainer.state.global_step,
+        "packing": trainer.args.packing,
         "resumed_from": resume,
         "train_examples": len(train_tok.input_ids),
         "val_examples": len(val_tok.input_ids),
