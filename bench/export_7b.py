@@ -34,10 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-SHAPE_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768)
-SHAPE_TINY = dict(vocab_size=151936, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+from model_shapes import SHAPE_7B, SHAPE_TINY  # noqa: E402  (bench/ is on sys.path)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 EXPORT_STEPS = ("check", "merge", "convert", "quantize", "verify", "publish")
 QUANT = "q4_k_m"

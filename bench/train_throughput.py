@@ -35,10 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-SHAPE_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768)
-SHAPE_TINY = dict(vocab_size=151936, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+from model_shapes import SHAPE_7B, SHAPE_TINY  # noqa: E402  (bench/ is on sys.path)
 WORDS = ("marketing post launch summer sale customers community coffee bakery fresh weekend offer "
          "Kaffee Angebot Wochenende Kunden frais boulangerie clientes oferta verão novidade #brand "
          "engagement reach story reel hashtag audience café brunch vélo Fahrrad bicicleta").split()
