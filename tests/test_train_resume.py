@@ -1,11 +1,12 @@
 """Checkpoints, resume after a kill, reproducibility, early stopping — on 4 short seed conversations.
 
-The uninterrupted runs go through ``smm.stages.train.run`` in this process (no second start-up of
-torch); the killed and the resumed run are real ``python run.py`` processes.
+Most runs go through ``smm.stages.train.run`` in this process (no second start-up of torch); the
+run that is killed is a real ``python run.py`` process.
 """
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, compose_config, run_smm
-from fixtures_train import SMALL, TrainRun, run_train, train_args
+from fixtures_train import SMALL, TrainRun, train_args
 
 from smm.checkpoints import latest_checkpoint, resolve_resume
 from smm.errors import SmmError
@@ -76,7 +77,7 @@ def wait_for_checkpoint(process: subprocess.Popen, folder: Path, timeout: float 
     raise AssertionError(f"no {folder} after {timeout} s")
 
 
-def test_resume_after_a_kill_ends_at_the_same_step_with_the_same_weights(uninterrupted, small_data, tmp_path):
+def test_resume_after_a_kill_ends_at_the_same_step_with_the_same_weights(uninterrupted, small_data, tmp_path, caplog):
     args = train_args(tmp_path, small_data, *SMALL, *STEPS)
     with open(tmp_path / "killed.log", "w") as log:
         process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=tmp_path, stdout=log, stderr=log)
@@ -90,9 +91,10 @@ def test_resume_after_a_kill_ends_at_the_same_step_with_the_same_weights(uninter
     assert not (tmp_path / "adapter").exists()
     assert not (tmp_path / "checkpoints" / "checkpoint-6").exists()
 
-    resumed = run_train(tmp_path, small_data, *SMALL, *STEPS, "training.resume=true").check()
+    caplog.set_level(logging.INFO, logger="smm")
+    resumed = train_here(tmp_path, small_data, *SMALL, *STEPS, "training.resume=true")
     checkpoint = str(tmp_path / "checkpoints" / "checkpoint-2")
-    assert f"Resuming from {checkpoint}" in resumed.log
+    assert f"Resuming from {checkpoint}" in caplog.messages
     metrics = resumed.metrics()
     assert metrics["steps"] == 6 and metrics["resumed_from"] == checkpoint
     assert resumed.returned_loss() == uninterrupted.returned_loss()
