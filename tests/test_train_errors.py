@@ -27,6 +27,10 @@ CASES = {
         lambda tmp, data: [*SMALL, f"training.output_dir={tmp}/afile/adapter"],
         "{tmp}/afile/adapter is not writable (File exists: {tmp}/afile); choose another training.output_dir/checkpoint_dir",
     ),
+    "checkpoint folder is a file": (
+        lambda tmp, data: [*SMALL, f"training.checkpoint_dir={tmp}/afile"],
+        "{tmp}/afile is a file, not a folder; choose another training.output_dir/checkpoint_dir",
+    ),
     "unsloth without CUDA": (
         lambda tmp, data: [*SMALL, "training.backend=unsloth"],
         "training.backend=unsloth needs CUDA and the unsloth package (pip install -e '.[unsloth]'); use training.backend=hf",
@@ -45,3 +49,4 @@ def test_user_errors_end_in_one_line(case, small_data, tmp_path):
     assert "Traceback" not in output
     assert "Loading" not in output  # failed before loading any model
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "checkpoints").exists()
+    assert (tmp_path / "afile").is_file()

@@ -36,6 +36,8 @@ def read_processed(path: Path) -> list[dict]:
 def ensure_writable(*folders: str) -> None:
     """Fail before any work if an output folder cannot be created or written."""
     for folder in folders:
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise SmmError(f"{folder} is a file, not a folder; choose another training.output_dir/checkpoint_dir")
         parent = Path(folder).resolve().parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
