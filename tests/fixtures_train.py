@@ -1,5 +1,5 @@
-"""Train-stage fixtures: the prepared seed data, a small subset of it, and one demo training run
-per session (``python run.py stage=train preset=demo``, as the README's first command runs it).
+"""Train-stage fixtures: the prepared seed data, a small subset of it, and one run of the README's
+demo per session (``python run.py stage=pipeline preset=demo``).
 
 Every run writes only under pytest's tmp folders: data, adapter, checkpoints and Hydra's run dir.
 """
@@ -104,10 +104,16 @@ def small_data(prepared_seed, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_run(prepared_seed, tmp_path_factory) -> TrainRun:
-    """The CPU demo (tiny model, 4 epochs over the 27 seed conversations), trained once per session,
-    with a database URL on the command line and in the environment that must not leak."""
+def demo_run(tmp_path_factory) -> TrainRun:
+    """The README's demo, ``python run.py stage=pipeline preset=demo`` (prepare → train → export →
+    evaluate on the tiny model), once per session with every output under one tmp folder, and with
+    a database URL on the command line and in the environment that must not leak."""
     root = tmp_path_factory.mktemp("demo")
-    return run_train(
-        root, prepared_seed, "preset=demo", f"feedback.database_url={SECRET_URL}", env={"DATABASE_URL": SECRET_URL},
-    ).check()
+    outputs = (
+        f"data.sources=[{REPO / 'data' / 'seed'}]", f"data.output_dir={root / 'data'}", f"training.output_dir={root / 'adapter'}",
+        f"training.checkpoint_dir={root / 'checkpoints'}", f"export.merged_dir={root / 'merged'}",
+        f"export.output_dir={root / 'gguf'}", f"eval.output_dir={root / 'eval'}", f"hydra.run.dir={root / 'run'}",
+    )
+    result = run_smm("stage=pipeline", "preset=demo", *outputs, f"feedback.database_url={SECRET_URL}",
+                     cwd=root, env={"DATABASE_URL": SECRET_URL})
+    return TrainRun(root, result).check()

@@ -1,5 +1,5 @@
-"""The CPU demo (`python run.py stage=train preset=demo`), trained once per session: the tiny model
-learns the seed conversations, and the adapter folder holds everything later stages need."""
+"""The CPU demo's training (`python run.py stage=pipeline preset=demo`, run once per session): the tiny
+model learns the seed conversations, and the adapter folder holds everything later stages need."""
 from __future__ import annotations
 
 import json
@@ -28,14 +28,14 @@ def assistant_nll(model, tokenizer, conversations: list[dict]) -> float:
     return total / count
 
 
-def test_demo_training_cuts_the_assistant_loss_by_at_least_30_percent(demo_run, prepared_seed, tiny_model_dir):
+def test_demo_training_cuts_the_assistant_loss_by_at_least_30_percent(demo_run, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, demo_run.adapter).eval()
     tokenizer = AutoTokenizer.from_pretrained(demo_run.adapter)
-    conversations = read_rows(prepared_seed / "train.jsonl")
+    conversations = read_rows(demo_run.root / "data" / "train.jsonl")
     assert len(conversations) == 27
     trained = assistant_nll(model, tokenizer, conversations)
     with model.disable_adapter():
@@ -43,7 +43,7 @@ def test_demo_training_cuts_the_assistant_loss_by_at_least_30_percent(demo_run, 
     assert trained <= 0.7 * untrained, f"assistant NLL {untrained:.3f} -> {trained:.3f}"
 
 
-def test_demo_adapter_folder_holds_adapter_tokenizer_metrics_and_manifest(demo_run, prepared_seed, tiny_model_dir):
+def test_demo_adapter_folder_holds_adapter_tokenizer_metrics_and_manifest(demo_run, tiny_model_dir):
     from transformers import AutoTokenizer
 
     files = {p.name for p in demo_run.adapter.iterdir()}
@@ -63,7 +63,8 @@ def test_demo_adapter_folder_holds_adapter_tokenizer_metrics_and_manifest(demo_r
 
     manifest = demo_run.manifest()
     assert manifest["stage"] == "train" and manifest["backend"] == "hf" and manifest["base_model"] == str(tiny_model_dir)
-    assert manifest["inputs"] == {str(prepared_seed / name): sha256_file(prepared_seed / name) for name in ("train.jsonl", "val.jsonl")}
+    data = demo_run.root / "data"
+    assert manifest["inputs"] == {str(data / name): sha256_file(data / name) for name in ("train.jsonl", "val.jsonl")}
     assert {"torch", "transformers", "peft", "trl"} <= set(manifest["versions"])
     assert manifest["config"]["training"]["output_dir"] == str(demo_run.adapter)
     assert manifest["config"]["model"]["recipe"] == "tiny_qwen2"
@@ -72,6 +73,6 @@ def test_demo_adapter_folder_holds_adapter_tokenizer_metrics_and_manifest(demo_r
 
 def test_demo_run_writes_no_secret(demo_run):
     """The database URL was on the command line and in the environment; no written file holds it."""
-    written = [p for folder in (demo_run.adapter, demo_run.checkpoints, demo_run.run_dir) for p in folder.rglob("*") if p.is_file()]
+    written = [p for p in demo_run.root.rglob("*") if p.is_file()]  # data, adapter, checkpoints, GGUF, reports, run
     assert any(p.name == "overrides.yaml" for p in written)  # Hydra's record of the command line is among them
     assert [p for p in written if SECRET.encode() in p.read_bytes()] == []
