@@ -211,6 +211,27 @@ def boundary_check(trainer, model, rows: list[dict]) -> tuple[float, float]:
     return float((packed - alone).abs().max()), float((naive - alone).abs().max())
 
 
+def loss_check(trainer, model, rows: list[dict]) -> tuple[float, float]:
+    """(the trainer's loss on a packed batch, the mean NLL of exactly its assistant tokens from the
+    logits): equal when the shipped loss path (Unsloth's fused kernels on GPU) keeps the mask."""
+    import torch
+    import torch.nn.functional as F
+
+    batch = trainer.data_collator([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    os.environ["UNSLOTH_RETURN_LOGITS"] = "1"
+    try:
+        with torch.no_grad():
+            loss = float(trainer.compute_loss(model, dict(batch)))
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0, :-1].float()
+    finally:
+        del os.environ["UNSLOTH_RETURN_LOGITS"]
+    targets = batch["labels"][0, 1:]
+    keep = targets != -100
+    return loss, float(F.cross_entropy(logits[keep], targets[keep]))
+
+
 def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warmup: int, preset: str | None,
             workdir: Path, tiny: bool) -> list[dict]:
     """smm's own train path: load once, then one SmmSFTTrainer per shape."""
@@ -251,6 +272,7 @@ def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warm
         }
         if packing:
             extra["boundary_max_abs_diff"], extra["naive_concat_max_abs_diff"] = boundary_check(trainer, loaded.model, sample)
+            extra["trainer_loss"], extra["assistant_nll"] = loss_check(trainer, loaded.model, sample)
         results.append(_result(backend, shape, throughput.steps, warmup, extra))
         print(json.dumps(results[-1]), flush=True)
         del trainer
