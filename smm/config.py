@@ -71,7 +71,7 @@ class TrainingConfig:
     warmup_ratio: float = _f(0.03, "Share of steps spent warming up the learning rate.", ge=0.0, lt=1.0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", ge=0.0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.", gt=0.0)
-    optimizer: str = _f("auto", "auto = paged 8-bit AdamW on CUDA with 4/8-bit weights, else torch AdamW.", choices=("auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"))
+    optimizer: str = _f("auto", "auto = 8-bit AdamW on CUDA with 4/8-bit weights, else torch AdamW.", choices=("auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"))
     packing: bool = _f(True, "Pack short conversations into rows of max_seq_length tokens, attention kept inside each conversation (padding-free); skipped when conversations already fill 90% of max_seq_length.")
     gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass to save memory.")
     eval_steps: int = _f(0, "Validate every N optimizer steps (0 = every epoch).", ge=0)
