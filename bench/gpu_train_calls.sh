@@ -6,6 +6,12 @@
 #   bash bench/gpu_train_calls.sh C   # the train stage itself on the 7B shape (defaults, low_vram_8gb),
 #                                     # then the transformers/PEFT path and the default path on full rows
 #   STEPS=6 bash bench/gpu_train_calls.sh D   # the final comparison, baseline and smm in one call
+#   STEPS=6 bash bench/gpu_train_calls.sh E   # full rows: Unsloth's bare loop vs smm's Unsloth path
+#   STEPS=6 bash bench/gpu_train_calls.sh F   # which setting slows smm's full rows (optimizer, logging)
+#   STEPS=6 bash bench/gpu_train_calls.sh G   # the final comparison after auto → adamw_8bit, both baselines
+#   STEPS=6 bash bench/gpu_train_calls.sh H   # cold compile caches: per-step times; the low-VRAM preset
+#   bash bench/gpu_train_calls.sh I           # Unsloth's bare loop vs smm's Unsloth path, 14 steps, medians
+#   bash bench/gpu_train_calls.sh J           # the packed mix after 8 warm-up steps vs the padded baseline
 set -uo pipefail
 export PYTHONPATH=$PWD/.site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/tok
@@ -32,5 +38,23 @@ case "${1:-A}" in
      run D --backend unsloth --shapes rows4096,mix_packed,mix_padded
      run D --backend unsloth --preset low_vram_8gb --shapes mix_padded,rows2048_padded
      run D --backend hf --shapes rows4096,mix_packed,mix_padded ;;
+  E) run E --backend bare_unsloth --shapes rows4096
+     run E --backend unsloth --shapes rows4096,mix_packed
+     run E --backend unsloth --shapes rows4096 --set training.optimizer=adamw_torch --set training.logging_steps=1000 ;;
+  F) run F --backend unsloth --shapes rows4096,mix_packed --set training.optimizer=adamw_8bit
+     run F --backend unsloth --shapes rows4096 --set training.logging_steps=1000
+     run F --backend unsloth --shapes rows4096,mix_packed --set training.optimizer=adamw_torch ;;
+  G) run G --backend bare --shapes rows4096,mix
+     run G --backend bare_unsloth --shapes rows4096
+     run G --backend unsloth --shapes rows4096,mix_packed,mix_padded
+     run G --backend hf --shapes rows4096,mix_packed,mix_padded ;;
+  H) rm -rf /tmp/torchinductor_* ~/.triton ~/.cache/triton unsloth_compiled_cache /tmp/unsloth_compiled_cache
+     run H --backend unsloth --shapes rows4096 --steps 14
+     run H --backend unsloth --shapes rows4096
+     run H --backend unsloth --preset low_vram_8gb --shapes rows2048_padded,mix_padded ;;
+  I) run I --backend bare_unsloth --shapes rows4096 --steps 14
+     run I --backend unsloth --shapes rows4096,mix_packed --steps 14 ;;
+  J) run J --backend unsloth --shapes mix_packed --warmup 8 --steps 12
+     run J --backend bare --shapes mix --warmup 2 --steps 5 ;;
 esac
 python3 bench/train_throughput.py table "$OUT"/train_*.jsonl

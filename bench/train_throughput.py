@@ -6,15 +6,18 @@ from the tiny model's folder. Each ``run`` is one process and one model load:
 
     python bench/train_throughput.py make --out /tmp/m7b --tokenizer .bench_tok
     python bench/train_throughput.py run --model /tmp/m7b --backend bare    --shapes rows4096,rows1024,mix
+    python bench/train_throughput.py run --model /tmp/m7b --backend bare_unsloth --shapes rows4096
     python bench/train_throughput.py run --model /tmp/m7b --backend unsloth --shapes rows4096,mix_packed,mix_padded
     python bench/train_throughput.py run --model /tmp/m7b --backend hf      --shapes rows4096,mix_packed,mix_padded
     python bench/train_throughput.py run --model /tmp/m7b --backend unsloth --preset low_vram_8gb --shapes mix_packed
+    python bench/train_throughput.py run --model /tmp/m7b --backend unsloth --set training.optimizer=adamw_torch
     python bench/train_throughput.py table $OUT/*.jsonl
 
 ``bare`` is the baseline: transformers + PEFT + bitsandbytes nf4, a hand-written loop over padded
-batches. ``unsloth`` and ``hf`` run smm's own code path (config composed from conf/, the model
-loaded by smm.train_model, data tokenized by smm.tokenize, SmmSFTTrainer with smm's SFTConfig),
-with QLoRA r16 a16 on the 7 projections at batch 2. Shapes: ``rowsN`` = conversations of exactly
+batches; ``bare_unsloth`` runs that loop over Unsloth's model (what Unsloth's own numbers
+measure). ``unsloth`` and ``hf`` run smm's own code path (config composed from conf/ plus any
+``--set`` overrides, the model loaded by smm.train_model, data tokenized by smm.tokenize,
+SmmSFTTrainer with smm's SFTConfig), with QLoRA r16 a16 on the 7 projections at batch 2. Shapes: ``rowsN`` = conversations of exactly
 N tokens; ``mix`` = conversations of 120-1500 tokens (log-uniform, like the seeds and feedback),
 ``mix_packed`` / ``mix_padded`` = that mix with training.packing on / off. Every run also checks
 packed attention boundaries: per-token log-probs of conversations packed into one row must equal
@@ -27,6 +30,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -100,6 +104,8 @@ def _result(backend: str, shape: str, steps: list[tuple[float, int]], warmup: in
     return {
         "backend": backend, "shape": shape, "steps": len(measured), "tokens": tokens,
         "real_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+        # robust to the odd slow step (a recompile, a stall) that short runs cannot amortize
+        "median_step_tokens_per_s": round(statistics.median(t / s for s, t in measured), 1) if measured else None,
         "seconds_per_step": round(seconds / len(measured), 3) if measured else None,
         "peak_vram_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "peak_vram_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if torch.cuda.is_available() else None,
@@ -107,16 +113,14 @@ def _result(backend: str, shape: str, steps: list[tuple[float, int]], warmup: in
     }
 
 
-def bare(model_dir: Path, shapes: list[str], n_steps: int, warmup: int, batch: int) -> list[dict]:
-    """The baseline: transformers + PEFT + bitsandbytes nf4 QLoRA, a plain loop over padded batches."""
+def _bare_peft(model_dir: Path, cuda: bool):
+    """transformers + PEFT + bitsandbytes nf4 QLoRA r16 a16 on the 7 projections."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     from smm.config import LORA_TARGETS
-    from smm.tokenize import tokenize_examples
 
-    cuda = torch.cuda.is_available()
     tok = AutoTokenizer.from_pretrained(model_dir)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16) if cuda else None
@@ -125,8 +129,35 @@ def bare(model_dir: Path, shapes: list[str], n_steps: int, warmup: int, batch: i
     if cuda:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS,
-                                             task_type="CAUSAL_LM"))
+    return get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                                            task_type="CAUSAL_LM")), tok
+
+
+def _bare_unsloth(model_dir: Path):
+    """Unsloth's FastLanguageModel in 4-bit with the same LoRA, as Unsloth's own examples set it up."""
+    import unsloth  # noqa: F401  (patches transformers first)
+    from unsloth import FastLanguageModel
+
+    from smm.config import LORA_TARGETS
+
+    model, tok = FastLanguageModel.from_pretrained(model_name=str(model_dir), max_seq_length=4096, dtype=None,
+                                                   load_in_4bit=True)
+    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
+                                             target_modules=list(LORA_TARGETS), use_gradient_checkpointing="unsloth",
+                                             random_state=0)
+    return model, tok
+
+
+def bare(model_dir: Path, shapes: list[str], n_steps: int, warmup: int, batch: int, unsloth: bool = False) -> list[dict]:
+    """A plain loop over padded batches: the baseline (transformers + PEFT + bitsandbytes) or, with
+    ``unsloth``, the same loop over Unsloth's model (what Unsloth's own speed claims measure)."""
+    import torch
+
+    from smm.tokenize import tokenize_examples
+
+    cuda = torch.cuda.is_available()
+    model, tok = _bare_unsloth(model_dir) if unsloth else _bare_peft(model_dir, cuda)
+    name = "bare_unsloth" if unsloth else "bare"
     model.train()  # gradient checkpointing only acts in training mode
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     device = "cuda" if cuda else "cpu"
@@ -157,12 +188,12 @@ def bare(model_dir: Path, shapes: list[str], n_steps: int, warmup: int, batch: i
             if cuda:
                 torch.cuda.synchronize()
             steps.append((time.perf_counter() - started, int(mask.sum())))
-        results.append(_result("bare", shape, steps, warmup, {"padded": True, "loss": round(float(loss), 3)}))
+        results.append(_result(name, shape, steps, warmup, {"padded": True, "loss": round(float(loss), 3)}))
         print(json.dumps(results[-1]), flush=True)
     return results
 
 
-def smm_config(model_dir: Path, backend: str, preset: str | None, workdir: Path, tiny: bool):
+def smm_config(model_dir: Path, backend: str, preset: str | None, workdir: Path, tiny: bool, extra: list[str]):
     from hydra import compose, initialize_config_dir
 
     from smm.config import register_configs, validate
@@ -176,6 +207,7 @@ def smm_config(model_dir: Path, backend: str, preset: str | None, workdir: Path,
     ]
     if preset:
         overrides.append(f"preset={preset}")
+    overrides += extra
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     validate(cfg)
@@ -232,10 +264,29 @@ def loss_check(trainer, model, rows: list[dict]) -> tuple[float, float]:
     return loss, float(F.cross_entropy(logits[keep], targets[keep]))
 
 
+def time_training_steps(trainer) -> list[float]:
+    """Seconds of each ``trainer.training_step`` (forward, loss and backward of one micro-batch):
+    the rest of an optimizer step is the optimizer and the trainer's own bookkeeping."""
+    import torch
+
+    seconds, training_step = [], trainer.training_step
+
+    def timed(*args, **kwargs):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        result = training_step(*args, **kwargs)
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - started)
+        return result
+
+    trainer.training_step = timed
+    return seconds
+
+
 def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warmup: int, preset: str | None,
-            workdir: Path, tiny: bool) -> list[dict]:
+            workdir: Path, tiny: bool, overrides: list[str]) -> list[dict]:
     """smm's own train path: load once, then one SmmSFTTrainer per shape."""
-    cfg = smm_config(model_dir, backend, preset, workdir, tiny)
+    cfg = smm_config(model_dir, backend, preset, workdir, tiny, overrides)
     from smm.train_model import load_for_training  # imports Unsloth first when it runs
 
     loaded = load_for_training(str(model_dir), cfg)
@@ -258,17 +309,21 @@ def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warm
         data = tokenize_examples(loaded.tokenizer, conversations(loaded.tokenizer, lengths, 2), row)
         trainer, throughput = build_trainer(cfg, loaded, data, Tokenized())
         packing = trainer.args.packing  # the stage skips packing where rows are already full
+        step_seconds = time_training_steps(trainer) if torch.cuda.is_available() else []
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         started = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - started
+        peak = throughput.peak_memory_gib()  # of training alone, before the checks below
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         sample = [{"input_ids": i, "labels": l} for i, l in zip(data.input_ids[:4], data.labels[:4])]
         extra = {
             "packed": packing, "preset": preset, "batch_size": batch, "max_seq_length": seq, "lora_rank": cfg.lora.rank,
             "backend_ran": loaded.backend, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "wall_s": round(wall, 1),
+            "wall_s": round(wall, 1), "overrides": overrides, **peak,
+            "step_s": [round(seconds, 3) for seconds, _ in throughput.steps],
+            "training_step_s": round(sum(step_seconds[warmup:]) / len(step_seconds[warmup:]), 3) if step_seconds[warmup:] else None,
         }
         if packing:
             extra["boundary_max_abs_diff"], extra["naive_concat_max_abs_diff"] = boundary_check(trainer, loaded.model, sample)
@@ -300,19 +355,23 @@ def _delta(r: dict) -> str:
     return f"{r['boundary_max_abs_diff']:.3g} / {r['naive_concat_max_abs_diff']:.3g}"
 
 
+def _number(value) -> str:
+    return f"{value:,.0f}" if value else "–"
+
+
 def table(files: list[Path]) -> str:
     """A Markdown table of every result, with ratios to the bare baseline on the same shape."""
     rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.startswith("{")]
     results = [r for r in rows if "shape" in r]
     base = {r["shape"]: r["real_tokens_per_s"] for r in results if r["backend"] == "bare"}
-    lines = ["| backend | preset | shape | packing | real tok/s | × bare (same shape) | × bare padded mix | s/step | peak VRAM alloc / reserved GiB | boundary Δ packed / naive |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| backend | preset | shape | packing | real tok/s | median step tok/s | × bare (same shape) | × bare padded mix | s/step | peak VRAM alloc / reserved GiB | boundary Δ packed / naive |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         shape = r["shape"].split("_")[0]
         ratio = lambda b: f"{r['real_tokens_per_s'] / b:.2f}" if b and r["real_tokens_per_s"] else "–"
         lines.append(
             f"| {r['backend']} | {r.get('preset') or '-'} | {r['shape']} | {'on' if r.get('packed') else 'off'} | "
-            f"{r['real_tokens_per_s']:,.0f} | {ratio(base.get(shape))} | {ratio(base.get('mix'))} | {r['seconds_per_step']} | "
+            f"{r['real_tokens_per_s']:,.0f} | {_number(r.get('median_step_tokens_per_s'))} | {ratio(base.get(shape))} | {ratio(base.get('mix'))} | {r['seconds_per_step']} | "
             f"{r['peak_vram_allocated_gib']} / {r['peak_vram_reserved_gib']} | {_delta(r)} |")
     envs = [r for r in rows if "date" in r]
     return "\n".join(lines + ([f"\nEnvironment: {json.dumps(envs[0])}"] if envs else []))
@@ -327,11 +386,12 @@ def main() -> None:
     mk.add_argument("--tiny", action="store_true")
     rn = sub.add_parser("run")
     rn.add_argument("--model", type=Path, required=True)
-    rn.add_argument("--backend", choices=("bare", "hf", "unsloth"), required=True)
+    rn.add_argument("--backend", choices=("bare", "bare_unsloth", "hf", "unsloth"), required=True)
     rn.add_argument("--shapes", default="rows4096,mix_packed,mix_padded")
     rn.add_argument("--steps", type=int, default=10)
     rn.add_argument("--warmup", type=int, default=3)
     rn.add_argument("--preset")
+    rn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override (smm backends)")
     rn.add_argument("--tiny", action="store_true")
     rn.add_argument("--workdir", type=Path, default=Path("/tmp/smm-bench"))
     rn.add_argument("--json", type=Path, help="append results as JSON lines to this file")
@@ -344,10 +404,10 @@ def main() -> None:
         print(table(args.files))
     else:
         shapes = args.shapes.split(",")
-        if args.backend == "bare":
-            results = bare(args.model, shapes, args.steps, args.warmup, batch=2)
+        if args.backend.startswith("bare"):
+            results = bare(args.model, shapes, args.steps, args.warmup, batch=2, unsloth=args.backend == "bare_unsloth")
         else:
-            results = smm_run(args.model, args.backend, shapes, args.steps, args.warmup, args.preset, args.workdir, args.tiny)
+            results = smm_run(args.model, args.backend, shapes, args.steps, args.warmup, args.preset, args.workdir, args.tiny, args.set)
         if args.json:
             with open(args.json, "a") as fh:
                 fh.write(json.dumps(environment()) + "\n")
