@@ -35,7 +35,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from model_shapes import SHAPE_7B, SHAPE_TINY  # noqa: E402  (bench/ is on sys.path)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 EXPORT_STEPS = ("check", "merge", "convert", "quantize", "verify", "publish")
 QUANT = "q4_k_m"
 GB = 1e9

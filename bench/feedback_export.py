@@ -263,7 +263,6 @@ def _report(rows: int, load_s: float, full: dict, again: dict, incremental: dict
             load_before: float) -> None:
     from importlib import metadata
 
-    m = full["metrics"]
     print()
     print("| run | feedback rows | wall s | rows/s | stage CPU s | server CPU s | peak RSS MiB | new SFT | new DPO | skipped |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -48,10 +48,6 @@ def load_stage(name: str):
         raise StageNotAvailable(f"stage={name} does not exist (stages: {', '.join(STAGE_NAMES)})")
     try:
         return importlib.import_module(f"smm.stages.{name}")
-    except ValueError as exc:  # Hydra's own command-line conflicts, e.g. -m together with --cfg
-        if full_error or not _raised_by_hydra(exc):
-            raise
-        _fail(str(exc), 2)
     except ModuleNotFoundError as exc:
         if exc.name == f"smm.stages.{name}":
             raise StageNotAvailable(f"stage={name} is not available yet in this version of smm") from None

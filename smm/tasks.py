@@ -232,14 +232,6 @@ TASKS: dict[str, Task] = {
 }
 
 
-def get_task(name: str) -> Task:
-    """The task called ``name``; a ``KeyError`` naming the known tasks otherwise."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise KeyError(f"unknown task {name!r} (known: {', '.join(TASKS)})") from None
-
-
 @lru_cache(maxsize=None)
 def _validator(task_name: str) -> Draft202012Validator:
     return Draft202012Validator(TASKS[task_name].schema)
