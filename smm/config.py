@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from smm.errors import ConfigError
+from smm.secrets import mask_url
 
 STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "pipeline")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -241,7 +242,10 @@ def validate(cfg: DictConfig) -> None:
 
 
 def to_plain(cfg: DictConfig) -> dict:
-    """The resolved config as plain data, without secrets (for manifests and trackers)."""
+    """The resolved config as plain data, without secrets (for manifests and trackers): no
+    database URL, and a server URL's password (``eval.url``) masked."""
     data = OmegaConf.to_container(cfg, resolve=True)
     data.get("feedback", {}).pop("database_url", None)
+    if data.get("eval", {}).get("url"):
+        data["eval"]["url"] = mask_url(data["eval"]["url"])
     return data

@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from smm.secrets import mask_command_line
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: far above any real example, far below what hurts
@@ -166,7 +168,7 @@ def write_manifest(
         {
             "stage": stage,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": " ".join([Path(sys.argv[0]).name, *mask_command_line(sys.argv[1:])]),
             "inputs": {str(p): sha256_file(p) for p in inputs},
             "metrics": metrics or {},
             "versions": versions(),

@@ -24,7 +24,7 @@ def mask_url(url: str | None) -> str:
     in the password) and libpq ``key=value`` strings.
     """
     if not url:
-        return "<no database URL>"
+        return "<no URL>"
     scheme, sep, rest = url.partition("://")
     if sep:
         userinfo, at, hostpart = rest.rpartition("@")
@@ -46,6 +46,15 @@ def url_secrets(url: str | None) -> list[str]:
     for secret in list(found):
         found.update({unquote(secret), quote(unquote(secret), safe="")})
     return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def mask_command_line(args: list[str]) -> list[str]:
+    """Command-line arguments with the password of every ``key=scheme://…`` value masked."""
+    masked = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        masked.append(f"{key}{sep}{mask_url(value)}" if sep and "://" in value else arg)
+    return masked
 
 
 def redact(text: str, *urls: str | None) -> str:

@@ -1,13 +1,15 @@
 """Config groups compose, presets apply, and config mistakes stop in one line before any work."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from conftest import REPO, compose_config, run_smm
 
 from smm.chat import ROOT_MODELFILE_GGUF, render_modelfile
-from smm.config import validate
+from smm.config import to_plain, validate
+from smm.io import write_manifest
 
 GROUP_OPTIONS = sorted(
     (group.name, option.stem)
@@ -71,3 +73,13 @@ def test_help_lists_groups_and_cfg_job_prints_the_composition(tmp_path: Path):
 
 def test_root_modelfile_is_rendered_from_chat_module():
     assert (REPO / "Modelfile").read_text(encoding="utf-8") == render_modelfile(ROOT_MODELFILE_GGUF)
+
+
+def test_manifests_mask_server_passwords(tmp_path: Path, monkeypatch):
+    cfg = compose_config("stage=evaluate", "eval.url=http://bob:s3cret@host:11434")
+    assert to_plain(cfg)["eval"]["url"] == "http://bob:***@host:11434"
+    assert "database_url" not in to_plain(cfg)["feedback"]
+    monkeypatch.setattr("sys.argv", ["run.py", "stage=evaluate", "eval.url=http://bob:s3cret@host/v1?api_key=k3y", "lora.rank=8"])
+    manifest = write_manifest(tmp_path, "evaluate", to_plain(cfg)).read_text(encoding="utf-8")
+    assert "s3cret" not in manifest and "k3y" not in manifest
+    assert json.loads(manifest)["command"] == "run.py stage=evaluate eval.url=http://bob:***@host/v1?api_key=*** lora.rank=8"

@@ -19,7 +19,7 @@ from smm.tasks import TASKS, parse_answer
     ("host=db user=app password=s3cret dbname=social", "host=db user=app password=*** dbname=social"),
     ("host=db password='s3 cret' dbname=social", "host=db password=*** dbname=social"),
     ("postgresql://app@db/social", "postgresql://app@db/social"),
-    (None, "<no database URL>"),
+    (None, "<no URL>"),
 ])
 def test_mask_url_hides_every_password_form(url, masked):
     assert mask_url(url) == masked

@@ -2,7 +2,7 @@
 
 Connection errors, timeouts, HTTP 429 and 5xx are retried ``retries`` times, waiting
 ``BACKOFF_S * 2**attempt`` seconds (at most ``MAX_BACKOFF_S``) in between. Anything else comes
-back at once. Secrets never appear in messages: URLs are shown without user info and the
+back at once. Secrets never appear in messages: URLs are shown with their password masked and the
 request headers (which may carry an API key) are never printed.
 """
 from __future__ import annotations
@@ -11,23 +11,13 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from smm.errors import SmmError
+from smm.secrets import mask_url
 
 BACKOFF_S = 0.5
 MAX_BACKOFF_S = 8.0
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-
-def redact_url(url: str) -> str:
-    """``url`` without a ``user:password@`` part."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
-    return url
 
 
 class ServerUnreachable(SmmError):
@@ -64,7 +54,7 @@ class JsonClient:
 
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per request
         self.base_url = base_url.rstrip("/")
-        self.shown_url = redact_url(self.base_url)
+        self.shown_url = mask_url(self.base_url)
         self.retries = retries
         self._httpx = httpx
         self._client = httpx.Client(

@@ -26,12 +26,12 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from smm.backends import Backend, generate_all, make_backend
-from smm.backends.http import redact_url
 from smm.config import to_plain
 from smm.errors import ConfigError, GateFailed, SmmError
 from smm.evalset.loader import BUILTIN_CASES, EvalCase, select_cases
 from smm.io import write_json, write_manifest, write_text
 from smm.report import build_report, make_record, recheck, render_markdown, signed
+from smm.secrets import mask_url
 
 log = logging.getLogger(__name__)
 HTTP_BACKENDS = ("ollama", "openai")
@@ -40,7 +40,7 @@ HTTP_BACKENDS = ("ollama", "openai")
 def describe_model(kind: str, e: DictConfig, *, model: str | None = None, model_path: str | None = None) -> dict[str, Any]:
     """What is evaluated, for the report (no secrets: URLs without user info)."""
     if kind in HTTP_BACKENDS:
-        return {"backend": kind, "model": model or e.model, "url": redact_url(e.url)}
+        return {"backend": kind, "model": model or e.model, "url": mask_url(e.url)}
     if kind == "llama_cpp":
         return {"backend": kind, "model_path": model_path or e.model_path}
     return {"backend": kind, "adapter_dir": e.adapter_dir}
@@ -142,7 +142,6 @@ def write_reports(report: dict, cfg: DictConfig, inputs: list[str]) -> Path:
         write_text(staging / "report.md", render_markdown(report))
         write_text(staging / "report.html", render_html(report))
         config = to_plain(cfg)
-        config["eval"]["url"] = redact_url(config["eval"]["url"])
         comparison, gate = report["comparison"] or {}, report["gate"] or {}
         metrics = {"score": report["score"], "n_cases": report["summary"]["n_cases"],
                    "baseline_score": comparison.get("baseline_score"), "delta": comparison.get("delta"),
