@@ -9,7 +9,6 @@ import pytest
 from fixtures_llama_server import free_port
 
 from smm.backends import GenerationSettings, generate_all
-from smm.backends.http import redact_url
 from smm.backends.ollama import OllamaBackend
 from smm.backends.openai_compat import OpenAIBackend
 from smm.errors import SmmError
@@ -173,9 +172,21 @@ def test_openai_malformed_and_retried_replies(stub_server):
     assert backend.generate(MESSAGES).text == '{"echo": "hello"}'
 
 
-def test_urls_with_credentials_are_redacted():
-    assert redact_url("http://user:pw@host:8000/v1") == "http://***@host:8000/v1"
-    assert redact_url("http://localhost:11434") == "http://localhost:11434"
+def test_urls_with_credentials_are_masked_in_messages(stub_server):
+    server = stub_server({"smm": echo})
+    with_password = server.url.replace("http://", "http://bob:s3cret@")
+    with pytest.raises(SmmError) as err:
+        OpenAIBackend(with_password, "other", FAST)
+    assert "s3cret" not in str(err.value) and "bob:***@" in str(err.value)
+    assert OllamaBackend(server.url, "smm", FAST).client.shown_url == server.url
+
+
+def test_openai_through_ollamas_v1_accepts_the_untagged_name(stub_server):
+    server = stub_server({MODEL: echo})  # Ollama's /v1/models lists social-media-marketer:latest
+    backend = OpenAIBackend(server.url + "/v1", "social-media-marketer", FAST)
+    assert backend.generate(MESSAGES).text == '{"echo": "hello"}'
+    with pytest.raises(SmmError, match="it serves: social-media-marketer:latest"):
+        OpenAIBackend(server.url + "/v1", "social-media-marketer:v2", FAST)
 
 
 def test_openai_against_llama_cpp_server(llama_server):

@@ -61,6 +61,14 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def same_model(wanted: str, name: str) -> bool:
+    """Model names as Ollama compares them (also through its OpenAI-compatible ``/v1``): a name
+    without a tag means the ``latest`` tag, so ``smm`` is ``smm:latest``."""
+    def full(n: str) -> str:
+        return n if ":" in n.rsplit("/", 1)[-1] else f"{n}:latest"
+    return full(wanted) == full(name)
+
+
 def timed(fn: Callable[[], tuple[str, int | None]]) -> Generation:
     """Run an in-process generation ``fn() -> (text, output_tokens)`` and time it."""
     start = time.perf_counter()

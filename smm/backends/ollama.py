@@ -8,16 +8,9 @@ from __future__ import annotations
 
 import time
 
-from smm.backends import Generation, GenerationSettings, Messages
+from smm.backends import Generation, GenerationSettings, Messages, same_model
 from smm.backends.http import JsonClient, RequestFailed, ServerUnreachable
 from smm.errors import SmmError
-
-
-def _same_model(wanted: str, name: str) -> bool:
-    """Ollama names default to the ``latest`` tag: ``smm`` is ``smm:latest``."""
-    def full(n: str) -> str:
-        return n if ":" in n.rsplit("/", 1)[-1] else f"{n}:latest"
-    return full(wanted) == full(name)
 
 
 class OllamaBackend:
@@ -56,7 +49,7 @@ class OllamaBackend:
                 "for an OpenAI-compatible server use eval.backend=openai"
             )
         names = [str(m.get("name") or m.get("model")) for m in models if isinstance(m, dict)]
-        if not any(_same_model(self.model, n) for n in names):
+        if not any(same_model(self.model, n) for n in names):
             raise self._missing_model(names)
 
     def generate(self, messages: Messages) -> Generation:

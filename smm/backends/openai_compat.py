@@ -3,14 +3,14 @@
 ``eval.url`` may end in ``/v1`` or not. The API key, if the server needs one, is read from the
 environment variable named by ``eval.api_key_env`` when the client is made and sent only as a
 request header; it never enters the config, logs or reports. If the server lists its models
-(``GET /v1/models``), ``eval.model`` must be one of them.
+(``GET /v1/models``), ``eval.model`` must be one of them (``name`` matches Ollama's ``name:latest``).
 """
 from __future__ import annotations
 
 import os
 import time
 
-from smm.backends import Generation, GenerationSettings, Messages
+from smm.backends import Generation, GenerationSettings, Messages, same_model
 from smm.backends.http import JsonClient, RequestFailed, ServerUnreachable
 from smm.errors import SmmError
 
@@ -53,7 +53,7 @@ class OpenAIBackend:
         if reply.status != 200 or not isinstance(data, list):
             return  # the server does not list models: let the first request tell
         served = [str(m.get("id")) for m in data if isinstance(m, dict)]
-        if served and self.model not in served:
+        if served and not any(same_model(self.model, name) for name in served):
             raise SmmError(
                 f"model {self.model!r} is not served at {self.client.shown_url} (it serves: {', '.join(served)}); "
                 "set eval.model to one of them"
