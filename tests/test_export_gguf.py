@@ -5,7 +5,7 @@ import pytest
 
 from smm.chat import CHAT_TEMPLATE, IM_END
 from smm.errors import SmmError
-from smm.gguf import convert_to_gguf, quantize_gguf, read_metadata
+from smm.gguf import convert_to_gguf, quantize_gguf, read_metadata, smoke_test
 
 
 def test_tiny_gguf_metadata(tiny_gguf):
@@ -55,3 +55,17 @@ def test_read_metadata_rejects_non_gguf(tmp_path):
     bad.write_text("hello")
     with pytest.raises(SmmError, match="not a readable GGUF"):
         read_metadata(bad)
+
+
+def test_smoke_test_fails_a_model_that_ends_every_turn_at_once(tiny_gguf, monkeypatch):
+    from llama_cpp import Llama
+
+    assert smoke_test(tiny_gguf)["passed"]
+    create_completion = Llama.create_completion
+
+    def always_eos(self, prompt, **kwargs):
+        return create_completion(self, prompt, **{**kwargs, "logit_bias": {self.token_eos(): 100.0}})
+
+    monkeypatch.setattr(Llama, "create_completion", always_eos)
+    with pytest.raises(SmmError, match="generated nothing"):
+        smoke_test(tiny_gguf)
