@@ -13,10 +13,12 @@ import json
 import os
 import shutil
 import tempfile
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from smm.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END
+from smm.config import ModelConfig
 from smm.errors import SmmError
 from smm.io import sha256_file, write_json
 
@@ -67,22 +69,71 @@ def read_adapter(adapter_dir: str | os.PathLike) -> Adapter:
     return Adapter(path, config, weights)
 
 
+DEFAULT_BASE = next(f.default for f in dataclasses.fields(ModelConfig) if f.name == "base_model")
+
+
+def base_overridden(model_cfg) -> bool:
+    """Whether the user chose the base model: ``model.base_model`` differs from its default, or the
+    command line sets ``model.base_model=`` or ``model=`` (read from Hydra when it is running)."""
+    if model_cfg.base_model != DEFAULT_BASE:
+        return True
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # not inside a Hydra run (tests, scripts)
+        return False
+    return any(o.lstrip("+~").split("=", 1)[0] in ("model", "model.base_model") for o in overrides)
+
+
+def choose_base(model_cfg, adapter_base: str | None) -> tuple[str, str]:
+    """The base model to put under the adapter (to merge or to evaluate) and why:
+    ``(name_or_path, source)``."""
+    from smm.tiny_model import resolve_base_model
+
+    if model_cfg.recipe:
+        return resolve_base_model(model_cfg), f"model.recipe={model_cfg.recipe}"
+    if not adapter_base or base_overridden(model_cfg):
+        return model_cfg.base_model, "model.base_model"
+    return adapter_base, "the adapter's adapter_config.json"
+
+
 def locate_base(name: str) -> Path:
     """The local folder of base model ``name``: a directory, or a snapshot in the Hugging Face
-    cache (never downloaded here). SmmError if neither has it."""
+    cache (never downloaded here), with its config and every weight file. SmmError otherwise."""
     path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise SmmError(f"base model {path} has no config.json: not a Hugging Face model folder")
-        return path
-    with contextlib.suppress(Exception):
-        from huggingface_hub import snapshot_download
+    if not path.is_dir():
+        path = None
+        with contextlib.suppress(Exception):
+            from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, local_files_only=True))
-    raise SmmError(
-        f"base model {name!r} not found: not a local folder and not in the Hugging Face cache; "
-        f"download it once (huggingface-cli download {name}) or set model.base_model to a local folder"
-    )
+            path = Path(snapshot_download(name, local_files_only=True))
+        if path is None:
+            raise SmmError(
+                f"base model {name!r} not found: not a local folder and not in the Hugging Face cache; "
+                f"download it once (huggingface-cli download {name}) or set model.base_model to a local folder"
+            )
+    if not (path / "config.json").is_file():
+        raise SmmError(f"base model {path} has no config.json: not a Hugging Face model folder")
+    missing = _missing_weights(path)
+    if missing:
+        raise SmmError(f"base model {path} is incomplete ({missing}); download it again")
+    return path
+
+
+def _missing_weights(folder: Path) -> str | None:
+    """What is missing of the weights in ``folder``: none at all, or shards its index names."""
+    for index in folder.glob("*.index.json"):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{index.name} is not a valid weight index"
+        absent = sorted(s for s in shards if not (folder / s).is_file())
+        if absent:
+            return f"{len(absent)} of {len(shards)} weight files missing, e.g. {absent[0]}"
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
+        return "no weight files"
+    return None
 
 
 def _adapter_shapes(adapter: Adapter) -> dict[str, tuple[int, ...]]:

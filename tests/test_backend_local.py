@@ -12,6 +12,7 @@ from smm.backends.hf import HFBackend, base_model_for
 from smm.backends.llama_cpp import LlamaCppBackend
 from smm.errors import SmmError
 from smm.evalset.loader import EvalCase
+from smm.merge import read_adapter
 
 SETTINGS = GenerationSettings(temperature=0.0, max_tokens=12, seed=3)
 CASE = EvalCase("c", "sentiment", "en", "x", "The delivery took two weeks and nobody answered my emails.")
@@ -55,7 +56,7 @@ class _ModelCfg:
 
 
 def test_hf_base_plus_adapter(tiny_model_dir, tiny_adapter):
-    assert base_model_for(tiny_adapter, _ModelCfg) == str(tiny_model_dir)
+    assert base_model_for(read_adapter(tiny_adapter), _ModelCfg) == str(tiny_model_dir)
     backend = HFBackend(str(tiny_adapter), _ModelCfg, SETTINGS)
     assert backend.label == f"hf:{tiny_adapter.name}"
     assert backend.model.active_adapter == "default"
@@ -69,7 +70,7 @@ def test_hf_base_from_the_config_when_the_recorded_base_is_not_local(tiny_model_
     config = json.loads((adapter / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "Qwen/Qwen2.5-7B-Instruct"
     (adapter / "adapter_config.json").write_text(json.dumps(config))
-    assert base_model_for(adapter, _ModelCfg) == str(tiny_model_dir)
+    assert base_model_for(read_adapter(adapter), _ModelCfg) == str(tiny_model_dir)
 
 
 def test_hf_missing_adapter_or_base(tmp_path, tiny_adapter):
@@ -85,6 +86,25 @@ def test_hf_missing_adapter_or_base(tmp_path, tiny_adapter):
         base_model = "no-such-org/no-such-model"
 
     start = time.monotonic()
-    with pytest.raises(SmmError, match="base model 'no-such-org/no-such-model' is neither a local folder nor in the local Hugging Face cache"):
+    with pytest.raises(SmmError, match="base model 'no-such-org/no-such-model' not found: not a local folder and not in the Hugging Face cache"):
         HFBackend(str(adapter), NotCached, SETTINGS)
     assert time.monotonic() - start < 10  # no network retries
+    (adapter / "adapter_config.json").write_text("{not json")
+    with pytest.raises(SmmError, match="adapter_config.json: not valid JSON"):
+        HFBackend(str(adapter), _ModelCfg, SETTINGS)
+
+
+def test_hf_adapter_on_another_base_is_one_line(tiny_adapter, tiny_model_dir, tmp_path):
+    from transformers import Qwen2Config
+
+    from smm.tiny_model import MODEL_SHAPE
+
+    other = shutil.copytree(tiny_model_dir, tmp_path / "other-base")
+    Qwen2Config(**{**MODEL_SHAPE, "num_hidden_layers": 1}).save_pretrained(other)
+
+    class OtherBase(_ModelCfg):
+        recipe = None
+        base_model = str(other)
+
+    with pytest.raises(SmmError, match=r"adapter layer model\.layers\.1\.\S+ does not exist in base model .*other-base"):
+        HFBackend(str(tiny_adapter), OtherBase, SETTINGS)

@@ -13,7 +13,8 @@ from smm import merge
 from smm.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END
 from smm.diskspace import require_free_space
 from smm.errors import SmmError
-from smm.stages.export import DEFAULT_BASE, choose_base, gguf_filename
+from smm.merge import DEFAULT_BASE, choose_base
+from smm.stages.export import gguf_filename
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +145,14 @@ def test_locate_base(tmp_path, tiny_model_dir, monkeypatch):
     (tmp_path / "weights").mkdir()
     with pytest.raises(SmmError, match="has no config.json"):
         merge.locate_base(str(tmp_path / "weights"))
+    no_weights = _config_only_base(tmp_path / "no_weights")
+    with pytest.raises(SmmError, match=r"base model .*no_weights is incomplete \(no weight files\); download it again"):
+        merge.locate_base(str(no_weights))
+    (no_weights / "model-00001-of-00002.safetensors").write_bytes(b"")
+    (no_weights / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(SmmError, match=r"incomplete \(1 of 2 weight files missing, e\.g\. model-00002-of-00002\.safetensors\)"):
+        merge.locate_base(str(no_weights))
 
 
 def test_choose_base():

@@ -70,12 +70,16 @@ def test_rerun_reuses_the_merged_model(tiny_export):
     weights = tiny_export.merged_dir / "model.safetensors"
     before = weights.stat().st_mtime_ns
     out_dir = tiny_export.workdir / "gguf_f16"
+    stale = out_dir / ".social-media-marketer-f16.gguf.x1y2.partial"  # left by a killed export
+    stale.mkdir(parents=True)
+    (stale / "f16.gguf").write_bytes(b"half a model")
     result = run_smm(*tiny_export.overrides(**{"export.output_dir": str(out_dir), "export.quantization": "f16",
                                                  "export.smoke_test": "false"}), cwd=tiny_export.workdir)
     assert result.returncode == 0, result.stderr[-2000:]
     log = _log(result)
     assert "merge: skipped" in log and "up to date" in log and "quantize: skipped" in log
     assert weights.stat().st_mtime_ns == before
+    assert not stale.exists() and "left by an interrupted export" in log
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["merged"]["reused"] is True and manifest["smoke_test"] == {"skipped": "export.smoke_test=false"}
     assert manifest["gguf"]["tensor_types"] == {"F16": 16, "F32": 11}

@@ -1,49 +1,29 @@
 """A base model plus a LoRA adapter through transformers + PEFT (one request at a time).
 
-The base is the one the adapter was trained on (``base_model_name_or_path`` in its
-``adapter_config.json``) when that is a local folder, else the config's model (``model.recipe`` or
-``model.base_model`` from the local Hugging Face cache: nothing is downloaded). The tokenizer and
+The base is chosen as the export stage chooses it (:func:`smm.merge.choose_base`: the one the
+adapter was trained on unless ``model.recipe`` or ``model.base_model`` says otherwise), from a
+local folder or the local Hugging Face cache (nothing is downloaded), and checked against the
+adapter's layers before anything loads. The tokenizer and
 its chat template come from the adapter folder when the train stage saved them there. On CUDA the
 base loads in ``model.quantization`` (4/8-bit with bitsandbytes) and bfloat16/float16; on CPU in
 float32.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from smm.backends import Generation, GenerationSettings, Messages, timed
 from smm.errors import SmmError
+from smm.merge import Adapter, check_fits, choose_base, locate_base, read_adapter
 
 
-def base_model_for(adapter_dir: Path, model_cfg) -> str:
-    """The local folder of the base model to load under the adapter in ``adapter_dir``."""
-    from smm.tiny_model import resolve_base_model
-
-    recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if recorded and Path(recorded).is_dir():
-        return recorded
-    return local_snapshot(resolve_base_model(model_cfg))
-
-
-def local_snapshot(name: str) -> str:
-    """``name`` itself if it is a folder, else its snapshot folder in the local Hugging Face cache.
-
-    Loading by folder keeps transformers off the network (given a hub name it looks up files
-    online even with ``local_files_only``, retrying for half a minute when offline).
-    """
-    if Path(name).is_dir():
-        return name
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return snapshot_download(name, local_files_only=True)
-    except (LocalEntryNotFoundError, ValueError):
-        raise SmmError(
-            f"base model {name!r} is neither a local folder nor in the local Hugging Face cache "
-            "(nothing is downloaded here); set model.base_model to a local folder"
-        ) from None
+def base_model_for(adapter: Adapter, model_cfg) -> str:
+    """The local folder of the base model to load under ``adapter``; SmmError if it is not here
+    or does not fit the adapter."""
+    name, _ = choose_base(model_cfg, adapter.base)
+    folder = locate_base(name)
+    check_fits(adapter, folder, name)
+    return str(folder)
 
 
 def _load_kwargs(model_cfg) -> dict:
@@ -76,7 +56,7 @@ class HFBackend:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        base = base_model_for(adapter, model_cfg)
+        base = base_model_for(read_adapter(adapter), model_cfg)
         tokenizer_dir = adapter if (adapter / "tokenizer_config.json").is_file() else base
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)

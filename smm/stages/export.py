@@ -15,11 +15,11 @@ Which base model: the one named in the adapter's ``adapter_config.json``, unless
 (``Qwen/Qwen2.5-7B-Instruct``), or ``model.base_model=``/``model=`` given on the command line.
 
 Everything is built in a hidden folder inside ``export.output_dir`` and moved into place only
-after all checks pass; a failure leaves the previous export untouched and no partial files.
+after all checks pass; a failure leaves the previous export untouched and no partial files (a
+hidden folder left by a killed export is removed by the next one).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -31,45 +31,24 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from smm.chat import CHAT_TEMPLATE, IM_END, render_modelfile
-from smm.config import ModelConfig, to_plain
+from smm.config import to_plain
 from smm.errors import SmmError
 from smm.io import sha256_file, write_manifest, write_text
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-DEFAULT_BASE = next(f.default for f in dataclasses.fields(ModelConfig) if f.name == "base_model")
-
-
-def base_overridden(model_cfg: DictConfig) -> bool:
-    """Whether the user chose the base model: ``model.base_model`` differs from its default, or the
-    command line sets ``model.base_model=`` or ``model=`` (read from Hydra when it is running)."""
-    if model_cfg.base_model != DEFAULT_BASE:
-        return True
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = HydraConfig.get().overrides.task
-    except ValueError:  # not inside a Hydra run (tests, scripts)
-        return False
-    return any(o.lstrip("+~").split("=", 1)[0] in ("model", "model.base_model") for o in overrides)
-
-
-def choose_base(model_cfg: DictConfig, adapter_base: str | None) -> tuple[str, str]:
-    """The base model to merge into and why: ``(name_or_path, source)``."""
-    from smm.tiny_model import resolve_base_model
-
-    if model_cfg.recipe:
-        return resolve_base_model(model_cfg), f"model.recipe={model_cfg.recipe}"
-    if not adapter_base or base_overridden(model_cfg):
-        return model_cfg.base_model, "model.base_model"
-    return adapter_base, "the adapter's adapter_config.json"
-
-
 def gguf_filename(model_name: str, quantization: str) -> str:
     if not MODEL_NAME.match(model_name):
         raise SmmError(f"export.model_name: {model_name!r} must be letters, digits, '.', '_' or '-' (it names the Ollama model and the file)")
     return f"{model_name}-{quantization}.gguf"
+
+
+def remove_stale_staging(output_dir: Path, filename: str) -> None:
+    """Delete what an export of ``filename`` killed mid-way (out of memory, power) left behind."""
+    for stale in output_dir.glob(f".{filename}.*.partial"):
+        log.info("Removing %s, left by an interrupted export", stale)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def run(cfg: DictConfig) -> float:
@@ -84,10 +63,11 @@ def run(cfg: DictConfig) -> float:
     output_dir, merged_dir = Path(ex.output_dir), Path(ex.merged_dir)
     filename = gguf_filename(ex.model_name, quant)
     steps = Steps(total=7)
+    remove_stale_staging(output_dir, filename)
 
     with steps.step("check", "Checking the adapter, the base model and free disk space") as rec:
         adapter = merge.read_adapter(ex.adapter_dir)
-        base_name, base_source = choose_base(cfg.model, adapter.base)
+        base_name, base_source = merge.choose_base(cfg.model, adapter.base)
         if adapter.base and base_source != "the adapter's adapter_config.json" and Path(adapter.base).expanduser() != Path(base_name):
             log.warning("The adapter was trained on %s; merging it into %s (from %s)", adapter.base, base_name, base_source)
         base_dir = merge.locate_base(base_name)
@@ -137,21 +117,21 @@ def run(cfg: DictConfig) -> float:
             smoke = gguf.smoke_test(built) if ex.smoke_test else {"skipped": "export.smoke_test=false"}
 
         with steps.step("publish", f"Writing {output_dir / filename}, its Modelfile and manifest.json"):
-            target = output_dir / filename
-            os.replace(built, target)
-            modelfile = output_dir / "Modelfile"
-            write_text(modelfile, render_modelfile(f"./{filename}", model_name=ex.model_name))
-            size = target.stat().st_size
+            size = built.stat().st_size
             gguf_record = {
                 "file": filename,
                 "size_bytes": size,
                 "quantization": quant,
                 "tensor_count": info.tensor_count,
                 "tensor_types": info.tensor_types,
-                "sha256": sha256_file(target),
+                "sha256": sha256_file(built),  # before the move: the manifest follows it at once
                 "chat_template_sha256": hashlib.sha256(info.chat_template.encode()).hexdigest(),
                 "eos_token": info.eos_token,
             }
+            target = output_dir / filename
+            os.replace(built, target)
+            modelfile = output_dir / "Modelfile"
+            write_text(modelfile, render_modelfile(f"./{filename}", model_name=ex.model_name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
