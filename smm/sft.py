@@ -140,8 +140,9 @@ class ThroughputCallback(TrainerCallback):
         return sum(seconds for seconds, _ in self.steps)
 
     def tokens_per_second(self, skip: int = 0) -> float | None:
-        """Real tokens per second of training, leaving out the first ``skip`` (warm-up) steps."""
-        measured = self.steps[skip:]
+        """Real tokens per second of training, leaving out the first ``skip`` (warm-up) steps
+        when there are more."""
+        measured = self.steps[skip:] or self.steps
         seconds = sum(s for s, _ in measured)
         return sum(t for _, t in measured) / seconds if seconds else None
 

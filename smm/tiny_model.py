@@ -57,7 +57,10 @@ def cache_root() -> Path:
 def _sdist_path() -> Path:
     """The llama-cpp-python sdist: ``$SMM_LLAMA_CPP_SDIST``, the cached copy, or a fresh ``pip download``."""
     if os.environ.get("SMM_LLAMA_CPP_SDIST"):
-        return Path(os.environ["SMM_LLAMA_CPP_SDIST"])
+        given = Path(os.environ["SMM_LLAMA_CPP_SDIST"]).expanduser()
+        if not given.is_file():
+            raise SmmError(f"SMM_LLAMA_CPP_SDIST={given}: no such file (a llama_cpp_python-*.tar.gz source distribution)")
+        return given
     downloads = cache_root() / "downloads"
     found = sorted(downloads.glob("llama_cpp_python-*.tar.gz"))
     if found:
@@ -74,12 +77,16 @@ def _sdist_path() -> Path:
 
 def extract_from_sdist(member_suffix: str, target: Path) -> Path:
     """Copy the sdist file whose path ends with ``member_suffix`` to ``target``."""
-    with tarfile.open(_sdist_path()) as tar:
-        member = next((m for m in tar if m.name.endswith(member_suffix)), None)
-        if member is None:
-            raise SmmError(f"{member_suffix} not found in the llama-cpp-python sdist")
-        with tar.extractfile(member) as src, open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+    sdist = _sdist_path()
+    try:
+        with tarfile.open(sdist) as tar:
+            member = next((m for m in tar if m.name.endswith(member_suffix)), None)
+            if member is None:
+                raise SmmError(f"{member_suffix} not found in the llama-cpp-python sdist {sdist}")
+            with tar.extractfile(member) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise SmmError(f"{sdist}: not a readable llama-cpp-python source distribution ({exc})") from None
     return target
 
 
@@ -160,7 +167,9 @@ RECIPES = {"tiny_qwen2": tiny_qwen2_path}
 
 
 def resolve_base_model(model_cfg) -> str:
-    """The base model to load: the recipe's cached build when ``model.recipe`` is set, else ``model.base_model``."""
+    """The base model to load: the recipe's cached build when ``model.recipe`` is set, else
+    ``model.base_model`` (``~`` expanded: transformers would take ``~/models/x`` for a hub name)."""
     if model_cfg.recipe:
         return str(RECIPES[model_cfg.recipe]())
-    return model_cfg.base_model
+    base = model_cfg.base_model
+    return os.path.expanduser(base) if base.startswith("~") else base

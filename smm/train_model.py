@@ -68,13 +68,20 @@ def compute_dtype(requested: str, device: str):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _attn_implementation(requested: str) -> str:
+def _attn_implementation(requested: str, device: str, dtype) -> str:
+    """The attention kernel: flash-attention only where it runs (CUDA, 16-bit) and is installed."""
+    import torch
+
+    installed = importlib.util.find_spec("flash_attn") is not None
+    if requested == "flash_attention_2" and not installed:
+        raise SmmError("model.attn_implementation=flash_attention_2 needs the flash-attn package (pip install flash-attn); use auto or sdpa")
     if requested != "auto":
         return requested
-    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+    sixteen_bit = dtype in (torch.bfloat16, torch.float16)
+    return "flash_attention_2" if installed and device == "cuda" and sixteen_bit else "sdpa"
 
 
-def _load_hf(path: str, model_cfg, lora_cfg, dtype, device: str, gradient_checkpointing: bool):
+def _load_hf(path: str, model_cfg, lora_cfg, dtype, device: str, attn: str, gradient_checkpointing: bool):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -88,7 +95,7 @@ def _load_hf(path: str, model_cfg, lora_cfg, dtype, device: str, gradient_checkp
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, quantization_config=quantization,
         device_map={"": 0} if device == "cuda" else None,
-        attn_implementation=_attn_implementation(model_cfg.attn_implementation),
+        attn_implementation=attn,
     )
     if quantization is not None:
         model = prepare_model_for_kbit_training(
@@ -126,12 +133,14 @@ def check_local_path(path: str) -> None:
         raise SmmError(f"model.base_model {path!r}: {what}; give a model folder or a Hugging Face name such as Qwen/Qwen2.5-7B-Instruct")
 
 
-def load_for_training(path: str, cfg) -> LoadedModel:
-    """Base model at ``path`` + fresh LoRA adapter, on the backend ``training.backend`` resolves to."""
-    backend = choose_backend(cfg.training.backend, cfg.model.quantization)
+def load_for_training(path: str, cfg, backend: str | None = None) -> LoadedModel:
+    """Base model at ``path`` + fresh LoRA adapter, on ``backend`` (default: what
+    ``training.backend`` resolves to)."""
+    backend = backend or choose_backend(cfg.training.backend, cfg.model.quantization)
     check_local_path(path)
     device = "cuda" if _cuda_available() else "cpu"
     dtype = compute_dtype(cfg.model.dtype, device)
+    attn = _attn_implementation(cfg.model.attn_implementation, device, dtype)
     log.info("Loading %s for training: backend %s, %s, %s weights", path, backend, device, cfg.model.quantization)
     from transformers import set_seed
 
@@ -140,7 +149,7 @@ def load_for_training(path: str, cfg) -> LoadedModel:
         if backend == "unsloth":
             model, tokenizer = _load_unsloth(path, cfg.model, cfg.lora, dtype, cfg.training.seed, cfg.training.gradient_checkpointing)
         else:
-            model, tokenizer = _load_hf(path, cfg.model, cfg.lora, dtype, device, cfg.training.gradient_checkpointing)
+            model, tokenizer = _load_hf(path, cfg.model, cfg.lora, dtype, device, attn, cfg.training.gradient_checkpointing)
     except OSError as exc:
         raise SmmError(
             f"model.base_model {path!r} could not be loaded ({str(exc).splitlines()[0]}): give a local folder or a "

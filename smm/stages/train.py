@@ -59,23 +59,29 @@ def start_wandb(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig) -> float:
+    """Train the adapter; returns the final validation loss (the training loss where there is no
+    validation data, with a warning)."""
     data_dir = Path(cfg.data.output_dir)
     train_file, val_file = data_dir / "train.jsonl", data_dir / "val.jsonl"
     if not train_file.is_file():
         raise SmmError(f"no prepared data at {train_file}: run `python run.py stage=prepare` first")
     ensure_writable(cfg.training.output_dir, cfg.training.checkpoint_dir)
     train_rows = read_processed(train_file)
+    if not train_rows:
+        raise SmmError(f"{train_file} holds no conversations: add data to data.sources and run `python run.py stage=prepare`")
     val_rows = read_processed(val_file) if val_file.is_file() else []
     # Checked before the model loads: a bad checkpoint schedule or resume fails fast.
     save_schedule(cfg.training.save_steps, cfg.training.eval_steps, bool(cfg.training.early_stopping_patience and val_rows))
     resume = resolve_resume(cfg.training.resume, cfg.training.checkpoint_dir)
-    if cfg.training.early_stopping_patience and not val_rows:
-        log.warning("training.early_stopping_patience is ignored: %s is missing or empty", val_file)
+    if not val_rows:
+        log.warning("No validation data (%s is missing or empty): the stage returns the training loss%s", val_file,
+                    "; training.early_stopping_patience is ignored" if cfg.training.early_stopping_patience else "")
 
-    from smm.train_model import load_for_training  # imports Unsloth (if chosen) before transformers
+    from smm.train_model import choose_backend, load_for_training
 
-    base = resolve_base_model(cfg.model)
-    loaded = load_for_training(base, cfg)
+    backend = choose_backend(cfg.training.backend, cfg.model.quantization)  # imports Unsloth before transformers
+    base = resolve_base_model(cfg.model)  # may build the tiny model, with transformers
+    loaded = load_for_training(base, cfg, backend)
     from smm.sft import build_trainer
     from smm.tokenize import tokenize_examples
 
@@ -87,6 +93,9 @@ def run(cfg: DictConfig) -> float:
                     train_tok.truncated, val_tok.truncated, max_len)
     if not train_tok.input_ids:
         raise SmmError(f"no trainable conversations in {train_file} (all {train_tok.dropped} lost their answer to truncation)")
+    if val_rows and not val_tok.input_ids:
+        log.warning("No validation: all %d conversations in %s lose their answer at model.max_seq_length=%d; "
+                    "the stage returns the training loss and early stopping is off", len(val_rows), val_file, max_len)
     log.info("Training on %d conversations (%d tokens), validating on %d", len(train_tok.input_ids), train_tok.tokens, len(val_tok.input_ids))
 
     if resume is None:
@@ -102,7 +111,7 @@ def run(cfg: DictConfig) -> float:
     final = trainer.evaluate() if has_val else {}
     val_loss = final.get("eval_loss")
     epochs_done = trainer.state.epoch or 0.0
-    tokens_per_s = throughput.tokens_per_second()
+    tokens_per_s = throughput.tokens_per_second(skip=1)  # the first step warms up
     metrics = {
         "backend": loaded.backend,
         "device": _device_name(loaded.device),
