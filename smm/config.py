@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -37,7 +37,7 @@ class ModelConfig:
     quantization: str = _f("4bit", "Weights while training: 4bit (QLoRA, nf4), 8bit, or none (16/32-bit, for CPU and Mac).", choices=("4bit", "8bit", "none"))
     max_seq_length: int = _f(4096, "Longest conversation in tokens; longer ones are truncated (and counted).", ge=64)
     dtype: str = _f("auto", "Compute dtype: auto = bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU.", choices=("auto", "bfloat16", "float16", "float32"))
-    attn_implementation: str = _f("auto", "Attention kernel: auto picks flash_attention_2 when installed, else sdpa.", choices=("auto", "sdpa", "eager", "flash_attention_2"))
+    attn_implementation: str = _f("auto", "Attention kernel: auto picks flash_attention_2 when installed (CUDA, 16-bit), else sdpa.", choices=("auto", "sdpa", "eager", "flash_attention_2"))
 
 
 @dataclass
@@ -50,14 +50,14 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    sources: list = _f(["data/seed", "data/feedback"], "Folders (or files) whose *.jsonl examples are read; a missing folder is skipped.")
+    sources: List[str] = _f(["data/seed", "data/feedback"], "Folders (or files) whose *.jsonl examples are read; a missing folder is skipped.")
     output_dir: str = _f("data/processed", "Where prepare writes train.jsonl, val.jsonl, stats.json and the manifest.")
     train_split: float = _f(0.9, "Share of examples that go to training; the rest is validation.", gt=0.0, lt=1.0)
     max_samples: int = _f(0, "Use at most this many examples after de-duplication (0 = all).", ge=0)
     seed: int = _f(42, "Seed of the stratified split.")
     language_check: str = _f("warn", "Check each example's declared language with lingua: warn, reject or off.", choices=("warn", "reject", "off"))
     strict: bool = _f(False, "Treat any rejected line as fatal: exit 1 and write nothing.")
-    near_duplicate_threshold: float = _f(0.9, "Report pairs of examples at least this similar (0-1) as near-duplicates.", gt=0.0, le=1.0)
+    near_duplicate_threshold: float = _f(0.9, "Report pairs of examples at least this similar (0.7-1) as near-duplicates (kept on one side of the split); the search finds 99.9% of pairs from 0.7 up.", ge=0.7, le=1.0)
 
 
 @dataclass
@@ -155,7 +155,7 @@ class FeedbackConfig:
     limit: int = _f(0, "Export at most this many ratings (0 = all).", ge=0)
     batch_size: int = _f(5000, "Rows fetched per round trip from the server-side cursor.", ge=1)
     scrub_pii: bool = _f(True, "Replace e-mail addresses, phone numbers and private @handles with placeholders.")
-    keep_handles: list = _f([], "@handles kept when scrubbing (your brands, public accounts); every other @handle counts as a private person's.")
+    keep_handles: List[str] = _f([], "@handles kept when scrubbing (your brands, public accounts); every other @handle counts as a private person's.")
     tables: FeedbackTables = field(default_factory=FeedbackTables, metadata={"help": "Table names."})
     columns: FeedbackColumns = field(default_factory=FeedbackColumns, metadata={"help": "Column names."})
 
@@ -236,6 +236,8 @@ def _check(node: Any, schema: type, prefix: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check choices and bounds of every key; raise ConfigError naming the first bad key."""
     _check(cfg, Config, "")
+    if not cfg.pipeline.stages:
+        raise ConfigError("pipeline.stages: empty; name the stages to run, e.g. [prepare, train]")
     for stage in cfg.pipeline.stages:
         if stage not in STAGE_NAMES or stage == "pipeline":
             raise ConfigError(f"pipeline.stages: {stage!r} is not a stage (use {', '.join(STAGE_NAMES[:-1])})")

@@ -108,6 +108,9 @@ def normalize_example(obj: Any) -> dict:
         if errors:
             raise InvalidExample(f"messages[{i}] is not a valid {task_name} answer: {errors[0]}")
         message["content"] = json.dumps(_normalize_json(answer), ensure_ascii=False)
+        _, errors = parse_answer(task, message["content"])  # normalizing can empty a field
+        if errors:
+            raise InvalidExample(f"messages[{i}] is not a valid {task_name} answer once normalized: {errors[0]}")
     example = {"messages": messages, "task": task_name, "language": language, "platform": platform}
     example["id"] = fingerprint(example)
     return example

@@ -7,7 +7,7 @@ seeded RNG, so the same input and seed always give the same split.
 from __future__ import annotations
 
 import random
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from typing import Sequence
 
 
@@ -59,11 +59,16 @@ def split(examples: Sequence[dict], group_of: Sequence[int], train_share: float,
     for task in sorted(by_task):
         candidates = by_task[task][:]
         rng.shuffle(candidates)
+        queues: dict[str, deque] = defaultdict(deque)  # per language, in shuffled order
+        for position, members in enumerate(candidates):
+            queues[examples[members[0]]["language"]].append((position, members))
         taken = 0
-        while candidates and taken < quota[task]:
+        while queues and taken < quota[task]:
             # Prefer the language validation has seen least; the shuffle breaks ties.
-            best = min(candidates, key=lambda us: languages_in_val[examples[us[0]]["language"]])
-            candidates.remove(best)
+            language = min(queues, key=lambda lang: (languages_in_val[lang], queues[lang][0][0]))
+            _, best = queues[language].popleft()
+            if not queues[language]:
+                del queues[language]
             if taken + len(best) > quota[task]:
                 continue
             val.update(best)

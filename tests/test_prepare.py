@@ -129,6 +129,13 @@ def test_no_sources_is_one_clear_error(tmp_path: Path):
     assert result.stderr.strip() .endswith("no *.jsonl files found in data.sources=['" + str(tmp_path / "nowhere") + "']")
 
 
+def test_output_dir_that_is_a_file_is_one_clear_error(tmp_path: Path):
+    (tmp_path / "out").write_text("not a folder")
+    result = run_smm("stage=prepare", f"data.output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: data.output_dir={tmp_path / 'out'} is a file, not a folder; choose another data.output_dir"
+
+
 def test_split_is_deterministic_stratified_and_leak_free(tmp_path: Path):
     src = write_jsonl(tmp_path / "src" / "a.jsonl", synthetic(10))
     run_prepare(tmp_path, f"data.sources=[{src}]", "data.seed=7")
@@ -181,6 +188,13 @@ def test_normalization():
     assert ex["messages"][1]["content"] == "Is this good?"
     assert ex["messages"][2]["content"] == ('{"sentiment": "positive", "score": 1, "key_phrases": [], '
                                             '"summary": "Café fans", "suggested_reply": "Thanks"}')
+
+
+def test_an_answer_that_normalizing_empties_is_rejected():
+    raw = example("sentiment", "Good?", {"sentiment": "positive", "score": 1, "key_phrases": [],
+                  "summary": " \u200b ", "suggested_reply": "Thanks"})
+    with pytest.raises(InvalidExample, match="not a valid sentiment answer once normalized: summary"):
+        normalize_example(raw)
 
 
 def test_multi_turn_must_alternate():

@@ -89,6 +89,8 @@ def _conversation_text(example: dict) -> str:
 
 def run(cfg: DictConfig) -> float:
     data = cfg.data
+    if Path(data.output_dir).exists() and not Path(data.output_dir).is_dir():
+        raise SmmError(f"data.output_dir={data.output_dir} is a file, not a folder; choose another data.output_dir")
     files = source_files(list(data.sources))
     if not files:
         raise SmmError(f"no *.jsonl files found in data.sources={list(data.sources)}")
