@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from smm.feedback.mapping import Mapper, Skip, canonical
+from smm.feedback.mapping import Mapper, Skip, canonical, map_pair
 from smm.feedback.pii import Scrubber
 from smm.secrets import mask_url, redact, url_secrets
 from smm.tasks import TASKS, parse_answer
@@ -89,3 +89,27 @@ def test_fast_answer_check_agrees_with_the_registry(task_name, text):
 @pytest.mark.parametrize("value", [TASKS["ab_variations"].example, {"t": "ü\n\"é\" 🥐 \\", "n": [1, 2.5, -0.0, None, True]}, "text", []])
 def test_canonical_answers_are_what_json_dumps_writes(value):
     assert canonical(value) == json.dumps(value, ensure_ascii=False)
+
+
+def test_personal_data_at_a_line_start_inside_json_is_scrubbed():
+    task = TASKS["post_generation"]
+    answer = {**task.example, "post": "Call us\n0171 1234567 or write\nanna@example.com or\n@janedoe"}
+    text, value = Mapper(Scrubber()).answer(task, json.dumps(answer), "empty", "invalid")
+    assert value["post"] == "Call us\n[PHONE] or write\n[EMAIL] or\n@user"
+    assert json.loads(text) == value
+    rejected = Mapper(Scrubber()).rejected(json.dumps(answer))
+    assert json.loads(rejected)["post"] == value["post"]
+    untouched = json.dumps(task.example)
+    assert Mapper(Scrubber()).answer(task, untouched, "empty", "invalid")[0] == untouched
+
+
+@pytest.mark.parametrize("rejected", [None, "", "   "])
+def test_a_thumbs_down_without_an_answer_makes_no_pair(rejected):
+    task = TASKS["post_generation"]
+    prompt = ("post_generation", "en", "x", None, "Keywords: bakery")
+    down = (2, 20, "THUMBS_DOWN", None, None, "2026-01-02", *prompt, rejected, "m")
+    approved = (1, 10, "THUMBS_UP", None, None, "2026-01-01", *prompt, json.dumps(task.example), "m")
+    with pytest.raises(Skip) as skip:
+        map_pair(Mapper(), down, approved)
+    assert skip.value.reason == "empty output"
+    assert map_pair(Mapper(), down[:-2] + ("not json", "m"), approved)["rejected"] == "not json"

@@ -13,7 +13,8 @@ means the task's prompt from the registry. Languages are normalized (``de-DE`` â
 platforms lower-cased; a NULL platform is allowed only for tasks that publish nothing on a
 platform (no ``published_fields`` in the registry: its character limit cannot apply).
 Answers are validated against the task's JSON schema after PII scrubbing, so what is written
-is exactly what was checked.
+is exactly what was checked. JSON answers are scrubbed string by string after parsing (in the
+raw text a line break is ``\\n``, which would hide a phone number or handle at a line's start).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import fastjsonschema
 import orjson
 
 from smm.feedback import EDITED, RATINGS, THUMBS_DOWN, THUMBS_UP
+from smm.feedback.pii import Scrubber
 from smm.tasks import LANGUAGES, PLATFORMS, TASKS, Task, parse_answer
 
 # Why a rating row gives no example (keys of ExportResult.skipped).
@@ -39,7 +41,7 @@ EMPTY_OUTPUT = "empty output"
 EMPTY_EDIT = "empty edit"
 INVALID_ANSWER = "answer not valid for its task"
 INVALID_EDIT = "edit not valid for its task"
-# Why an EDITED rating or a thumbs-down gives no DPO pair (keys of ExportResult.dpo_skipped).
+# Why an EDITED rating or a thumbs-down gives no DPO pair (``Examples.no_pair``).
 NO_ORIGINAL = "edit without an original output"
 UNCHANGED_EDIT = "edit leaves the answer unchanged"
 INVALID_CHOSEN = "approved answer not valid for its task"
@@ -99,10 +101,12 @@ def _platform(value: str | None, task: Task) -> str | None:
 
 
 class Mapper:
-    """Validates and converts rows; ``scrub`` is applied to every text (or None for no scrubbing)."""
+    """Validates and converts rows; ``scrub`` (a pii.Scrubber, or None for no scrubbing) is
+    applied to every text."""
 
-    def __init__(self, scrub: Callable[[str], str] | None = None) -> None:
+    def __init__(self, scrub: Scrubber | None = None) -> None:
         self.scrub = scrub or (lambda text: text)
+        self._may_hold = scrub.may_hold_personal_data if scrub else (lambda text: False)
         # The registry's schemas compiled to Python (about 20x faster than jsonschema on 1M rows);
         # a failure is re-checked with the registry's parse_answer, which has the last word.
         self._validators = {name: fastjsonschema.compile(task.schema) for name, task in TASKS.items()}
@@ -122,29 +126,52 @@ class Mapper:
         system = self.scrub(system) if system and system != task.system_prompt else task.system_prompt
         return Prompt(task, language, platform, system, self.scrub(user))
 
+    def _scrub_json(self, text: str, value: Any) -> tuple[str, Any]:
+        """``(text, value)`` with every string in the value scrubbed (text re-serialized if changed)."""
+        if not self._may_hold(text):
+            return text, value
+        scrubbed = _map_strings(value, self.scrub)
+        return (text, value) if scrubbed == value else (canonical(scrubbed), scrubbed)
+
     def answer(self, task: Task, text: str | None, empty: str, invalid: str) -> tuple[str, Any]:
         """The scrubbed answer text and its parsed value; Skip(empty/invalid) when it is not usable."""
         text = (text or "").strip()
         if not text:
             raise Skip(empty)
-        text = self.scrub(text)
         try:
             value = orjson.loads(text)
             self._validators[task.name](value)
-            return text, value
         except (orjson.JSONDecodeError, fastjsonschema.JsonSchemaException):
-            value, errors = parse_answer(task, text)
+            value, errors = parse_answer(task, text)  # the registry has the last word (e.g. fenced JSON)
             if errors:
                 raise Skip(invalid, errors[0]) from None
-            return text, value
+            text = canonical(value)
+        text, scrubbed = self._scrub_json(text, value)
+        if scrubbed is not value:  # placeholders change lengths: check what is written
+            _, errors = parse_answer(task, text)
+            if errors:
+                raise Skip(invalid, errors[0])
+        return text, scrubbed
 
     def rejected(self, text: str | None) -> str:
         """A rejected answer: any non-empty text, scrubbed; JSON re-serialized like chosen answers."""
-        text = self.scrub((text or "").strip())
+        text = (text or "").strip()
         try:
-            return canonical(orjson.loads(text))
+            value = orjson.loads(text)
         except orjson.JSONDecodeError:
-            return text
+            return self.scrub(text)
+        return canonical(_map_strings(value, self.scrub) if self._may_hold(text) else value)
+
+
+def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """``value`` (parsed JSON) with ``fn`` applied to every string in it."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    return value
 
 
 def _make_canonical() -> Callable[[Any], str]:
@@ -229,6 +256,8 @@ def map_pair(mapper: Mapper, down: tuple, approved: tuple) -> dict:
     a_fid, a_gid, a_rating, a_edited, _, a_created_at, *a_prompt, output, model_name = approved
     if d_prompt != a_prompt:
         raise Skip(OTHER_PROMPT)
+    if not (rejected or "").strip():
+        raise Skip(EMPTY_OUTPUT, f"thumbs-down generation {d_gid}")
     prompt = mapper.prompt(*a_prompt)
     _, value = mapper.answer(prompt.task, a_edited if a_rating == EDITED else output, INVALID_CHOSEN, INVALID_CHOSEN)
     return dpo_pair(prompt, canonical(value), mapper.rejected(rejected), {

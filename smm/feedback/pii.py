@@ -42,6 +42,11 @@ class Scrubber:
     def __init__(self, keep_handles=()) -> None:
         self.keep = {h.lower().lstrip("@") for h in keep_handles}
 
+    @staticmethod
+    def may_hold_personal_data(text: str) -> bool:
+        """False when ``text`` certainly holds nothing to scrub (no ``@``, no run of digits): cheap."""
+        return "@" in text or _PHONE_RUN.search(text) is not None
+
     def __call__(self, text: str | None) -> str | None:
         if not text:
             return text
