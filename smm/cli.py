@@ -36,7 +36,8 @@ def move_secrets_to_env(args: list[str]) -> list[str]:
         key, sep, value = arg.partition("=")
         env = SECRET_OVERRIDES.get(key.lstrip("+~"))
         if sep and env:
-            os.environ[env] = value
+            quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+            os.environ[env] = value[1:-1] if quoted else value  # Hydra would have unquoted it
         else:
             kept.append(arg)
     return kept
@@ -65,7 +66,16 @@ def run_stage(cfg: DictConfig) -> float:
     except SmmError as exc:
         if os.environ.get(_USER_FULL_ERROR):
             raise
+        if _in_multirun():  # the sweeper records the failed trial (Optuna goes on up to max_failure_rate)
+            raise
         _fail(str(exc), exc.exit_code)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _known_keys(full_key: str) -> list[str]:
@@ -95,10 +105,11 @@ def describe_config_error(exc: BaseException) -> str:
 
 
 def _raised_by_hydra(exc: BaseException) -> bool:
+    """Raised inside Hydra, or inside Optuna under its sweeper (e.g. "No trials are completed yet.")."""
     tb = exc.__traceback__
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return f"{os.sep}hydra{os.sep}" in tb.tb_frame.f_code.co_filename
+    return any(f"{os.sep}{package}{os.sep}" in tb.tb_frame.f_code.co_filename for package in ("hydra", "optuna"))
 
 
 def _fail(message: str, code: int) -> None:

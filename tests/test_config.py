@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from conftest import REPO, compose_config, run_smm
 
 from smm.chat import ROOT_MODELFILE_GGUF, render_modelfile
+from smm.cli import move_secrets_to_env
 from smm.config import to_plain, validate
 from smm.io import write_manifest
 
@@ -55,6 +57,7 @@ def test_presets():
     ("model.quantization=3bit", "error: model.quantization: '3bit' is not one of 4bit, 8bit, none"),
     ("model=llama", "error: model=llama: no such option (available: qwen2_5_7b_instruct, tiny_qwen2)"),
     ("stage=deploy", "error: stage: 'deploy' is not one of prepare, train, export, evaluate, feedback, pipeline"),
+    ("pipeline.stages=[]", "error: pipeline.stages: empty; name the stages to run, e.g. [prepare, train]"),
 ])
 def test_config_mistakes_stop_in_one_line(tmp_path: Path, override: str, message: str):
     result = run_smm(override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
@@ -83,3 +86,10 @@ def test_manifests_mask_server_passwords(tmp_path: Path, monkeypatch):
     manifest = write_manifest(tmp_path, "evaluate", to_plain(cfg)).read_text(encoding="utf-8")
     assert "s3cret" not in manifest and "k3y" not in manifest
     assert json.loads(manifest)["command"] == "run.py stage=evaluate eval.url=http://bob:***@host/v1?api_key=*** lora.rank=8"
+
+
+@pytest.mark.parametrize("value", ["postgresql://u:p@h/db", "'postgresql://u:p@h/db'", '"postgresql://u:p@h/db"'])
+def test_a_database_url_on_the_command_line_goes_to_the_environment(value, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "restored after the test")
+    assert move_secrets_to_env(["stage=feedback", f"feedback.database_url={value}"]) == ["stage=feedback"]
+    assert os.environ["DATABASE_URL"] == "postgresql://u:p@h/db"
