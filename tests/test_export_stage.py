@@ -127,6 +127,7 @@ def test_adapter_for_another_base_stops_before_writing(tiny_adapter, tmp_path):
 
     other = tmp_path / "other-base"
     Qwen2Config(**{**MODEL_SHAPE, "num_hidden_layers": 1}).save_pretrained(other)
+    (other / "model.safetensors").write_bytes(b"")  # present; the shape check reads only the config
     cfg = _cfg(tmp_path, tiny_adapter, "model.recipe=null", f"model.base_model={other}")
     with pytest.raises(SmmError, match=r"model\.layers\.1\.\S+ does not exist in base model .*other-base: the adapter .* different base"):
         export.run(cfg)
