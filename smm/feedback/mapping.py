@@ -130,6 +130,10 @@ class Mapper:
         """``(text, value)`` with every string in the value scrubbed (text re-serialized if changed)."""
         if not self._may_hold(text):
             return text, value
+        if "\\u" not in text:  # cheap probe: the raw text with escaped line breaks as blanks
+            probe = text.replace("\\n", "  ").replace("\\r", "  ").replace("\\t", "  ")
+            if self.scrub(probe) == probe:
+                return text, value
         scrubbed = _map_strings(value, self.scrub)
         return (text, value) if scrubbed == value else (canonical(scrubbed), scrubbed)
 
@@ -148,9 +152,12 @@ class Mapper:
             text = canonical(value)
         text, scrubbed = self._scrub_json(text, value)
         if scrubbed is not value:  # placeholders change lengths: check what is written
-            _, errors = parse_answer(task, text)
-            if errors:
-                raise Skip(invalid, errors[0])
+            try:
+                self._validators[task.name](scrubbed)
+            except fastjsonschema.JsonSchemaException:
+                _, errors = parse_answer(task, text)
+                if errors:
+                    raise Skip(invalid, errors[0]) from None
         return text, scrubbed
 
     def rejected(self, text: str | None) -> str:
