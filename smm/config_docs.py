@@ -6,6 +6,7 @@ import typing
 
 from smm.config import Config
 
+
 def _default(field: dataclasses.Field) -> str:
     if field.default is not dataclasses.MISSING:
         value = field.default

@@ -167,7 +167,7 @@ class Mapper:
             value = orjson.loads(text)
         except orjson.JSONDecodeError:
             return self.scrub(text)
-        return canonical(_map_strings(value, self.scrub) if self._may_hold(text) else value)
+        return canonical(self._scrub_json(text, value)[1])
 
 
 def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
