@@ -337,3 +337,42 @@ def test_another_schema_maps_by_configuration_only(postgres_server, tmp_path):
     finally:
         db.close()
         postgres_server.drop_database(db.name)
+
+
+def test_personal_data_behind_json_escapes_is_scrubbed(feedback_db, tmp_path):
+    # PHP writes "/" as "\/" and some encoders write "@" as "\u0040": the raw text hides both
+    answers = ['{"post": "Call 030\\/123\\/4567", "hashtags": ["#bakery"], "call_to_action": "Go"}',
+               '{"post": "Mail anna\\u0040example.com", "hashtags": ["#bakery"], "call_to_action": "Go"}']
+    for i, answer in enumerate(answers):
+        feedback_db.rate(feedback_db.generation(model_output=answer, user_input=f"post {i}"), "THUMBS_UP")
+    export(feedback_db, tmp_path)
+    posts = [json.loads(e["messages"][2]["content"])["post"] for e in read(tmp_path, SFT_FILE)]
+    assert sorted(posts) == ["Call [PHONE]", "Mail [EMAIL]"]
+
+
+def test_lone_surrogates_and_nan_in_answers_are_rejected_by_id(feedback_db, tmp_path):
+    surrogate = '{"post": "broken \\ud800 text", "hashtags": ["#bakery"], "call_to_action": "Go"}'
+    sentiment = dict(TASKS["sentiment"].example)
+    nan = json.dumps({**sentiment, "score": float("nan")})
+    g = feedback_db.generation
+    bad = [feedback_db.rate(g(model_output=surrogate), "THUMBS_UP"),
+           feedback_db.rate(g(task="sentiment", model_output=nan), "THUMBS_UP")]
+    bad_edit = feedback_db.rate(g(model_output=POST), "EDITED", edited_output=surrogate)
+    good = feedback_db.rate(g(model_output=POST, user_input="fine"), "THUMBS_UP")
+    result = export(feedback_db, tmp_path)
+    assert result.skipped.ids == {mapping.INVALID_ANSWER: bad, mapping.INVALID_EDIT: [bad_edit]}
+    assert "surrogate" in result.skipped.detail[mapping.INVALID_ANSWER]
+    assert [e["feedback_id"] for e in read(tmp_path, SFT_FILE)] == [good]
+    assert "NaN" not in (tmp_path / SFT_FILE).read_text()
+
+
+def test_edits_that_only_reorder_keys_make_no_pair(feedback_db, tmp_path):
+    original = json.loads(POST)
+    reordered = json.dumps(dict(reversed(list(original.items()))))
+    edit = feedback_db.rate(feedback_db.generation(model_output=POST), "EDITED", edited_output=reordered)
+    prompt = "Post about our cake"
+    feedback_db.rate(feedback_db.generation(user_input=prompt, model_output=POST), "THUMBS_UP")
+    down = feedback_db.rate(feedback_db.generation(user_input=prompt, model_output=reordered), "THUMBS_DOWN")
+    result = export(feedback_db, tmp_path)
+    assert read(tmp_path, DPO_FILE) == []
+    assert result.no_pair.ids == {mapping.UNCHANGED_EDIT: [edit], mapping.SAME_ANSWER: [down]}
