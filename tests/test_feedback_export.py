@@ -89,7 +89,8 @@ def test_thumbs_down_is_rejected_only_next_to_an_approved_answer(feedback_db, tm
 
     late = feedback_db.rate(feedback_db.generation(user_input="Post about our new cake", model_output="nope"), "THUMBS_DOWN")
     third = export(feedback_db, tmp_path)
-    assert (third.sft, third.dpo) == (0, 1)  # a new thumbs-down meets the approved answer of an earlier export
+    # a new thumbs-down meets the approved answer of an earlier export; the prompt's pairs are made anew
+    assert (third.sft, third.dpo, third.dropped) == (0, 2, 1)
     assert [(p["rejected_feedback_id"], p["chosen_feedback_id"]) for p in read(tmp_path, DPO_FILE)] == [(down, up), (late, up)]
 
 
@@ -376,3 +377,116 @@ def test_edits_that_only_reorder_keys_make_no_pair(feedback_db, tmp_path):
     result = export(feedback_db, tmp_path)
     assert read(tmp_path, DPO_FILE) == []
     assert result.no_pair.ids == {mapping.UNCHANGED_EDIT: [edit], mapping.SAME_ANSWER: [down]}
+
+
+def assert_same_as_full(db, out: Path):
+    """The incremental files hold exactly the lines a full export writes (in any order)."""
+    full = out.parent / f"{out.name}-full"
+    export(db, full, full=True)
+    for name in (SFT_FILE, DPO_FILE):
+        assert sorted((out / name).read_text().splitlines()) == sorted((full / name).read_text().splitlines()), name
+
+
+def pairs(out: Path) -> list[tuple]:
+    return sorted((p["rejected_feedback_id"], p["chosen_feedback_id"]) for p in read(out, DPO_FILE) if p["pair"] == "thumbs_down")
+
+
+def test_incremental_pairs_follow_the_newest_approved_answer_like_a_full_export(feedback_db, tmp_path):
+    out = tmp_path / "incremental"
+    answer = lambda post: json.dumps({**json.loads(POST), "post": post})  # noqa: E731
+    made = lambda text: feedback_db.generation(user_input="Post about our cake", model_output=answer(text))  # noqa: E731
+    down = feedback_db.rate(made("meh"), "THUMBS_DOWN")
+    first_up = feedback_db.rate(made("Cake!"), "THUMBS_UP")
+    export(feedback_db, out)
+    assert pairs(out) == [(down, first_up)]
+
+    newer = made("Our cake, fresh today.")
+    newer_up = feedback_db.rate(newer, "THUMBS_UP")
+    export(feedback_db, out)
+    assert pairs(out) == [(down, newer_up)]  # one pair, with the newest approved answer
+    assert_same_as_full(feedback_db, out)
+
+    newer_down = feedback_db.rate(newer, "THUMBS_DOWN")  # the newest approved answer is disliked after all
+    export(feedback_db, out)
+    assert pairs(out) == [(down, first_up), (newer_down, first_up)]
+    assert_same_as_full(feedback_db, out)
+
+    feedback_db.rate(made("hm"), "EDITED", edited_output=answer("Cake, baked at dawn."))
+    export(feedback_db, out)
+    assert_same_as_full(feedback_db, out)
+
+
+def test_a_rating_dated_in_the_future_does_not_stop_later_exports(feedback_db, tmp_path, caplog):
+    future = feedback_db.rate(feedback_db.generation(model_output=POST, user_input="a"), "THUMBS_UP",
+                              created_at="2099-01-01T00:00:00Z")
+    now = feedback_db.rate(feedback_db.generation(model_output=POST, user_input="b"), "THUMBS_UP")
+    with caplog.at_level("WARNING"):
+        first = export(feedback_db, tmp_path)
+    assert first.sft == 1 and [e["feedback_id"] for e in read(tmp_path, SFT_FILE)] == [now]
+    assert f"1 ratings are dated in the future (e.g. id {future}" in caplog.text
+    assert json.loads((tmp_path / ".export_state.json").read_text())["mark"]["id"] == now
+    later = feedback_db.rate(feedback_db.generation(model_output=POST, user_input="c"), "THUMBS_UP")
+    second = export(feedback_db, tmp_path)
+    assert second.sft == 1 and [e["feedback_id"] for e in read(tmp_path, SFT_FILE)] == [now, later]
+    assert_same_as_full(feedback_db, tmp_path)
+
+
+def test_a_rating_committed_after_an_export_began_is_exported_next_time(feedback_db, tmp_path):
+    import psycopg2
+
+    late_gen = feedback_db.generation(model_output=POST, user_input="late")
+    slow = psycopg2.connect(feedback_db.url)  # the app's transaction: created_at = now() = its start
+    try:
+        with slow.cursor() as cur:
+            cur.execute("INSERT INTO feedback (generation_id, rating) VALUES (%s, 'THUMBS_UP') RETURNING id", (late_gen,))
+            late = cur.fetchone()[0]
+        early = feedback_db.rate(feedback_db.generation(model_output=POST, user_input="early"), "THUMBS_UP")
+        first = export(feedback_db, tmp_path)  # sees `early` (newer) but not `late` (not yet committed)
+        slow.commit()
+    finally:
+        slow.close()
+    assert first.sft == 1
+    second = export(feedback_db, tmp_path)
+    assert second.sft == 1 and [e["feedback_id"] for e in read(tmp_path, SFT_FILE)] == [early, late]
+    third = export(feedback_db, tmp_path)  # read once only: the overlap is de-duplicated by rating id
+    assert (third.in_window, third.sft, len(read(tmp_path, SFT_FILE))) == (0, 0, 2)
+    assert_same_as_full(feedback_db, tmp_path)
+
+
+@pytest.mark.parametrize("cascade", [True, False], ids=["ratings deleted too", "generation only"])
+def test_a_deleted_generation_loses_its_lines_on_the_next_export(feedback_db, tmp_path, cascade):
+    if not cascade:  # an app without the foreign key: its ratings stay behind
+        feedback_db.execute("ALTER TABLE feedback DROP CONSTRAINT feedback_generation_id_fkey")
+    prompt = "Post about our cake"
+    erased = feedback_db.generation(user_input=prompt, model_output=BETTER_POST)
+    older = feedback_db.generation(user_input=prompt, model_output=POST)
+    bad = feedback_db.generation(user_input=prompt, model_output='{"post": "meh"}')
+    edited = feedback_db.generation(user_input="Another post", model_output=POST)
+    older_up = feedback_db.rate(older, "THUMBS_UP")
+    erased_up = feedback_db.rate(erased, "THUMBS_UP")
+    down = feedback_db.rate(bad, "THUMBS_DOWN")
+    feedback_db.rate(edited, "EDITED", edited_output=BETTER_POST, comment="call me on 0171 1234567")
+    export(feedback_db, tmp_path)
+    assert pairs(tmp_path) == [(down, erased_up)]
+
+    feedback_db.execute("DELETE FROM generations WHERE id IN (%s, %s)", (erased, edited))
+    result = export(feedback_db, tmp_path)
+    lines = (tmp_path / SFT_FILE).read_text() + (tmp_path / DPO_FILE).read_text()
+    assert [e["generation_id"] for e in read(tmp_path, SFT_FILE)] == [older]
+    assert f'"generation_id":{erased},' not in lines and f'"generation_id":{edited},' not in lines
+    assert pairs(tmp_path) == [(down, older_up)]  # paired anew with the answer that is left
+    assert result.dropped == 4  # two SFT examples, the edit's pair and the old thumbs-down pair
+    assert_same_as_full(feedback_db, tmp_path)
+    assert export(feedback_db, tmp_path).dropped == 0
+
+
+def test_a_state_of_the_older_format_makes_one_full_export(feedback_db, tmp_path):
+    first = feedback_db.rate(feedback_db.generation(model_output=POST, user_input="a"), "THUMBS_UP")
+    export(feedback_db, tmp_path)
+    state_file = tmp_path / ".export_state.json"
+    state = json.loads(state_file.read_text())
+    state.pop("seen"), state.pop("covered")
+    state_file.write_text(json.dumps({**state, "version": 1}))  # written before the overlap window existed
+    result = export(feedback_db, tmp_path)
+    assert result.full and [e["feedback_id"] for e in read(tmp_path, SFT_FILE)] == [first]
+    assert json.loads(state_file.read_text())["version"] == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
@@ -23,6 +24,42 @@ WRITE_BATCH = 1000  # lines joined into one write
 
 _SFT_KEYS = (b'"generation_id":',)
 _DPO_KEYS = (b'"chosen_generation_id":', b'"rejected_generation_id":')
+
+
+# a key in quotes followed by a colon is a key (see generation_ids); values are numbers or strings
+_FEEDBACK_ID = re.compile(rb'"(?:chosen_|rejected_)?feedback_id":(-?\d+|"(?:[^"\\]|\\.)*+")')
+
+
+def _lines(path: Path, size: int) -> Iterator[list[bytes]]:
+    """The lines in the first ``size`` bytes of ``path``, a block of them at a time."""
+    with open(path, "rb") as src:
+        left, partial = size, b""
+        while left > 0:
+            block = src.read(min(left, 1 << 20))
+            if not block:
+                break
+            left -= len(block)
+            lines = (partial + block).split(b"\n")
+            partial = lines.pop()
+            yield lines
+
+
+def feedback_ids(path: Path, size: int) -> set[bytes]:
+    """The JSON-encoded feedback ids that the first ``size`` bytes of an output name."""
+    ids: set[bytes] = set()
+    for lines in _lines(path, size):
+        ids.update(_FEEDBACK_ID.findall(b"\n".join(lines)))
+    return ids
+
+
+def generations_naming(path: Path, size: int, feedback: set[bytes]) -> set[bytes]:
+    """The JSON-encoded generation ids of the lines (of the first ``size`` bytes) that name one of ``feedback``."""
+    found: set[bytes] = set()
+    for lines in _lines(path, size):
+        for line in lines:
+            if not feedback.isdisjoint(_FEEDBACK_ID.findall(line)):
+                found.update(generation_ids(line))
+    return found
 
 
 def generation_ids(line: bytes) -> list[bytes]:
@@ -73,23 +110,19 @@ class JsonlOutput:
 
     def keep_previous(self, path: Path, size: int, drop: set) -> None:
         """Copy the first ``size`` bytes of ``path`` (the last export's lines), except lines about ``drop``."""
-        dropped = {orjson.dumps(generation) for generation in drop}
-        with open(path, "rb") if size else contextlib.nullcontext() as src:
-            left, partial = size, b""
-            while left > 0:
-                block = src.read(min(left, 1 << 20))
-                if not block:
-                    break
-                left -= len(block)
-                if not dropped:
+        if not drop:
+            with open(path, "rb") if size else contextlib.nullcontext() as src:
+                left = size
+                while left > 0 and (block := src.read(min(left, 1 << 20))):
+                    left -= len(block)
                     self._put(block)
-                    continue
-                lines = (partial + block).split(b"\n")
-                partial = lines.pop()  # empty at the end: the state's size ends at a line's end
-                kept = [line for line in lines if dropped.isdisjoint(generation_ids(line))]
-                self.dropped += len(lines) - len(kept)
-                if kept:
-                    self._put(b"\n".join(kept) + b"\n")
+            return
+        dropped = {orjson.dumps(generation) for generation in drop}
+        for lines in _lines(path, size) if size else ():
+            kept = [line for line in lines if dropped.isdisjoint(generation_ids(line))]
+            self.dropped += len(lines) - len(kept)
+            if kept:
+                self._put(b"\n".join(kept) + b"\n")
 
     def state(self) -> FileState:
         self.flush()
