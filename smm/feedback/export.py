@@ -152,8 +152,7 @@ def export_feedback(cfg, url: str, progress: bool = True) -> ExportResult:
     flags = {"since": since is not None, "incremental": not full}
     params = {"since": since, "seen": state.seen, "offset": cfg.limit - 1, "registry_prompts": sql.registry_prompts()}
     if not full:
-        params.update(mark_at=state.mark[0], mark_id=state.mark[1],
-                      low=(datetime.fromisoformat(state.mark[0]) - overlap).isoformat())
+        params["low"] = (datetime.fromisoformat(state.mark[0]) - overlap).isoformat()
 
     with read_only_session(url) as conn:
         check_schema(conn, url, cfg.tables, cfg.columns)
