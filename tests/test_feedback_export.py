@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -490,3 +491,14 @@ def test_a_state_of_the_older_format_makes_one_full_export(feedback_db, tmp_path
     result = export(feedback_db, tmp_path)
     assert result.full and [e["feedback_id"] for e in read(tmp_path, SFT_FILE)] == [first]
     assert json.loads(state_file.read_text())["version"] == 2
+
+
+def test_a_hostile_number_does_not_stall_the_export(feedback_db, tmp_path):
+    order = "Bestellung #0" + "0" * 40 + "47X"  # took minutes (and grew 4x per 2 digits) with the old pattern
+    answer = json.dumps({"post": "Ref " + "7" * 10_000 + " " + order, "hashtags": ["#bakery"], "call_to_action": "Go"})
+    feedback_db.rate(feedback_db.generation(user_input=order, model_output=answer), "THUMBS_UP")
+    started = time.process_time()
+    result = export(feedback_db, tmp_path)
+    assert result.sft == 1 and time.process_time() - started < 5
+    [example] = read(tmp_path, SFT_FILE)
+    assert example["messages"][1]["content"] == order  # an order number is not a phone number
