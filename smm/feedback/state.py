@@ -1,14 +1,16 @@
 """The export state: the high-water mark of the last export and what the output files held then.
 
-``{"mark": {"created_at": ..., "id": ...}, "seen": [...], "covered": n, "files": {name: {"bytes", "sha256", "lines"}}, ...}``
+``{"mark": {"created_at": ..., "id": ...}, "seen": [...], "covered": n,
+"files": {name: {"bytes", "sha256", "lines"}}, ...}``
 
 The mark is the ``(created_at, id)`` of the last rating exported; the next export reads the
 ratings from ``feedback.overlap_minutes`` before it on, except those in ``seen`` (the ids, as
 text, that exports already read in that stretch). ``covered`` counts the ratings (with their
-generation) up to the mark: fewer next time means some were deleted. The files' sizes and hashes tell whether the outputs are still what the last
-export wrote: a longer file (an export interrupted between its two renames) is cut back to the
-recorded size; a shorter, missing or changed one makes the next export a full one, so the
-state never claims rows the files lack.
+generation) up to the mark: fewer next time means some were deleted. The files' sizes and
+hashes tell whether the outputs are still what the last export wrote: a longer file (an export
+interrupted between its two renames) is cut back to the recorded size; a shorter, missing or
+changed one makes the next export a full one, so the state never claims rows the files lack. A
+state of an older format makes one full export.
 """
 from __future__ import annotations
 
