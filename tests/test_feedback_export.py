@@ -455,7 +455,7 @@ def test_a_rating_committed_after_an_export_began_is_exported_next_time(feedback
 
 
 @pytest.mark.parametrize("cascade", [True, False], ids=["ratings deleted too", "generation only"])
-def test_a_deleted_generation_loses_its_lines_on_the_next_export(feedback_db, tmp_path, cascade):
+def test_a_deleted_generation_loses_its_lines_on_the_next_export(feedback_db, tmp_path, caplog, cascade):
     if not cascade:  # an app without the foreign key: its ratings stay behind
         feedback_db.execute("ALTER TABLE feedback DROP CONSTRAINT feedback_generation_id_fkey")
     prompt = "Post about our cake"
@@ -466,19 +466,20 @@ def test_a_deleted_generation_loses_its_lines_on_the_next_export(feedback_db, tm
     older_up = feedback_db.rate(older, "THUMBS_UP")
     erased_up = feedback_db.rate(erased, "THUMBS_UP")
     down = feedback_db.rate(bad, "THUMBS_DOWN")
-    feedback_db.rate(edited, "EDITED", edited_output=BETTER_POST, comment="call me on 0171 1234567")
+    feedback_db.rate(edited, "EDITED", edited_output=BETTER_POST, comment="ask for Anna Schmidt")
     export(feedback_db, tmp_path)
     assert pairs(tmp_path) == [(down, erased_up)]
 
     feedback_db.execute("DELETE FROM generations WHERE id IN (%s, %s)", (erased, edited))
-    result = export(feedback_db, tmp_path)
+    with caplog.at_level("WARNING"):
+        result = export(feedback_db, tmp_path)
+    assert result.full and "2 ratings that earlier exports covered were deleted" in caplog.text
     lines = (tmp_path / SFT_FILE).read_text() + (tmp_path / DPO_FILE).read_text()
     assert [e["generation_id"] for e in read(tmp_path, SFT_FILE)] == [older]
-    assert f'"generation_id":{erased},' not in lines and f'"generation_id":{edited},' not in lines
+    assert "Anna Schmidt" not in lines and f'"generation_id":{erased},' not in lines and f'"generation_id":{edited},' not in lines
     assert pairs(tmp_path) == [(down, older_up)]  # paired anew with the answer that is left
-    assert result.dropped == 4  # two SFT examples, the edit's pair and the old thumbs-down pair
     assert_same_as_full(feedback_db, tmp_path)
-    assert export(feedback_db, tmp_path).dropped == 0
+    assert not export(feedback_db, tmp_path).full  # back to incremental runs
 
 
 def test_a_state_of_the_older_format_makes_one_full_export(feedback_db, tmp_path):
@@ -502,3 +503,16 @@ def test_a_hostile_number_does_not_stall_the_export(feedback_db, tmp_path):
     assert result.sft == 1 and time.process_time() - started < 5
     [example] = read(tmp_path, SFT_FILE)
     assert example["messages"][1]["content"] == order  # an order number is not a phone number
+
+
+def test_a_deleted_rating_brings_back_the_one_before_it(feedback_db, tmp_path):
+    flip = feedback_db.generation(model_output=POST, user_input="liked, then disliked")
+    liked = feedback_db.rate(flip, "THUMBS_UP", created_at="2025-03-01T10:00:00Z")
+    disliked = feedback_db.rate(flip, "THUMBS_DOWN", created_at="2025-03-02T10:00:00Z")
+    feedback_db.rate(feedback_db.generation(model_output=POST, user_input="other"), "THUMBS_UP")
+    export(feedback_db, tmp_path)
+    assert flip not in [e["generation_id"] for e in read(tmp_path, SFT_FILE)]  # its latest rating: thumbs down
+    feedback_db.execute("DELETE FROM feedback WHERE id = %s", (disliked,))  # the user took it back
+    export(feedback_db, tmp_path)
+    assert liked in [e["feedback_id"] for e in read(tmp_path, SFT_FILE)]
+    assert_same_as_full(feedback_db, tmp_path)

@@ -6,8 +6,9 @@ Steps, all inside one read-only snapshot of the database:
    before the state's mark on (a rating committed late is still read), from ``since`` on, none
    dated in the future, at most ``limit`` of them; its last rating is the cutoff that becomes
    the next mark;
-2. deletions: when fewer ratings up to the mark exist than the state counted, the earlier lines
-   whose rating or generation is gone are found and their generations exported anew;
+2. deletions: when the ratings (with their generations) up to the mark are not as many as the
+   state counted, some were deleted (or appeared too late for the overlap): the export becomes
+   a full one, so no line of a deleted rating or generation is left;
 3. an incremental export drops the earlier lines of the generations it writes anew (the latest
    rating wins, across exports too) and of the thumbs-downs it pairs anew;
 4. each generation's latest rating, streamed through a server-side cursor in batches of
@@ -29,13 +30,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from smm.errors import ConfigError
 from smm.feedback import sql
 from smm.feedback.db import BatchStream, check_schema, read_only_session, snapshot_twin
 from smm.feedback.mapping import Mapper, Skip, map_pair, map_rating
-from smm.feedback.output import DPO_FILE, SFT_FILE, feedback_ids, generations_naming, open_outputs
+from smm.feedback.output import DPO_FILE, SFT_FILE, open_outputs
 from smm.feedback.pii import Scrubber
 from smm.feedback.state import FileState, State, load, prefix_matches, save
 from smm.secrets import mask_url
@@ -159,19 +158,19 @@ def export_feedback(cfg, url: str, progress: bool = True) -> ExportResult:
         _tune(conn)
         _warn_future(conn, names)
         cutoff = _open_window(conn, names, flags, params, cfg.limit, state, result)
-        changed = not full and result.covered_before != state.covered
-        touched = _erased(conn, names, out_dir, state) if changed else set()
-        if touched:
-            flags["touched"], params["touched"] = True, [str(g) for g in touched]
-        if not full and not result.in_window and not changed:
+        if not full and result.covered_before != state.covered:
+            _explain_change(state.covered, result.covered_before)
+            full, result, flags["incremental"] = True, ExportResult(full=True), False
+            cutoff = _open_window(conn, names, flags, params, cfg.limit, state, result)
+        if not full and not result.in_window:
             log.info("no new feedback since %s (id %s)", *state.mark)
             result.mark, result.files = state.mark, state.files
             return result
         drop, pairs = set(), None
         if not full:  # the generations written anew and the thumbs-downs paired anew lose their lines
-            drop = _fetch_column(conn, sql.fresh_query(names, since=flags["since"], touched=bool(touched)), params)
+            drop = _fetch_column(conn, sql.fresh_query(names, since=flags["since"]), params)
             pairs = _fetch_all(conn, sql.pairs_query(names, **flags), params, cfg.batch_size)
-            drop |= {d_gid for batch in pairs for _, _, d_gid in batch} | touched
+            drop |= {d_gid for batch in pairs for _, _, d_gid in batch}
         with contextlib.ExitStack() as stack:
             outputs = stack.enter_context(open_outputs(out_dir, None if full else state.files, drop))
             if cutoff is not None:
@@ -183,9 +182,6 @@ def export_feedback(cfg, url: str, progress: bool = True) -> ExportResult:
                 _write_ratings(conn, names, flags, params, cfg.batch_size, mapper, outputs, result, progress)
                 _write_pairs(conn, names, pairs, params, mapper, outputs, result)
         result.dropped = sum(o.dropped for o in outputs.values())
-        if touched:
-            log.info("%d generations lost a rating or were deleted since the last export: their lines were "
-                     "removed and the rest exported again", len(touched))
         seen = []
         if cutoff is not None:
             params["new_low"] = cutoff[0] - overlap
@@ -217,19 +213,15 @@ def _fetch_all(conn, query, params, batch_size: int) -> list[list[tuple]]:
     return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
 
 
-def _erased(conn, names, out_dir: Path, state: State) -> set:
-    """Generations of earlier lines whose rating or generation is gone (deleted, e.g. on an
-    erasure request): their lines are dropped and whatever of them remains is exported again."""
-    files = {out_dir / name: info.bytes for name, info in state.files.items() if info.bytes}
-    named = set().union(*(feedback_ids(path, size) for path, size in files.items()))
-    as_text = {str(orjson.loads(fid)): fid for fid in named}
-    with conn.cursor() as cur:
-        cur.execute(sql.gone_query(names), {"ids": list(as_text)})
-        gone = {as_text[row[0]] for row in cur}
-    if not gone:
-        return set()
-    touched = set().union(*(generations_naming(path, size, gone) for path, size in files.items()))
-    return {orjson.loads(gid) for gid in touched}
+def _explain_change(expected: int, found: int) -> None:
+    """Log why an incremental export turned into a full one: the ratings it covered changed."""
+    if found < expected:
+        log.warning("%d ratings that earlier exports covered were deleted, or their generations (e.g. on an "
+                    "erasure request): exporting everything again, so that no line of them is left", expected - found)
+    else:
+        log.warning("%d ratings older than the last export's overlap window appeared (committed very late, or "
+                    "their generation was added late; raise feedback.overlap_minutes): exporting everything again",
+                    found - expected)
 
 
 def _warn_future(conn, names) -> None:

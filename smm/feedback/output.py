@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
@@ -26,10 +25,6 @@ _SFT_KEYS = (b'"generation_id":',)
 _DPO_KEYS = (b'"chosen_generation_id":', b'"rejected_generation_id":')
 
 
-# a key in quotes followed by a colon is a key (see generation_ids); values are numbers or strings
-_FEEDBACK_ID = re.compile(rb'"(?:chosen_|rejected_)?feedback_id":(-?\d+|"(?:[^"\\]|\\.)*+")')
-
-
 def _lines(path: Path, size: int) -> Iterator[list[bytes]]:
     """The lines in the first ``size`` bytes of ``path``, a block of them at a time."""
     with open(path, "rb") as src:
@@ -42,24 +37,6 @@ def _lines(path: Path, size: int) -> Iterator[list[bytes]]:
             lines = (partial + block).split(b"\n")
             partial = lines.pop()
             yield lines
-
-
-def feedback_ids(path: Path, size: int) -> set[bytes]:
-    """The JSON-encoded feedback ids that the first ``size`` bytes of an output name."""
-    ids: set[bytes] = set()
-    for lines in _lines(path, size):
-        ids.update(_FEEDBACK_ID.findall(b"\n".join(lines)))
-    return ids
-
-
-def generations_naming(path: Path, size: int, feedback: set[bytes]) -> set[bytes]:
-    """The JSON-encoded generation ids of the lines (of the first ``size`` bytes) that name one of ``feedback``."""
-    found: set[bytes] = set()
-    for lines in _lines(path, size):
-        for line in lines:
-            if not feedback.isdisjoint(_FEEDBACK_ID.findall(line)):
-                found.update(generation_ids(line))
-    return found
 
 
 def generation_ids(line: bytes) -> list[bytes]:

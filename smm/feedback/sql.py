@@ -116,28 +116,15 @@ def seen_query(names: Names) -> sql.Composed:
     )
 
 
-def gone_query(names: Names) -> sql.Composed:
-    """Which of the feedback ids ``%(ids)s`` (text) no longer exist with their generation."""
-    return names.sql(
-        "SELECT x FROM unnest(%(ids)s::text[]) AS x WHERE NOT EXISTS (SELECT 1 FROM {feedback} AS f "
-        "JOIN {generations} AS g ON g.{generation_id} = f.{feedback_generation_id} WHERE f.{feedback_id}::text = x)"
-    )
-
-
-def _fresh_generations(names: Names, since: bool, touched: bool) -> sql.Composed:
-    """Subquery: the generations with a rating new in this window, and those of ``%(touched)s``
-    (ids as text: generations whose earlier lines lost a rating or generation)."""
+def _fresh_generations(names: Names, since: bool) -> sql.Composed:
+    """Subquery: the generations with a rating new in this window."""
     fresh = window(names, "n", since=since, incremental=True)
-    query = "SELECT n.{feedback_generation_id} FROM {feedback} AS n WHERE {fresh}"
-    if touched:
-        query += (" UNION ALL SELECT t.{feedback_generation_id} FROM {feedback} AS t "
-                  "WHERE t.{feedback_generation_id}::text = ANY(%(touched)s::text[])")
-    return names.sql(query, fresh=fresh)
+    return names.sql("SELECT n.{feedback_generation_id} FROM {feedback} AS n WHERE {fresh}", fresh=fresh)
 
 
-def fresh_query(names: Names, *, since: bool, touched: bool) -> sql.Composed:
+def fresh_query(names: Names, *, since: bool) -> sql.Composed:
     """The generations an incremental export writes anew (their earlier lines are dropped)."""
-    return names.sql("SELECT DISTINCT x.id FROM ({fresh}) AS x(id)", fresh=_fresh_generations(names, since, touched))
+    return names.sql("SELECT DISTINCT x.id FROM ({fresh}) AS x(id)", fresh=_fresh_generations(names, since))
 
 
 def _latest(names: Names, *, since: bool, narrow: bool, generations: sql.Composable | None = None) -> sql.Composed:
@@ -157,7 +144,7 @@ def _latest(names: Names, *, since: bool, narrow: bool, generations: sql.Composa
     )
 
 
-def ratings_query(names: Names, *, since: bool, incremental: bool, touched: bool = False) -> sql.Composed:
+def ratings_query(names: Names, *, since: bool, incremental: bool) -> sql.Composed:
     """Each generation's latest rating in the window with its generation.
 
     Columns: feedback id, generation id, rating (upper case), edited output, comment, rated at (ISO
@@ -167,7 +154,7 @@ def ratings_query(names: Names, *, since: bool, incremental: bool, touched: bool
     lets PostgreSQL merge-join the two tables without a sort.
     """
     latest = _latest(names, since=since, narrow=False,
-                     generations=_fresh_generations(names, since, touched) if incremental else None)
+                     generations=_fresh_generations(names, since) if incremental else None)
     return names.sql(
         "WITH {latest} SELECT n.fid, n.gid, n.rating, n.edited, n.comment, " + _ISO.format(col="n.created_at") + ", "
         "g.{generation_id} IS NOT NULL, g.{task}::text, g.{language}::text, g.{platform}::text, "
@@ -183,7 +170,7 @@ _PROMPT_HASH = (
 )
 
 
-def _same_prompt_generations(names: Names, since: bool, touched: bool) -> sql.Composed:
+def _same_prompt_generations(names: Names, since: bool) -> sql.Composed:
     """Subquery: generations whose prompt (task and hash) is one of a generation rated anew.
 
     Incremental exports pair only around new ratings, so the aggregate below sees these few
@@ -193,24 +180,24 @@ def _same_prompt_generations(names: Names, since: bool, touched: bool) -> sql.Co
         "SELECT r.{generation_id} FROM {generations} AS r WHERE (r.{task}::text, " + _PROMPT_HASH.format(g="r") + ") IN "
         "(SELECT g.{task}::text, " + _PROMPT_HASH.format(g="g") + " FROM {generations} AS g "
         "WHERE g.{generation_id} IN ({fresh}))",
-        fresh=_fresh_generations(names, since, touched),
+        fresh=_fresh_generations(names, since),
     )
 
 
-def pairs_query(names: Names, *, since: bool, incremental: bool, touched: bool = False) -> sql.Composed:
+def pairs_query(names: Names, *, since: bool, incremental: bool) -> sql.Composed:
     """``(thumbs-down feedback id, approved feedback id, thumbs-down generation id)``, by the first id.
 
     A thumbs-down answer pairs with the newest approved or edited answer to the same prompt
     (same task, language, platform, system prompt and user input, as stored). A full export pairs
     every thumbs-down that has one. An incremental export re-pairs every thumbs-down of each
-    prompt that got a new rating (or lost one), with an approved id of NULL where the prompt has
+    prompt that got a new rating, with an approved id of NULL where the prompt has
     no approved answer any more: the caller drops these thumbs-downs' earlier pairs, so the
     files hold what a full export would. Prompts are grouped by task and a 64-bit hash (a sort or
     hash aggregate, never a quadratic join); the caller compares the two prompts in full
     (``pair_rows_query``).
     """
     latest = _latest(names, since=since, narrow=True,
-                     generations=_same_prompt_generations(names, since, touched) if incremental else None)
+                     generations=_same_prompt_generations(names, since) if incremental else None)
     down, approved = sql.Literal(THUMBS_DOWN), sql.Literal(tuple(sorted(APPROVED)))
     having = "bool_or(is_down)" if incremental else "bool_or(is_down) AND bool_or(is_approved)"
     return names.sql(
