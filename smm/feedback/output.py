@@ -25,20 +25,6 @@ _SFT_KEYS = (b'"generation_id":',)
 _DPO_KEYS = (b'"chosen_generation_id":', b'"rejected_generation_id":')
 
 
-def _lines(path: Path, size: int) -> Iterator[list[bytes]]:
-    """The lines in the first ``size`` bytes of ``path``, a block of them at a time."""
-    with open(path, "rb") as src:
-        left, partial = size, b""
-        while left > 0:
-            block = src.read(min(left, 1 << 20))
-            if not block:
-                break
-            left -= len(block)
-            lines = (partial + block).split(b"\n")
-            partial = lines.pop()
-            yield lines
-
-
 def generation_ids(line: bytes) -> list[bytes]:
     """The JSON-encoded generation ids of an output line, found without parsing it.
 
@@ -87,19 +73,23 @@ class JsonlOutput:
 
     def keep_previous(self, path: Path, size: int, drop: set) -> None:
         """Copy the first ``size`` bytes of ``path`` (the last export's lines), except lines about ``drop``."""
-        if not drop:
-            with open(path, "rb") if size else contextlib.nullcontext() as src:
-                left = size
-                while left > 0 and (block := src.read(min(left, 1 << 20))):
-                    left -= len(block)
-                    self._put(block)
-            return
         dropped = {orjson.dumps(generation) for generation in drop}
-        for lines in _lines(path, size) if size else ():
-            kept = [line for line in lines if dropped.isdisjoint(generation_ids(line))]
-            self.dropped += len(lines) - len(kept)
-            if kept:
-                self._put(b"\n".join(kept) + b"\n")
+        with open(path, "rb") if size else contextlib.nullcontext() as src:
+            left, partial = size, b""
+            while left > 0:
+                block = src.read(min(left, 1 << 20))
+                if not block:
+                    break
+                left -= len(block)
+                if not dropped:
+                    self._put(block)
+                    continue
+                lines = (partial + block).split(b"\n")
+                partial = lines.pop()  # empty at the end: the state's size ends at a line's end
+                kept = [line for line in lines if dropped.isdisjoint(generation_ids(line))]
+                self.dropped += len(lines) - len(kept)
+                if kept:
+                    self._put(b"\n".join(kept) + b"\n")
 
     def state(self) -> FileState:
         self.flush()
