@@ -153,6 +153,7 @@ class FeedbackConfig:
     full: bool = _f(False, "Re-export all feedback, ignoring the state file.")
     since: Optional[str] = _f(None, "Only feedback created at or after this ISO timestamp.")
     limit: int = _f(0, "Export at most this many ratings (0 = all).", ge=0)
+    overlap_minutes: int = _f(15, "Incremental exports re-read the ratings of this many minutes before the last mark and add those no export read yet: a rating whose transaction committed after the last export began. Longer than the app's longest transaction.", ge=0)
     batch_size: int = _f(5000, "Rows fetched per round trip from the server-side cursor.", ge=1)
     scrub_pii: bool = _f(True, "Replace e-mail addresses, phone numbers and private @handles with placeholders.")
     keep_handles: List[str] = _f([], "@handles kept when scrubbing (your brands, public accounts); every other @handle counts as a private person's.")
