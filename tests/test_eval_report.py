@@ -5,14 +5,14 @@ import json
 import re
 
 import pytest
-from fixtures_eval_data import GOOD
+from fixtures_eval_data import GOOD, case_prompt
 
 from smm.backends import Generation
 from smm.evalset.loader import EvalCase
 from smm.report import build_report, compare, failing_cases, make_record, percentile, recheck, render_markdown, summarize
 from smm.report_html import render_html
 
-CASES = [EvalCase(f"{t}-{l}", t, l, "instagram", f"prompt {t} {l}") for t, l in GOOD]
+CASES = [EvalCase(f"{t}-{l}", t, l, "instagram", case_prompt(t, l)) for t, l in GOOD]
 
 
 def records_for(reply, latency=1.0) -> list[dict]:
@@ -114,7 +114,7 @@ def test_markdown_and_html_show_every_failing_case_and_the_deltas():
     assert [r["language"] for r in failing] == ["fr"] * 6
 
     md = render_markdown(report)
-    assert "**Score: 0.907**" in md and "Gate: **PASSED**" in md
+    assert "**Score: 0.938**" in md and "Gate: **PASSED**" in md
     assert "| json | 2 | 80% | 24 / 30 | 0% | +80.0 pp |" in md
     assert md.count("### ") == 6 and "post_generation-fr" in md
 
