@@ -128,3 +128,12 @@ def test_max_cases_spreads_over_tasks_languages_and_platforms():
     assert [c.id for c in cases] == [c.id for c in full if c.id in {x.id for x in cases}]  # file order kept
     assert spread_selection(full, 1000) == full
     assert {c.task for c in select_cases(max_cases=6)} == set(TASKS)
+
+
+def test_the_readme_examples_are_valid_cases(tmp_path):
+    readme = (BUILTIN_CASES.parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in readme.split("```json\n")[1:] if '{"id":' in b.split("```", 1)[0]]
+    assert len(blocks) >= 2
+    path = write_cases(tmp_path / "readme.jsonl", [json.loads(" ".join(b.split("\n"))) for b in blocks])
+    cases = load_cases(path)
+    assert any(c.formality == "du" and c.required_facts == ("Donnerstag",) for c in cases)
