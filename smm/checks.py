@@ -19,9 +19,11 @@ enums      1      fields with a fixed set of values hold one of them (sentiment 
 variations 1      the task's list of alternatives has enough entries (exactly the case's
                   ``variations`` when given), and they differ from each other in every field
 expect     1      the answer's values equal the case's ``expect`` values
-echo       2      no prose field merely repeats the request: under 50 % of its word 3-grams
-                  come from the request's instructions (system prompt and asking sentences),
-                  and under 80 % from the whole prompt (so a rewrite may reuse the quoted post)
+echo       2      no prose field merely repeats the request: none that asks for something
+                  itself (a request word such as bitte/please/écris, or a question) has 50 % of
+                  its word 3-grams from the request's instructions (system prompt and asking
+                  sentences), and none of 12+ words has 80 % from the whole prompt (so a
+                  rewrite may reuse the quoted post, not copy it)
 facts      2      the answer's prose takes up the request's material (at least 20 % of its words
                   of 5+ letters) and keeps its numbers, codes and links (of the whole prompt,
                   or of the quoted post for a rewrite) and the case's ``required_facts``
@@ -67,8 +69,9 @@ ECHO_PROMPT_SHARE = 0.8
 """...or this share repeats the prompt (instructions and material alike)."""
 ECHO_MIN_NGRAMS = 2
 """Fields with fewer 3-grams (under four words) are too short to call an echo of the instructions..."""
-ECHO_PROMPT_MIN_NGRAMS = 6
-"""...and fields under eight words too short to call a copy of the prompt."""
+ECHO_PROMPT_MIN_NGRAMS = 10
+"""...and fields under twelve words too short to call a copy of the prompt (a call to action may
+name the business just as the request does)."""
 FACTS_CONTENT_SHARE = 0.2
 """The answer's prose must contain this share of the content words (5+ letters) of the request's
 material (the quoted post for a rewrite, else the prompt without its asking sentences)..."""
@@ -301,7 +304,7 @@ def check_echo(task: Task, case, answer: dict) -> CheckResult:
     reasons = []
     for where, text in fields(answer, task.text_fields):
         share, n = content.copied_share(text, instructions)
-        if n >= ECHO_MIN_NGRAMS and share >= ECHO_INSTRUCTION_SHARE:
+        if n >= ECHO_MIN_NGRAMS and share >= ECHO_INSTRUCTION_SHARE and content.asks(text):
             reasons.append(f"{where} repeats the request's instructions ({share:.0%} of its word 3-grams): {_clip(text)!r}")
             continue
         share, n = content.copied_share(text, case.prompt)

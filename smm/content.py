@@ -27,12 +27,12 @@ _REQUEST_WORDS = frozenset("""
     bitte schreib schreibe schreibt formuliere formulier erstelle verfasse gib nenne analysiere
     empfiehl brauchen brauche antwort antworte antwortet
     please write rewrite create draft give suggest analyse analyze recommend could would answer
-    écris écrivez réécris réécrivez rédige rédigez propose proposez donne analyse analysez merci
+    écris écrivez réécris réécrivez rédige rédigez propose proposez donne analysez merci
     répondre réponse répondez réponds
     escribe escriba reescribe reescriba redacta adapta crea propón sugiere analiza dame necesitamos
     necesito contesta responde responda favor
     escreve escreva escrevam reescreve reescrevam reescreva cria crie sugere sugira analisa analise
-    precisamos preciso responda
+    precisamos preciso
 """.split())
 
 _NUMBER = re.compile(
@@ -76,15 +76,15 @@ def quoted(prompt: str) -> list[str]:
     return [next(g for g in m.groups() if g is not None) for m in _QUOTED.finditer(prompt)]
 
 
+def asks(text: str) -> bool:
+    """Whether ``text`` asks for something: it holds a request word or ends with ``?``."""
+    return text.strip().endswith("?") or bool(_REQUEST_WORDS & set(words(text)))
+
+
 def material(prompt: str) -> str:
     """The prompt without its asking sentences: who the business is, keywords, quoted texts."""
-    asking = set(_asking(_QUOTED.sub("\n", prompt)))
-    unquoted = [s.strip() for s in _SENTENCE.findall(_QUOTED.sub("\n", prompt)) if s.strip() not in asking]
-    return "\n".join([*unquoted, *quoted(prompt)])
-
-
-def _asking(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE.findall(text) if s.strip().endswith("?") or _REQUEST_WORDS & set(words(s))]
+    unquoted = _SENTENCE.findall(_QUOTED.sub("\n", prompt))
+    return "\n".join([*(s.strip() for s in unquoted if not asks(s)), *quoted(prompt)])
 
 
 CONTENT_WORD_LETTERS = 5
@@ -99,7 +99,8 @@ def content_words(text: str) -> set[str]:
 
 def instructions(prompt: str, system_prompt: str = "") -> str:
     """The request's instructions: the system prompt and the prompt's asking sentences, quotes removed."""
-    return "\n".join([system_prompt, *_asking(_QUOTED.sub("\n", prompt))])
+    asking = [s.strip() for s in _SENTENCE.findall(_QUOTED.sub("\n", prompt)) if asks(s)]
+    return "\n".join([system_prompt, *asking])
 
 
 # ---- numbers, codes, links -----------------------------------------------------------------------

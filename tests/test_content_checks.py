@@ -11,9 +11,10 @@ import re
 import pytest
 from fixtures_eval_data import GOOD, case_prompt
 
+from smm import content
 from smm.checks import CHECKS, NA, PASS, check_reply
 from smm.evalset.loader import EvalCase, select_cases
-from smm.tasks import LANGUAGES
+from smm.tasks import LANGUAGES, TASKS
 
 LANGS = list(LANGUAGES)
 
@@ -117,6 +118,19 @@ REWRITE: dict[str, dict] = {
         "loop": "Vem provar hoje mesmo! Vem provar hoje mesmo! Vem provar hoje mesmo! Vem provar hoje mesmo! Vem provar!",
     },
 }
+# A request that names the business in its asking sentence, and a call to action that names it alike.
+BUSINESS_IN_THE_REQUEST = {
+    "de": ("Schreib bitte einen Instagram-Post für unsere kleine Rösterei im Kölner Belgischen Viertel. "
+           "Stichwörter: neuer Espresso, ab Montag.", "Besuch unsere kleine Rösterei im Kölner Belgischen Viertel!"),
+    "en": ("Please write an Instagram post for our little roastery in the heart of Bristol. Keywords: new "
+           "espresso, from Monday.", "Visit our little roastery in the heart of Bristol!"),
+    "fr": ("Écris un post Instagram pour notre petite brûlerie au cœur de Nantes. Mots-clés : nouvel espresso, "
+           "dès lundi.", "Viens découvrir notre petite brûlerie au cœur de Nantes !"),
+    "es": ("Escribe un post de Instagram para nuestra cafetería de especialidad en Bilbao. Palabras clave: nuevo "
+           "espresso, desde el lunes.", "Visítanos en nuestra cafetería de especialidad en Bilbao."),
+    "pt": ("Escreve um post para o Instagram da nossa pequena torrefação no centro do Porto. Palavras-chave: novo "
+           "espresso, a partir de segunda.", "Visita a nossa pequena torrefação no centro do Porto!"),
+}
 FORMAL_LANGS = [lang for lang in LANGS if "formal" in REWRITE[lang]]
 
 
@@ -164,7 +178,7 @@ def test_the_issues_example_no_longer_scores_full_marks():
     verdict = judge(builtin, answer)
     assert verdict.failed["facts"] == [
         "takes up 0% of the request's content words, at least 20% needed",
-        "4 (from the request) is missing", "39,90 (from the request) is missing",
+        "4 (from the request) is missing", "39,90 (from the request) is missing", "required fact 'Donnerstag' is missing",
     ]
     assert verdict.score < 0.85
 
@@ -189,6 +203,14 @@ class TestEcho:
         answer["post"] = case_prompt("post_generation", lang)
         failed = judge(good_case("post_generation", lang), answer).failed
         assert failed["echo"][0].startswith("post copies the prompt (100% of its word 3-grams)")
+
+    def test_naming_the_business_as_the_request_does_is_no_echo(self, lang):
+        prompt, cta = BUSINESS_IN_THE_REQUEST[lang]
+        case = EvalCase("b", "post_generation", lang, "instagram", prompt)
+        answer = {**good("post_generation", lang), "call_to_action": cta}
+        share, _ = content.copied_share(cta, content.instructions(prompt, TASKS["post_generation"].system_prompt))
+        assert share >= 0.5  # mostly the request's words, but it asks for nothing: no echo
+        assert judge(case, answer).checks["echo"].status == PASS
 
     def test_repeating_the_system_prompt_fails(self, lang):
         answer = good("hashtags", lang)
