@@ -10,6 +10,8 @@ import re
 
 import pytest
 from fixtures_eval_data import GOOD, case_prompt
+from test_seed_data import IDS as SEED_IDS
+from test_seed_data import SEEDS, user_message
 
 from smm import content
 from smm.checks import CHECKS, NA, PASS, check_reply
@@ -384,3 +386,34 @@ def test_timezone(lang):
 def test_every_new_check_has_a_weight_and_a_description():
     for name in ("echo", "facts", "numbers", "loops", "formality", "timezone"):
         assert CHECKS[name].weight > 0 and CHECKS[name].description
+
+
+# ---- the seeds: 30 hand-written good answers to real requests --------------------------------------
+
+SEED_FORMALITY = {("de", "duzen"): "du", ("de", "siezen"): "Sie", ("fr", "tutoie"): "tu"}
+CONTENT = ("echo", "facts", "numbers", "loops", "formality", "timezone")
+
+
+def seed_case(row: dict, prompt_of: dict | None = None) -> EvalCase:
+    prompt = user_message(prompt_of or row)
+    formality = next((form for (lang, cue), form in SEED_FORMALITY.items() if lang == row["language"] and cue in prompt), None)
+    return EvalCase("seed", row["task"], row["language"], row["platform"], prompt, formality=formality)
+
+
+@pytest.mark.parametrize("row", SEEDS, ids=SEED_IDS)
+def test_every_seed_answer_passes_the_content_checks_on_its_own_request(row):
+    verdict = check_reply(seed_case(row), row["messages"][2]["content"])
+    assert {name: verdict.checks[name].reasons for name in CONTENT if verdict.checks[name].status == "fail"} == {}
+
+
+def test_the_seed_requests_with_a_formality_cue_are_checked():
+    statuses = [check_reply(seed_case(r), r["messages"][2]["content"]).checks["formality"].status for r in SEEDS]
+    assert statuses.count(PASS) == 4 and statuses.count(NA) == 26
+
+
+@pytest.mark.parametrize("task", ["post_generation", "ab_variations", "brand_voice"])
+def test_a_seed_answer_to_another_request_fails_facts(task):
+    rows = [r for r in SEEDS if r["task"] == task]
+    for row, other in zip(rows, rows[1:] + rows[:1]):
+        verdict = check_reply(seed_case(other, prompt_of=row), other["messages"][2]["content"])
+        assert verdict.checks["facts"].status == "fail", (row["language"], other["language"])
