@@ -38,9 +38,10 @@ formality  1      the texts for the audience address it as the case's ``formalit
 timezone   1      the answer's time zone is an IANA name, the case's ``timezone`` when given
 ========== ====== ===========================================================================
 
-Echo and facts weigh as much as JSON and schema: an answer that is well-formed but says nothing of
-what was asked is worth little. A case's score is the weighted share of its applicable checks that pass; a reply that is not
-JSON fails every applicable check. The run's score is the mean case score.
+Echo and facts weigh as much as JSON and schema: an answer that is well-formed but says nothing
+of what was asked is worth little. A case's score is the weighted share of its applicable checks
+that pass; a reply that is not JSON fails every applicable check. The run's score is the mean case
+score.
 """
 from __future__ import annotations
 
@@ -402,11 +403,11 @@ def check_formality(task: Task, case, answer: dict) -> CheckResult:
 
 
 @lru_cache(maxsize=1)
-def iana_timezones() -> dict[str, str]:
-    """IANA time-zone names by their casefolded spelling."""
+def iana_timezones() -> frozenset[str]:
+    """The IANA time-zone names, casefolded (from the OS, else the ``tzdata`` package)."""
     from zoneinfo import available_timezones
 
-    return {name.casefold(): name for name in available_timezones()}
+    return frozenset(name.casefold() for name in available_timezones())
 
 
 def check_timezone(task: Task, case, answer: dict) -> CheckResult:

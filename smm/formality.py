@@ -17,7 +17,7 @@ FORMS: dict[str, dict[str, tuple[str, ...]]] = {
         "Sie": ("Sie", "Ihnen", "Ihr", "Ihre", "Ihren", "Ihrem", "Ihrer", "Ihres"),
     },
     "fr": {
-        "tu": ("tu", "te", "t'", "toi", "ton", "ta", "tes"),
+        "tu": ("tu", "te", "t'", "t’", "toi", "ton", "ta", "tes"),
         "vous": ("vous", "votre", "vos"),
     },
     "es": {
@@ -37,8 +37,8 @@ _SENTENCE_START = re.compile(r"(?:^|[.!?:…]\s+|[\n\"„“«»]\s*)$")
 
 
 def _pattern(word: str, case_sensitive: bool) -> re.Pattern:
-    tail = "" if word.endswith("'") else r"(?![\w'])"
-    return re.compile(r"(?<![\w'])" + re.escape(word) + tail, 0 if case_sensitive else re.IGNORECASE)
+    tail = "" if word.endswith(("'", "’")) else r"(?![\w'’])"
+    return re.compile(r"(?<![\w'’])" + re.escape(word) + tail, 0 if case_sensitive else re.IGNORECASE)
 
 
 def forms_used(text: str, language: str) -> dict[str, list[str]]:

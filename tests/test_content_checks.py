@@ -16,6 +16,7 @@ from test_seed_data import SEEDS, user_message
 from smm import content
 from smm.checks import CHECKS, NA, PASS, check_reply
 from smm.evalset.loader import EvalCase, select_cases
+from smm.formality import forms_used
 from smm.tasks import LANGUAGES, TASKS
 
 LANGS = list(LANGUAGES)
@@ -348,6 +349,15 @@ def test_formality(lang):
     assert list(judge(formal, rewrite(lang)).failed) == ["formality"]
     neutral = judge(informal, rewrite(lang, data["neutral"]))
     assert neutral.checks["formality"].status == NA and neutral.score == 1.0  # addresses nobody: cannot tell
+
+
+def test_formality_word_edges():
+    assert set(forms_used("Je t’attends au café, et je t'offre le dessert !", "fr")) == {"tu"}
+    assert forms_used("Sie finden uns am Markt. Wir beraten Sie gern, Ihre Metzgerei.", "de") == {"Sie": ["Sie", "Ihre"]}
+    assert forms_used("Sie hat gesagt: Ihr Kaffee ist der beste.", "de") == {}  # she / you-all at a sentence start
+    assert forms_used("Endlich ist es da: dein neues Lieblingsbrot!", "de") == {"du": ["dein"]}
+    assert forms_used("O senhor e a senhora são bem-vindos.", "pt") == {"o senhor": ["O senhor", "a senhora"]}
+    assert forms_used("Thank you, you are the best!", "en") == {}
 
 
 @pytest.mark.parametrize("lang", LANGS)
