@@ -99,6 +99,14 @@ class ExportConfig:
 
 
 @dataclass
+class JudgeConfig:
+    url: Optional[str] = _f(None, "OpenAI-compatible server of an optional LLM judge that rates tone and brand fit 1-5 per answer (reported separately; never part of the score or the gate). Unset (and no SMM_JUDGE_URL) = no judge. Given on the command line it is moved into SMM_JUDGE_URL before Hydra records anything.")
+    model: str = _f("", "The judge's model name on that server.")
+    api_key_env: str = _f("SMM_JUDGE_API_KEY", "Environment variable that holds the judge server's API key (if it needs one).")
+    max_tokens: int = _f(200, "Most tokens of one judgement.", ge=16)
+
+
+@dataclass
 class EvalConfig:
     backend: str = _f("ollama", "Where the model runs: ollama (native API), openai (any OpenAI-compatible server), llama_cpp (a GGUF in-process) or hf (base + adapter in transformers).", choices=("ollama", "openai", "llama_cpp", "hf"))
     url: str = _f("http://localhost:11434", "Server URL for the ollama and openai backends.")
@@ -119,6 +127,7 @@ class EvalConfig:
     output_dir: str = _f("output/eval", "Reports go to a timestamped folder under this one.")
     baseline: Optional[str] = _f(None, "Compare with a baseline: a model name on the same server, a .gguf file, or a report.json.")
     gate_min_delta: Optional[float] = _f(None, "Fail (exit 3) unless the score beats the baseline's by at least this much.")
+    judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "Optional LLM judge of tone and brand fit."})
 
 
 @dataclass
@@ -246,9 +255,11 @@ def validate(cfg: DictConfig) -> None:
 
 def to_plain(cfg: DictConfig) -> dict:
     """The resolved config as plain data, without secrets (for manifests and trackers): no
-    database URL, and a server URL's password (``eval.url``) masked."""
+    database URL, and the servers' passwords (``eval.url``, ``eval.judge.url``) masked."""
     data = OmegaConf.to_container(cfg, resolve=True)
     data.get("feedback", {}).pop("database_url", None)
     if data.get("eval", {}).get("url"):
         data["eval"]["url"] = mask_url(data["eval"]["url"])
+    if data.get("eval", {}).get("judge", {}).get("url"):
+        data["eval"]["judge"]["url"] = mask_url(data["eval"]["judge"]["url"])
     return data
