@@ -164,6 +164,10 @@ class Scenario:
         return {"primary": kind[4].split(","), "secondary": kind[5].split(","), "niche": [kind[6], "#" + re.sub(r"\W", "", self.city)]}
 
 
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _fit(parts: list[tuple[str, bool]], limit: int, suffix: int = 0, sep: str = " ") -> str:
     """Join the parts; drop optional ones (flag False), last first, until the text fits ``limit``."""
     parts = list(parts)
@@ -187,6 +191,8 @@ class Writer:
         self.voice = rng.randrange(3)
         self.picks = [rng.random() for _ in range(12)]  # fixed choices, so that every language renders alike
         self.show_tz = rng.random() < 0.5
+        self.formal = rng.random() < 0.5 if "formality" in L[scenario.language] and rng.random() < 0.5 else None
+        """None: the request does not say; else whether it asks for Sie/vous/usted."""
         self.slots = rng.sample(SLOTS[scenario.kind], rng.choice((2, 3)))
         self.slot_days = {slot: rng.choice(SLOT_TIMES[slot][0]) for slot in self.slots}
         self.slot_times = {slot: rng.choice(SLOT_TIMES[slot][1]) for slot in self.slots}
@@ -206,6 +212,8 @@ class Writer:
                  "tz": lang["tz"].format(tz=s.tz) if self.show_tz else "", "voice": lang["voices"][self.voice][0],
                  "review": self.review(), "source": self.source()}
         text = s.fill(template, **extra)
+        if self.task == "post_generation" and self.formal is not None:
+            text += lang["formality"][self.formal]
         if self.task in ("post_generation", "ab_variations", "brand_voice") and self.rng.random() < 0.3:
             self.max_chars = self.rng.choice({"x": (200, 240, 260), "threads": (300, 350, 450)}.get(self.platform, (400, 600, 800)))
             text += lang["limit"].format(max=self.max_chars)
@@ -233,16 +241,17 @@ class Writer:
         lang, fill = L[language], lambda t: self.s.fill(t, language)
         n_tags = {"x": 2, "threads": 3, "instagram": 5, "facebook": 3, "linkedin": 4}[self.platform]
         tags = self._hashtags(language, n_tags)
+        formal = lambda key: lang.get(key + "_formal", lang[key]) if self.formal else lang[key]  # noqa: E731
         body = lang["generic"] if flaw == "no_facts" else fill(self.pick(lang["body"][self.s.offer], 0))
-        parts = [(fill(self.pick(lang["hooks"], 1)), False), (body, True)]
+        parts = [(fill(self.pick(lang["hooks"], 1)), False), (_cap(body), True)]
         if self.s.has_url and flaw != "no_facts":
             parts.append((fill(self.pick(lang["url_line"], 2)), True))
-        parts.append((fill(self.pick(lang["closings"], 3)), False))
+        parts.append((fill(self.pick(formal("closings"), 3)), False))
         sep = " " if self.platform in ("x", "threads") else "\n\n"
         post = _fit(parts, self.limit, len(" ".join(tags)) + 1, sep)
         while len(post) + len(" ".join(tags)) + 1 > self.limit and len(tags) > 1:
             tags.pop()
-        cta = fill(self.pick(lang["cta_url"] if self.s.has_url else lang["cta"], 4))
+        cta = fill(self.pick(formal("cta_url") if self.s.has_url else formal("cta"), 4))
         return {"post": post, "hashtags": tags, "call_to_action": cta}
 
     def hashtags(self, language: str, flaw: str | None) -> dict:
@@ -264,7 +273,7 @@ class Writer:
         variations = []
         for i, angle in enumerate(angles):
             body = lang["generic"] if flaw == "no_facts" else fill(lang["body"][self.s.offer][i % 2])
-            parts = [(fill(self.pick(lang["ab_open"][angle], 8 + i)), i == 2), (body, True)]
+            parts = [(fill(self.pick(lang["ab_open"][angle], 8 + i)), i == 2), (_cap(body), True)]
             if self.s.has_url and flaw != "no_facts":
                 parts.append((fill(lang["url_line"][i % 2]), True))
             parts.append((lang["ab_close"][angle], False))
@@ -302,7 +311,7 @@ class Writer:
         lang, fill = L[language], lambda t: self.s.fill(t, language)
         _, traits, opener, closer, changes = lang["voices"][self.voice]
         body = lang["generic"] if flaw == "no_facts" else fill(self.pick(lang["body"][self.s.offer], 0))
-        parts = [(fill(opener), False), (body, True)]
+        parts = [(fill(opener), False), (_cap(body), True)]
         if self.s.has_url and flaw != "no_facts":
             parts.append((fill(self.pick(lang["url_line"], 2)), True))
         parts.append((closer, False))
