@@ -221,7 +221,7 @@ class Writer:
 
     def review(self) -> str:
         kind = self.s._kind(self.s.language)
-        return self.s.fill(L[self.s.language]["review"][self.label], pos=kind[7], neg=kind[8])
+        return _cap(self.s.fill(self.pick(L[self.s.language]["review"][self.label], 2), pos=kind[7], neg=kind[8]))
 
     def source(self) -> str:
         lang = L[self.s.language]["source"]
@@ -272,7 +272,8 @@ class Writer:
         angles = ("price", "urgency", "local")[: self.n_variations]
         variations = []
         for i, angle in enumerate(angles):
-            body = lang["generic"] if flaw == "no_facts" else fill(lang["body"][self.s.offer][i % 2])
+            bodies = lang["body"][self.s.offer]
+            body = lang["generic"] if flaw == "no_facts" else fill(bodies[(i + int(self.picks[0] * len(bodies))) % len(bodies)])
             parts = [(fill(self.pick(lang["ab_open"][angle], 8 + i)), i == 2), (_cap(body), True)]
             if self.s.has_url and flaw != "no_facts":
                 parts.append((fill(lang["url_line"][i % 2]), True))
@@ -290,14 +291,15 @@ class Writer:
         if flaw == "wrong_label":
             label, score = {"positive": ("negative", -0.7), "negative": ("positive", 0.8),
                             "neutral": ("negative", -0.5), "mixed": ("positive", 0.9)}[label]
-        return {"sentiment": label, "score": round(score, 2), "key_phrases": phrases, "summary": lang["summary"][self.label],
+        return {"sentiment": label, "score": round(score, 2), "key_phrases": phrases, "summary": self.pick(lang["summary"][self.label], 3),
                 "suggested_reply": self.pick(lang["reply"][self.label], 1)}
 
     def posting_times(self, language: str, flaw: str | None) -> dict:
         lang, audience = L[language], self.s.values(language)["audience"]
         recommendations = [
-            {"day": self.slot_days[slot], "time": self.slot_times[slot], "reason": lang["reasons"][slot].format(audience=audience)}
-            for slot in self.slots
+            {"day": self.slot_days[slot], "time": self.slot_times[slot],
+             "reason": self.pick(lang["reasons"][slot], 7 + k).format(audience=audience)}
+            for k, slot in enumerate(self.slots)
         ]
         recommendations.sort(key=lambda r: (WEEKDAYS.index(r["day"]), r["time"]))
         if flaw == "bad_time":
