@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fixture_texts import CITIES, KINDS, MONTHS, PLATFORM_NAMES, SLOT_TIMES, SLOTS, SURNAMES, L  # noqa: E402
+from smm.secrets import mask_url  # noqa: E402
 from smm.tasks import LANGUAGES, PLATFORM_LIMITS, PLATFORMS, TASKS, WEEKDAYS, published_lengths  # noqa: E402
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
@@ -51,7 +52,8 @@ OTHER_LANGUAGE = {"de": "en", "en": "fr", "fr": "en", "es": "en", "pt": "en"}
 PUBLISHING = ("post_generation", "ab_variations", "brand_voice")
 """Tasks whose answers carry the request's facts (the offer) into a published text."""
 FLAWS = {  # what can be wrong with an answer, per task
-    "post_generation": ("wrong_language", "too_long", "no_facts", "echo", "fenced", "bad_hashtags", "truncated", "no_cta"),
+    "post_generation": ("wrong_language", "too_long", "no_facts", "echo", "fenced", "bad_hashtags", "truncated", "no_cta",
+                        "wrong_formality"),
     "hashtags": ("wrong_language", "fenced", "bad_hashtags", "truncated"),
     "ab_variations": ("wrong_language", "too_long", "no_facts", "fenced", "truncated", "same_variations"),
     "sentiment": ("wrong_language", "fenced", "truncated", "wrong_label"),
@@ -87,6 +89,8 @@ class Row:
     """A length the request asks for (besides the platform's limit)."""
     expect: dict[str, Any] = field(default_factory=dict)
     """Answer values the request determines (sentiment label, time zone)."""
+    formal: bool | None = None
+    """Whether the request asks for Sie/vous/usted (True), du/tu/tú (False), or says nothing (None)."""
 
 
 def _ascii(text: str) -> str:
@@ -191,7 +195,8 @@ class Writer:
         self.voice = rng.randrange(3)
         self.picks = [rng.random() for _ in range(12)]  # fixed choices, so that every language renders alike
         self.show_tz = rng.random() < 0.5
-        self.formal = rng.random() < 0.5 if "formality" in L[scenario.language] and rng.random() < 0.5 else None
+        asks = task == "post_generation" and "formality" in L[scenario.language] and rng.random() < 0.5
+        self.formal = rng.random() < 0.5 if asks else None
         """None: the request does not say; else whether it asks for Sie/vous/usted."""
         self.slots = rng.sample(SLOTS[scenario.kind], rng.choice((2, 3)))
         self.slot_days = {slot: rng.choice(SLOT_TIMES[slot][0]) for slot in self.slots}
@@ -241,7 +246,8 @@ class Writer:
         lang, fill = L[language], lambda t: self.s.fill(t, language)
         n_tags = {"x": 2, "threads": 3, "instagram": 5, "facebook": 3, "linkedin": 4}[self.platform]
         tags = self._hashtags(language, n_tags)
-        formal = lambda key: lang.get(key + "_formal", lang[key]) if self.formal else lang[key]  # noqa: E731
+        polite = self.formal != (flaw == "wrong_formality")
+        formal = lambda key: lang.get(key + "_formal", lang[key]) if polite else lang[key]  # noqa: E731
         body = lang["generic"] if flaw == "no_facts" else fill(self.pick(lang["body"][self.s.offer], 0))
         parts = [(fill(self.pick(lang["hooks"], 1)), False), (_cap(body), True)]
         if self.s.has_url and flaw != "no_facts":
@@ -341,7 +347,7 @@ def flawed(writer: Writer, request: str, flaw: str) -> str:
     good = writer.answer()
     if flaw in ("wrong_language",):
         return json.dumps(writer.answer(OTHER_LANGUAGE[writer.s.language]), ensure_ascii=False)
-    if flaw in ("no_facts", "wrong_label", "wrong_timezone", "bad_time"):
+    if flaw in ("no_facts", "wrong_label", "wrong_timezone", "bad_time", "wrong_formality"):
         return json.dumps(writer.answer(flaw=flaw), ensure_ascii=False)
     if flaw == "too_long":
         return json.dumps(_too_long(writer, good), ensure_ascii=False)
@@ -369,15 +375,24 @@ def flawed(writer: Writer, request: str, flaw: str) -> str:
     raise ValueError(f"unknown flaw {flaw!r}")
 
 
-def _request(rng: random.Random, index: int) -> tuple[Writer, str]:
-    language = rng.choice(list(LANGUAGES))
-    task = list(TASKS)[index % len(TASKS)] if rng.random() < 0.5 else rng.choice(list(TASKS))
-    writer = Writer(rng, Scenario(rng, language), task, rng.choice(PLATFORMS))
-    return writer, writer.request()
+def _request(rng: random.Random, index: int) -> tuple[Writer, str, dict]:
+    """A request and its good answer; drawn again in the rare case that the answer cannot be good
+    (its facts alone are longer than the length asked for, or two variations came out the same)."""
+    while True:
+        language = rng.choice(list(LANGUAGES))
+        task = list(TASKS)[index % len(TASKS)] if rng.random() < 0.5 else rng.choice(list(TASKS))
+        writer = Writer(rng, Scenario(rng, language), task, rng.choice(PLATFORMS))
+        request, answer = writer.request(), writer.answer()
+        posts = [v["post"] for v in answer.get("variations", [])]
+        if all(n <= writer.limit for n in published_lengths(TASKS[task], answer)) and len(set(posts)) == len(posts):
+            return writer, request, answer
 
 
-def _flaw(rng: random.Random, writer: Writer) -> str:
-    options = [f for f in FLAWS[writer.task] if f != "too_long" or writer.limit <= 1000]
+def _flaw(rng: random.Random, writer: Writer, rating: str) -> str:
+    """What is wrong with a rated answer; users edit what they can see (not a fence or a cut-off reply)."""
+    options = [f for f in FLAWS[writer.task] if (f != "too_long" or writer.limit <= 1000)
+               and (f != "wrong_formality" or writer.formal is not None)
+               and (rating == "THUMBS_DOWN" or f not in ("fenced", "truncated"))]
     return rng.choice(options)
 
 
@@ -388,9 +403,9 @@ def generate(count: int, seed: int = 0) -> list[Row]:
     clock = START
     step = timedelta(days=90) / max(count, 1)
     while len(rows) < count:
-        writer, request = _request(rng, len(rows))
+        writer, request, answer = _request(rng, len(rows))
         s = writer.s
-        good = json.dumps(writer.answer(), ensure_ascii=False)
+        good = json.dumps(answer, ensure_ascii=False)
         language = rng.choice(REGIONS[s.language]) if rng.random() < 0.1 else s.language
         if writer.task == "sentiment":
             writer.expect = {"sentiment": writer.label}
@@ -398,7 +413,7 @@ def generate(count: int, seed: int = 0) -> list[Row]:
             writer.expect = {"timezone": s.tz}
         base = dict(task=writer.task, language=language, platform=writer.platform, system_prompt=TASKS[writer.task].system_prompt,
                     user_input=request, good=good, facts=s.facts(writer.task != "brand_voice") if writer.task in PUBLISHING else [],
-                    max_chars=writer.max_chars, expect=writer.expect)
+                    max_chars=writer.max_chars, expect=writer.expect, formal=writer.formal)
         roll = rng.random()
         attempts = ["THUMBS_UP" if roll < 0.55 else "EDITED" if roll < 0.75 else "THUMBS_DOWN"]
         if attempts[0] == "THUMBS_DOWN" and rng.random() < 0.6 and len(rows) + 2 <= count:
@@ -406,7 +421,7 @@ def generate(count: int, seed: int = 0) -> list[Row]:
         for rating in attempts:
             clock += step * rng.uniform(0.5, 1.5)
             rated = clock + timedelta(minutes=rng.randint(1, 600))
-            flaw = None if rating == "THUMBS_UP" else _flaw(rng, writer)
+            flaw = None if rating == "THUMBS_UP" else _flaw(rng, writer, rating)
             output = good if flaw is None else flawed(writer, request, flaw)
             comment = L[s.language]["comments"].get(flaw) if flaw and rng.random() < 0.5 else None
             rows.append(Row(**base, model_output=output, model_name=rng.choice(MODEL_NAMES),
@@ -482,6 +497,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
+    try:
+        return _run(args)
+    except Exception as exc:  # a one-line error (no traceback), the URL's password masked
+        import psycopg2
+
+        if not isinstance(exc, (psycopg2.Error, OSError, subprocess.SubprocessError)):
+            raise
+        message = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        if args.database_url:
+            message = message.replace(args.database_url, mask_url(args.database_url))
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.export:
         result = export(args.export, args.count, args.seed, args.database_url)
         sys.stdout.write(result.stdout)

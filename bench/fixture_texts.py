@@ -70,7 +70,7 @@ KINDS: dict[str, dict[str, str]] = {
     "grooming": {
         "de": "ein Hundesalon|Hundesalon {s}|Fellpflege für Doodles;Krallenschneiden ohne Termin|Hundebesitzerinnen und Hundebesitzer|#Hundesalon,#Hundepflege|#Hundeliebe,#Fellpflege|#DoodleLiebe|mein Hund kam glücklich und flauschig zurück|mein Hund hatte danach kleine Schnittwunden",
         "en": "a dog grooming salon|{s} Dog Grooming|doodle coat care;walk-in nail trims|dog owners|#DogGrooming,#Groomer|#DogsOfInstagram,#PetCare|#DoodleGrooming|my dog came back happy and fluffy|my dog had small cuts afterwards",
-        "fr": "un salon de toilettage|Toilettage {s}|toilettage pour doodles;coupe de griffes sans rendez-vous|propriétaires de chiens|#Toilettage,#ToiletteurCanin|#ChienHeureux,#SoinsAnimaux|#Doodle|mon chien est revenu heureux et tout doux|mon chien avait de petites coupures après la séance",
+        "fr": "un salon de toilettage|Toilettage {s}|toilettage pour doodles;coupe de griffes sans réservation|propriétaires de chiens|#Toilettage,#ToiletteurCanin|#ChienHeureux,#SoinsAnimaux|#Doodle|mon chien est revenu heureux et tout doux|mon chien avait de petites coupures après la séance",
         "es": "una peluquería canina|Peluquería Canina {s}|arreglo de pelo para doodles;corte de uñas sin cita|dueños de perros|#PeluqueríaCanina,#Peluquero|#Perros,#CuidadoDeMascotas|#Doodle|mi perro volvió feliz y suavecito|mi perro tenía pequeños cortes después",
         "pt": "um salão de tosquia|Estética Canina {s}|banho e tosquia para doodles;corte de unhas sem marcação|donos de cães|#Tosquia,#BanhoETosquia|#Cães,#CuidadosComPets|#Doodle|o meu cão voltou feliz e fofinho|o meu cão ficou com pequenos cortes",
     },
@@ -196,7 +196,7 @@ L["de"] = dict(
                     "Tag der offenen Tür bei {name}: am {date} von {times}, mit {product} zum Ausprobieren.",
                     "{name} lädt am {date} zum Tag der offenen Tür ein, von {times}. Wer mag, testet dabei {product}."]},
     url_line=["Alle Infos gibt es unter {url}.", "Mehr dazu auf {url}."],
-    hooks=["Neues aus {city}!", "Aufgepasst, {city}!", "Hallo {city}!", "Gute Nachrichten für alle in {city}:", "Kleine Pause gefällig?", "Das solltest du wissen:"],
+    hooks=["Neues aus {city}!", "Aufgepasst, {city}!", "Hallo {city}!", "Gute Nachrichten für alle in {city}:", "Kleine Pause gefällig?", "Gut zu wissen:"],
     closings=["Wir freuen uns auf dich!", "Bis bald bei uns!", "Sag es gern weiter!"],
     cta_url=["Jetzt auf {url} vorbeischauen!", "Schau auf {url} vorbei und sichere dir deinen Platz!"],
     cta=["Komm vorbei und überzeug dich selbst!", "Markier jemanden, der mitkommen sollte!", "Schreib uns, wenn du Fragen hast!"],
@@ -279,7 +279,7 @@ L["de"] = dict(
     comments={"wrong_language": "Falsche Sprache, wir posten auf Deutsch.", "too_long": "Viel zu lang für die Plattform.",
               "no_facts": "Preis und Datum fehlen.", "echo": "Das ist ja nur unsere Anfrage.", "fenced": "Kaputtes Format.",
               "bad_hashtags": "Die Hashtags sind unbrauchbar.", "truncated": "Antwort bricht mittendrin ab.",
-              "generic": "Zu allgemein, passt nicht zu uns.", "no_cta": "Es fehlt die Handlungsaufforderung."},
+              "generic": "Zu allgemein, passt nicht zu uns.", "wrong_formality": "Bitte in der richtigen Anrede.", "no_cta": "Es fehlt die Handlungsaufforderung."},
     generic="Entdecke unsere tollen Angebote und besuche uns bald. Wir haben für jeden etwas dabei und freuen uns auf dich!",
 )
 
@@ -378,7 +378,7 @@ L["en"] = dict(
     comments={"wrong_language": "Wrong language, we post in English.", "too_long": "Far too long for the platform.",
               "no_facts": "Price and date are missing.", "echo": "This just repeats our request.", "fenced": "Broken format.",
               "bad_hashtags": "The hashtags are unusable.", "truncated": "The answer stops halfway.",
-              "generic": "Too generic, doesn't sound like us.", "no_cta": "The call to action is missing."},
+              "generic": "Too generic, doesn't sound like us.", "wrong_formality": "Wrong form of address.", "no_cta": "The call to action is missing."},
     generic="Discover our amazing offers and visit us soon. There is something for everyone and we look forward to seeing you!",
 )
 
@@ -400,7 +400,7 @@ L["fr"] = dict(
     url_line=["Toutes les infos sont sur {url}.", "Plus de détails sur {url}."],
     hooks=["Du nouveau à {city} !", "Bonne nouvelle pour {city} :", "Attention, {city} !", "Coucou {city} !", "Petite info à ne pas rater :", "On a une nouvelle à partager :"],
     closings=["On a hâte de te voir !", "À très vite !", "Fais passer le mot !"],
-    cta_url=["Rendez-vous sur {url} dès maintenant !", "Réserve ta place sur {url} !"],
+    cta_url=["File sur {url} dès maintenant !", "Réserve ta place sur {url} !"],
     cta=["Passe nous voir et juge par toi-même !", "Identifie un ami qui devrait venir avec toi !", "Écris-nous si tu as des questions !"],
     formality=(" On tutoie notre communauté.", " Nous vouvoyons nos clients."),
     closings_formal=["Au plaisir de vous accueillir !", "À très bientôt !", "N'hésitez pas à en parler autour de vous !"],
@@ -481,7 +481,7 @@ L["fr"] = dict(
     comments={"wrong_language": "Mauvaise langue, nous publions en français.", "too_long": "Beaucoup trop long pour la plateforme.",
               "no_facts": "Il manque le prix et la date.", "echo": "Ça ne fait que répéter notre demande.", "fenced": "Format cassé.",
               "bad_hashtags": "Les hashtags sont inutilisables.", "truncated": "La réponse s'arrête au milieu.",
-              "generic": "Trop générique, ça ne nous ressemble pas.", "no_cta": "Il manque l'appel à l'action."},
+              "generic": "Trop générique, ça ne nous ressemble pas.", "wrong_formality": "Mauvais registre, tutoiement ou vouvoiement.", "no_cta": "Il manque l'appel à l'action."},
     generic="Découvrez nos super offres et venez nous voir bientôt. Il y en a pour tous les goûts et nous avons hâte de vous accueillir !",
 )
 
@@ -494,14 +494,14 @@ L["es"] = dict(
     body={"price": ["En {name}: {product} por solo {price}, hasta el {date}.",
                     "Solo hasta el {date}: {product} por {price} en {name}.",
                     "Por {price}, {name} ofrece {product}. La oferta dura hasta el {date}."],
-          "code": ["Con el código {code}, {name} te regala un {pct} de descuento en {product} hasta el {date}.",
+          "code": ["Con el código {code}, {name} regala un {pct} de descuento en {product} hasta el {date}.",
                    "Un {pct} de descuento en {product}: basta con decir el código {code} en {name} antes del {date}.",
                     "El código {code} da un {pct} de descuento en {product} en {name}, válido hasta el {date}."],
           "event": ["El {date}, {name} abre sus puertas {times}, y todo el mundo podrá probar {product}.",
                     "Jornada de puertas abiertas en {name}: el {date}, {times}, con {product} para probar gratis.",
                     "{name} celebra una jornada de puertas abiertas el {date}, {times}. Quien quiera podrá probar {product}."]},
     url_line=["Toda la información está en {url}.", "Más detalles en {url}."],
-    hooks=["¡Novedades en {city}!", "¡Hola, {city}!", "¡Atención, {city}!", "Buenas noticias para todo {city}:", "Tenemos noticias:", "Esto te interesa:"],
+    hooks=["¡Novedades en {city}!", "¡Hola, {city}!", "¡Atención, {city}!", "Buenas noticias para todo {city}:", "Tenemos noticias:", "Atención, novedad:"],
     closings=["¡Te esperamos!", "¡Nos vemos muy pronto!", "¡Compártelo con tus amigos!"],
     cta_url=["¡Entra ya en {url}!", "¡Reserva tu plaza en {url}!"],
     cta=["¡Ven a vernos y compruébalo tú mismo!", "¡Etiqueta a quien debería venir contigo!", "¡Escríbenos si tienes dudas!"],
@@ -584,7 +584,7 @@ L["es"] = dict(
     comments={"wrong_language": "Idioma equivocado, publicamos en español.", "too_long": "Demasiado largo para la plataforma.",
               "no_facts": "Faltan el precio y la fecha.", "echo": "Esto solo repite nuestra petición.", "fenced": "Formato roto.",
               "bad_hashtags": "Los hashtags no sirven.", "truncated": "La respuesta se corta a la mitad.",
-              "generic": "Demasiado genérico, no suena a nosotros.", "no_cta": "Falta la llamada a la acción."},
+              "generic": "Demasiado genérico, no suena a nosotros.", "wrong_formality": "El trato no es el que pedimos.", "no_cta": "Falta la llamada a la acción."},
     generic="Descubre nuestras increíbles ofertas y visítanos pronto. ¡Tenemos algo para cada persona y te esperamos con ganas!",
 )
 
@@ -604,7 +604,7 @@ L["pt"] = dict(
                     "Dia aberto na {name}: {date}, {times}, com {product} para experimentar de graça.",
                     "A {name} organiza um dia aberto em {date}, {times}. Quem quiser pode experimentar {product}."]},
     url_line=["Todas as informações estão em {url}.", "Mais detalhes em {url}."],
-    hooks=["Novidades em {city}!", "Olá, {city}!", "Atenção, {city}!", "Boas notícias para quem mora em {city}:", "Temos novidades:", "Isto interessa-lhe:"],
+    hooks=["Novidades em {city}!", "Olá, {city}!", "Atenção, {city}!", "Boas notícias para quem mora em {city}:", "Temos novidades:", "Novidade fresquinha:"],
     closings=["Esperamos por você!", "Até já!", "Conte aos seus amigos!"],
     cta_url=["Acesse {url} agora mesmo!", "Garanta o seu lugar em {url}!"],
     cta=["Venha conhecer e comprove você mesmo!", "Marque um amigo que deveria vir junto!", "Mande uma mensagem se tiver dúvidas!"],
@@ -683,6 +683,6 @@ L["pt"] = dict(
     comments={"wrong_language": "Língua errada, publicamos em português.", "too_long": "Demasiado longo para a plataforma.",
               "no_facts": "Faltam o preço e a data.", "echo": "Isto só repete o nosso pedido.", "fenced": "Formato estragado.",
               "bad_hashtags": "As hashtags não servem.", "truncated": "A resposta para a meio.",
-              "generic": "Genérico demais, não soa como nós.", "no_cta": "Falta a chamada para a ação."},
+              "generic": "Genérico demais, não soa como nós.", "wrong_formality": "Tratamento errado.", "no_cta": "Falta a chamada para a ação."},
     generic="Descubra as nossas ofertas incríveis e venha visitar-nos em breve. Temos algo para todos e esperamos por você!",
 )

@@ -23,6 +23,12 @@ from smm.language import detect_language
 from smm.tasks import TASKS, hashtags, texts, values_at
 
 SEED_FILE = REPO / "data" / "seed" / "social_media_examples.jsonl"
+ADDRESS = {  # language -> (informal words, formal words): how a text addresses its reader
+    "de": ({"du", "dich", "dir", "dein", "deine", "deinen"}, {"Sie", "Ihr", "Ihre", "Ihren", "Ihrem", "Ihnen"}),
+    "fr": ({"tu", "te", "toi", "ton", "ta", "tes", "fais", "passe", "réserve", "écris"}, {"vous", "votre", "vos"}),
+    "es": ({"tú", "te", "ti", "tu", "tus", "contigo", "ven", "etiqueta", "escríbenos", "compártelo"},
+           {"usted", "le", "visite", "reserve", "venga", "visítenos", "escríbanos", "compártalo"}),
+}
 N = 300
 
 
@@ -62,6 +68,10 @@ def problems(row: Row, reply: str) -> list[str]:
             found.append(f"echoes the request: {text[:60]!r}")
     if detect_language(" ".join(texts(task, answer))) != row.language[:2]:
         found.append("prose not detected as the request's language")
+    if row.formal is not None:
+        said = set(words(" ".join(texts(task, answer)))) | set(re.findall(r"\b(?:Sie|Ihr\w*|Ihnen)\b", prose))
+        wrong = said & ADDRESS[row.language[:2]][not row.formal]
+        found += [f"addresses the reader with {sorted(wrong)}, the request asked otherwise"] if wrong else []
     return found
 
 
@@ -91,6 +101,7 @@ def test_every_task_language_rating_and_platform_occurs(rows):
     assert Counter(r.rating for r in rows).keys() == {"THUMBS_UP", "EDITED", "THUMBS_DOWN"}
     assert {r.platform for r in rows} == {"facebook", "linkedin", "instagram", "x", "threads"}
     assert all(r.system_prompt == TASKS[r.task].system_prompt for r in rows)
+    assert {r.formal for r in rows} == {None, True, False}  # some requests ask for du/tu/tú, some for Sie/vous/usted
     assert len({r.user_input for r in rows}) > 0.75 * len(rows)  # retries of a thumbs-down repeat a request
     assert all(a.generated_at < b.generated_at for a, b in zip(rows, rows[1:]))
 
@@ -147,3 +158,12 @@ def test_cli_export_starts_and_stops_its_own_postgres(tmp_path):
     assert len(lines) == sum(r.rating != "THUMBS_DOWN" for r in generate(30, seed=2))
     assert (out / "feedback_dpo.jsonl").exists()
     assert not re.search(r"smm_feedback:(?!\*\*\*@)", done.stdout + done.stderr)  # the password stays masked
+
+
+def test_cli_unreachable_database_is_one_line_without_the_password(tmp_path):
+    url = "postgresql://app:s3cret-pw@127.0.0.1:1/scheduler"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "feedback_fixture.py"), "--count", "5", "--database-url", url],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "s3cret-pw" not in done.stdout + done.stderr
