@@ -91,6 +91,8 @@ class Row:
     """Answer values the request determines (sentiment label, time zone)."""
     formal: bool | None = None
     """Whether the request asks for Sie/vous/usted (True), du/tu/tú (False), or says nothing (None)."""
+    rated_before: tuple[str, str] | None = None
+    """An earlier rating of the same answer, ``(rating, time)``, that ``rating`` supersedes."""
 
 
 def _ascii(text: str) -> str:
@@ -420,13 +422,18 @@ def generate(count: int, seed: int = 0) -> list[Row]:
             attempts.append(rng.choice(("THUMBS_UP", "THUMBS_UP", "EDITED")))  # the retry, approved
         for rating in attempts:
             clock += step * rng.uniform(0.5, 1.5)
-            rated = clock + timedelta(minutes=rng.randint(1, 600))
+            rated = clock + timedelta(minutes=rng.randint(61, 600))
+            before = None
+            if rng.random() < 0.05:  # rated once, then changed the user's mind
+                earlier = clock + timedelta(minutes=rng.randint(1, 60))
+                before = ("THUMBS_DOWN" if rating == "THUMBS_UP" else "THUMBS_UP", earlier.isoformat())
             flaw = None if rating == "THUMBS_UP" else _flaw(rng, writer, rating)
             output = good if flaw is None else flawed(writer, request, flaw)
             comment = L[s.language]["comments"].get(flaw) if flaw and rng.random() < 0.5 else None
             rows.append(Row(**base, model_output=output, model_name=rng.choice(MODEL_NAMES),
                             generated_at=clock.isoformat(), rating=rating, rated_at=rated.isoformat(),
-                            edited_output=good if rating == "EDITED" else None, comment=comment, flaw=flaw))
+                            edited_output=good if rating == "EDITED" else None, comment=comment, flaw=flaw,
+                            rated_before=before))
     return rows
 
 
@@ -436,7 +443,7 @@ SCHEMA_SQL = REPO / "smm" / "feedback" / "schema.sql"
 
 
 def load(url: str, rows: list[Row]) -> dict[str, int]:
-    """Create the schema (if missing) and insert the rows; the counts per rating."""
+    """Create the schema (if missing) and insert the rows (earlier ratings first); the counts per rating."""
     import psycopg2
     from psycopg2.extras import execute_values
 
@@ -449,8 +456,10 @@ def load(url: str, rows: list[Row]) -> dict[str, int]:
                             "model_output, model_name) VALUES %s",
                        [(g, r.generated_at, r.task, r.language, r.platform, r.system_prompt, r.user_input, r.model_output,
                          r.model_name) for g, r in zip(gids, rows)], page_size=1000)
-        execute_values(cur, "INSERT INTO feedback (generation_id, rating, edited_output, comment, created_at) VALUES %s",
-                       [(g, r.rating, r.edited_output, r.comment, r.rated_at) for g, r in zip(gids, rows)], page_size=1000)
+        ratings = [(g, *r.rated_before, None, None) for g, r in zip(gids, rows) if r.rated_before]
+        ratings += [(g, r.rating, r.rated_at, r.edited_output, r.comment) for g, r in zip(gids, rows)]
+        execute_values(cur, "INSERT INTO feedback (generation_id, rating, created_at, edited_output, comment) VALUES %s",
+                       sorted(ratings, key=lambda rating: rating[2]), page_size=1000)
         cur.execute("SELECT setval(pg_get_serial_sequence('generations', 'id'), (SELECT max(id) FROM generations))")
     counts: dict[str, int] = {}
     for r in rows:

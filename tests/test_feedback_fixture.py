@@ -142,6 +142,7 @@ def test_feedback_stage_exports_the_fixture_and_prepare_accepts_it(feedback_db, 
     assert sorted(e["messages"][-1]["content"] for e in sft) == sorted(r.good for r in approved)
     assert Counter(p["pair"] for p in dpo)["edited"] == sum(r.rating == "EDITED" for r in rows)
     assert Counter(p["pair"] for p in dpo)["thumbs_down"] >= 1
+    assert any(r.rated_before for r in rows)  # ... and the latest rating won
     prepared = run_smm("stage=prepare", f"data.sources=[{out}]", f"data.output_dir={tmp_path / 'processed'}",
                        "data.language_check=reject", "data.strict=true", f"hydra.run.dir={tmp_path / 'prep'}", cwd=tmp_path)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
