@@ -25,7 +25,7 @@ from smm.tasks import TASKS, hashtags, texts, values_at
 SEED_FILE = REPO / "data" / "seed" / "social_media_examples.jsonl"
 ADDRESS = {  # language -> (informal words, formal words): how a text addresses its reader
     "de": ({"du", "dich", "dir", "dein", "deine", "deinen"}, {"Sie", "Ihr", "Ihre", "Ihren", "Ihrem", "Ihnen"}),
-    "fr": ({"tu", "te", "toi", "ton", "ta", "tes", "fais", "passe", "réserve", "écris", "file"}, {"vous", "votre", "vos"}),
+    "fr": ({"tu", "te", "toi", "ton", "ta", "tes", "fais", "passe", "réserve", "écris"}, {"vous", "votre", "vos"}),
     "es": ({"tú", "te", "ti", "tu", "tus", "contigo", "ven", "etiqueta", "escríbenos", "compártelo"},
            {"usted", "le", "visite", "reserve", "venga", "visítenos", "escríbanos", "compártalo"}),
 }
