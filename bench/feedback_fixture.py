@@ -87,6 +87,8 @@ class Row:
     """Strings of the request every published text of a good answer keeps."""
     max_chars: int | None = None
     """A length the request asks for (besides the platform's limit)."""
+    min_chars: int | None = None
+    """A least length the request asks for."""
     expect: dict[str, Any] = field(default_factory=dict)
     """Answer values the request determines (sentiment label, time zone)."""
     formal: bool | None = None
@@ -191,6 +193,7 @@ class Writer:
     def __init__(self, rng: random.Random, scenario: Scenario, task: str, platform: str) -> None:
         self.rng, self.s, self.task, self.platform = rng, scenario, task, platform
         self.max_chars: int | None = None
+        self.min_chars: int | None = None
         self.expect: dict[str, Any] = {}
         self.n_variations = rng.choice((2, 2, 3))
         self.label = rng.choice(("positive", "negative", "neutral", "mixed"))
@@ -221,7 +224,10 @@ class Writer:
         text = s.fill(template, **extra)
         if self.task == "post_generation" and self.formal is not None:
             text += lang["formality"][self.formal]
-        if self.task in ("post_generation", "ab_variations", "brand_voice") and self.rng.random() < 0.3:
+        if self.task == "post_generation" and self.platform in ("facebook", "linkedin") and self.rng.random() < 0.3:
+            self.min_chars, self.max_chars = self.rng.choice((300, 350, 400)), self.rng.choice((800, 1000, 1200))
+            text += lang["length_range"].format(min=self.min_chars, max=self.max_chars)
+        elif self.task in PUBLISHING and self.rng.random() < 0.3:
             self.max_chars = self.rng.choice({"x": (200, 240, 260), "threads": (300, 350, 450)}.get(self.platform, (400, 600, 800)))
             text += lang["limit"].format(max=self.max_chars)
         return text
@@ -254,6 +260,9 @@ class Writer:
         parts = [(fill(self.pick(lang["hooks"], 1)), False), (_cap(body), True)]
         if self.s.has_url and flaw != "no_facts":
             parts.append((fill(self.pick(lang["url_line"], 2)), True))
+        n_story = 3 if self.min_chars else {"linkedin": 2, "facebook": 1, "instagram": 1}.get(self.platform, 0)
+        start = int(self.picks[5] * 3)
+        parts += [(fill(lang["story"][(start + k) % 3]), bool(self.min_chars)) for k in range(n_story)]
         parts.append((fill(self.pick(formal("closings"), 3)), False))
         sep = " " if self.platform in ("x", "threads") else "\n\n"
         post = _fit(parts, self.limit, len(" ".join(tags)) + 1, sep)
@@ -386,7 +395,8 @@ def _request(rng: random.Random, index: int) -> tuple[Writer, str, dict]:
         writer = Writer(rng, Scenario(rng, language), task, rng.choice(PLATFORMS))
         request, answer = writer.request(), writer.answer()
         posts = [v["post"] for v in answer.get("variations", [])]
-        if all(n <= writer.limit for n in published_lengths(TASKS[task], answer)) and len(set(posts)) == len(posts):
+        lengths = published_lengths(TASKS[task], answer)
+        if all((writer.min_chars or 0) <= n <= writer.limit for n in lengths) and len(set(posts)) == len(posts):
             return writer, request, answer
 
 
@@ -415,7 +425,7 @@ def generate(count: int, seed: int = 0) -> list[Row]:
             writer.expect = {"timezone": s.tz}
         base = dict(task=writer.task, language=language, platform=writer.platform, system_prompt=TASKS[writer.task].system_prompt,
                     user_input=request, good=good, facts=s.facts(writer.task != "brand_voice") if writer.task in PUBLISHING else [],
-                    max_chars=writer.max_chars, expect=writer.expect, formal=writer.formal)
+                    max_chars=writer.max_chars, min_chars=writer.min_chars, expect=writer.expect, formal=writer.formal)
         roll = rng.random()
         attempts = ["THUMBS_UP" if roll < 0.55 else "EDITED" if roll < 0.75 else "THUMBS_DOWN"]
         if attempts[0] == "THUMBS_DOWN" and rng.random() < 0.6 and len(rows) + 2 <= count:

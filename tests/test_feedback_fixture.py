@@ -50,7 +50,8 @@ def problems(row: Row, reply: str) -> list[str]:
     """Everything wrong with ``reply`` as an answer to ``row``'s request: smm's checks (with the
     request's length bound and expected values), then facts kept, numbers invented, echo, language."""
     case = EvalCase(id="fixture", task=row.task, language=row.language[:2], platform=row.platform,
-                    prompt=row.user_input, max_chars=row.max_chars, expect=row.expect)
+                    prompt=row.user_input, min_chars=row.min_chars, max_chars=row.max_chars,
+                    expect=row.expect)
     verdict = check_reply(case, reply)
     found = [f"{name}: {reasons}" for name, reasons in verdict.failed.items()]
     if verdict.answer is None:
