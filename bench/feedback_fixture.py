@@ -3,22 +3,27 @@
 A seeded, deterministic generator of the rows the app stores (smm/feedback/schema.sql): one
 generation per request (task, language, platform, the task registry's system prompt, a natural
 request in the target language, the model's JSON answer) and its rating. The requests come from
-varied templates (ten business kinds, 50+ cities, products, prices, discount codes, dates, opening
+varied templates (14 kinds of business, 50 cities, products, prices, discount codes, dates, opening
 hours, URLs); every good answer is valid for its task, written in the request's language, keeps the
 request's facts, adds no number of its own and fits the platform's limit (hashtags included).
 
 * THUMBS_UP (about 55 %): the answer is good.
-* EDITED (about 20 %): ``edited_output`` is the good answer, ``model_output`` a flawed original
-  (wrong language, too long, facts dropped, an echo of the request, a Markdown fence, broken
-  hashtags, cut off, no call to action, a wrong label or time zone).
-* THUMBS_DOWN (about 25 %): a flawed answer; six in ten are followed by a retry of the same
-  prompt that was approved, so the feedback stage can pair them (DPO).
+* EDITED (about 20 %): ``edited_output`` is the good answer, ``model_output`` an original with a
+  flaw a user sees (wrong language or form of address, too long, facts dropped, an echo of the
+  request, broken hashtags, no call to action, identical variations, a wrong label, time zone or
+  time format).
+* THUMBS_DOWN (about 25 %): a flawed answer (those flaws, a Markdown fence or a reply cut off);
+  six in ten are followed by a retry of the same prompt that was approved, so the feedback stage
+  can pair them (DPO).
+
+One answer in twenty was rated before (the latest rating wins). Requests sometimes ask for a
+length, a length range or a form of address (du/Sie, tu/vous, tú/usted), and the answers follow.
 
 Nothing is shared with the evaluation cases (smm/evalset/cases.jsonl) or copied from the seeds.
 
     python bench/feedback_fixture.py --count 2000 --seed 1 --jsonl rows.jsonl        # rows as JSONL
     python bench/feedback_fixture.py --count 2000 --database-url postgresql://...    # load a database
-    python bench/feedback_fixture.py --count 2000 --export data/feedback_fixture     # throwaway PostgreSQL
+    python bench/feedback_fixture.py --count 2000 --export data/fixture              # throwaway PostgreSQL
                                           # -> feedback stage -> feedback_sft.jsonl, feedback_dpo.jsonl
 """
 from __future__ import annotations
@@ -121,7 +126,7 @@ class Scenario:
     """One business and one offer, rendered in any language (the wrong-language flaw needs that)."""
 
     def __init__(self, rng: random.Random, language: str) -> None:
-        self.language, self.rng = language, rng
+        self.language = language
         self.kind = rng.choice(sorted(KINDS))
         surname = rng.choice(SURNAMES[language].split())
         self.city, self.tz, self.currency, domain = rng.choice(CITIES[language])
@@ -144,9 +149,7 @@ class Scenario:
         """The placeholders of the templates, in ``language``."""
         kind = self._kind(language)
         a, b = self.hours
-        times = L[language]["times"].format(a=a, b=b)
-        if language == "en":
-            times = f"{a}am to {b - 12}pm"
+        times = L[language]["times"].format(a=a, b=b, pm=b - 12)
         return {
             "name": self.name, "city": self.city, "a_kind": kind[0], "product": kind[2].split(";")[self.product_index],
             "audience": kind[3], "price": self.price, "pct": L[language]["pct"].format(p=self.pct_value),

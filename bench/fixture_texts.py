@@ -4,7 +4,8 @@ Nothing here is taken from the seeds or the evaluation cases: other business kin
 cities, other wording (tests/test_feedback_fixture.py checks it). Offer sentences are neutral
 (no du/Sie, tu/vous); the frame around them (openers, closings, calls to action) carries the
 voice. Placeholders: {name} {city} {product} {price} {pct} {code} {date} {times} {url}
-{platform} {audience} {a_kind} {facts} {lang} {tz}.
+{platform} {audience} {a_kind} {facts} {tz}
+{voice} {review} {source} {n_words} {min} {max}.
 """
 from __future__ import annotations
 
@@ -181,7 +182,7 @@ PLATFORM_NAMES = {"facebook": "Facebook", "linkedin": "LinkedIn", "instagram": "
 L: dict[str, dict] = {}
 
 L["de"] = dict(
-    lang="Deutsch", date="{d}. {m}", pct="{p} %", times="{a} bis {b} Uhr",
+    date="{d}. {m}", pct="{p} %", times="{a} bis {b} Uhr",
     facts={"price": ["{product} für {price}", "gilt bis {date}"],
            "code": ["{pct} Rabatt auf {product}", "Code {code}", "gültig bis {date}"],
            "event": ["Tag der offenen Tür am {date}", "{times}", "{product} zum Kennenlernen"],
@@ -286,7 +287,7 @@ L["de"] = dict(
 )
 
 L["en"] = dict(
-    lang="English", date="{d} {m}", pct="{p}%", times="{a} to {b}",
+    date="{d} {m}", pct="{p}%", times="{a}am to {pm}pm",
     facts={"price": ["{product} for {price}", "until {date}"],
            "code": ["{pct} off {product}", "code {code}", "valid until {date}"],
            "event": ["open day on {date}", "{times}", "try {product} for free"],
@@ -387,7 +388,7 @@ L["en"] = dict(
 )
 
 L["fr"] = dict(
-    lang="français", date="{d} {m}", pct="{p} %", times="de {a} h à {b} h",
+    date="{d} {m}", pct="{p} %", times="de {a} h à {b} h",
     facts={"price": ["{product} à {price}", "jusqu'au {date}"],
            "code": ["{pct} de réduction sur {product}", "code {code}", "valable jusqu'au {date}"],
            "event": ["journée portes ouvertes le {date}", "{times}", "{product} à découvrir"],
@@ -492,7 +493,7 @@ L["fr"] = dict(
 )
 
 L["es"] = dict(
-    lang="español", date="{d} de {m}", pct="{p} %", times="de {a}:00 a {b}:00",
+    date="{d} de {m}", pct="{p} %", times="de {a}:00 a {b}:00",
     facts={"price": ["{product} por {price}", "hasta el {date}"],
            "code": ["{pct} de descuento en {product}", "código {code}", "válido hasta el {date}"],
            "event": ["jornada de puertas abiertas el {date}", "{times}", "{product} para probar"],
@@ -597,7 +598,7 @@ L["es"] = dict(
 )
 
 L["pt"] = dict(
-    lang="português", date="{d} de {m}", pct="{p}%", times="das {a}h às {b}h",
+    date="{d} de {m}", pct="{p}%", times="das {a}h às {b}h",
     facts={"price": ["{product} por {price}", "até {date}"],
            "code": ["{pct} de desconto em {product}", "código {code}", "válido até {date}"],
            "event": ["dia aberto em {date}", "{times}", "{product} para experimentar"],

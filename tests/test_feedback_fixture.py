@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from conftest import REPO, run_smm
