@@ -205,8 +205,8 @@ L["de"] = dict(
     closings_formal=["Wir freuen uns auf Ihren Besuch!", "Bis bald, wir freuen uns auf Sie!", "Empfehlen Sie uns gern weiter!"],
     cta_url_formal=["Schauen Sie jetzt auf {url} vorbei!", "Sichern Sie sich Ihren Platz auf {url}!"],
     cta_formal=["Kommen Sie vorbei und überzeugen Sie sich selbst!", "Besuchen Sie uns in {city}!", "Schreiben Sie uns bei Fragen gern eine Nachricht!"],
-    story=["Bei {name} in {city} nehmen wir uns für jede Frage Zeit.", "Gerade {audience} schätzen, dass bei uns alles persönlich und unkompliziert läuft.", "Unser Team zeigt {product} gern persönlich und berät ehrlich."],
-    length_range=" Länge: {min} bis {max} Zeichen inklusive Hashtags.",
+    story=["Hier in {city} nehmen wir uns für jede Frage Zeit.", "Gerade {audience} schätzen, dass bei uns alles persönlich und unkompliziert läuft.", "Unser Team zeigt {product} gern persönlich und berät ehrlich."],
+    length_range=" Mindestens {min} Zeichen, höchstens {max} Zeichen inklusive Hashtags.",
     limit=" Bitte höchstens {max} Zeichen inklusive Hashtags.",
     requests={
         "post_generation": [
@@ -306,8 +306,8 @@ L["en"] = dict(
     closings=["We can't wait to see you!", "See you soon!", "Tell your friends!"],
     cta_url=["Head to {url} now!", "Visit {url} and grab your spot today!"],
     cta=["Come by and see for yourself!", "Tag a friend who should come along!", "Message us if you have any questions!"],
-    story=["At {name} in {city} we take time for every question.", "It's especially popular with {audience}, who love that everything here is personal and easy.", "Our team is happy to show {product} in person and give honest advice."],
-    length_range=" Length: {min} to {max} characters including hashtags.",
+    story=["Here in {city} we take time for every question.", "It's especially popular with {audience}, who love that everything here is personal and easy.", "Our team is happy to show {product} in person and give honest advice."],
+    length_range=" At least {min} characters, at most {max} characters including hashtags.",
     limit=" Please keep it under {max} characters including hashtags.",
     requests={
         "post_generation": [
@@ -411,8 +411,8 @@ L["fr"] = dict(
     closings_formal=["Au plaisir de vous accueillir !", "À très bientôt, nous vous attendons !", "N'hésitez pas à en parler autour de vous !"],
     cta_url_formal=["Rendez-vous sur {url} dès maintenant !", "Réservez votre place sur {url} !"],
     cta_formal=["Passez nous voir et jugez par vous-même !", "Venez nous rendre visite à {city}, nous vous attendons !", "Écrivez-nous si vous avez des questions !"],
-    story=["Chez {name}, à {city}, on prend le temps de répondre à chaque question.", "Les {audience} apprécient particulièrement notre accueil simple et personnel.", "Notre équipe présente {product} avec plaisir et donne des conseils honnêtes."],
-    length_range=" Longueur : entre {min} et {max} caractères, hashtags compris.",
+    story=["Ici, à {city}, on prend le temps de répondre à chaque question.", "Les {audience} apprécient particulièrement notre accueil simple et personnel.", "Notre équipe présente {product} avec plaisir et donne des conseils honnêtes."],
+    length_range=" Au moins {min} caractères, au plus {max} caractères, hashtags compris.",
     limit=" Pas plus de {max} caractères, hashtags compris.",
     requests={
         "post_generation": [
@@ -516,8 +516,8 @@ L["es"] = dict(
     closings_formal=["¡Le esperamos!", "¡Hasta muy pronto, le esperamos!", "¡Compártalo con quien quiera!"],
     cta_url_formal=["¡Visite {url} ahora!", "¡Reserve su plaza en {url}!"],
     cta_formal=["¡Venga a vernos y compruébelo usted mismo!", "¡Visítenos en {city}!", "¡Escríbanos si tiene cualquier duda!"],
-    story=["En {name}, en {city}, nos tomamos tiempo para cada pregunta.", "A {audience} les encanta que aquí todo sea cercano y sencillo.", "Nuestro equipo presenta {product} en persona y aconseja con total sinceridad."],
-    length_range=" Extensión: de {min} a {max} caracteres, hashtags incluidos.",
+    story=["Aquí, en {city}, nos tomamos tiempo para cada pregunta.", "A {audience} les encanta que aquí todo sea cercano y sencillo.", "Nuestro equipo presenta {product} en persona y aconseja con total sinceridad."],
+    length_range=" Mínimo {min} caracteres y máximo {max} caracteres, hashtags incluidos.",
     limit=" Como máximo {max} caracteres, hashtags incluidos.",
     requests={
         "post_generation": [
@@ -617,8 +617,8 @@ L["pt"] = dict(
     closings=["Esperamos por você!", "Até já!", "Conte aos seus amigos!"],
     cta_url=["Acesse {url} agora mesmo!", "Garanta o seu lugar em {url}!"],
     cta=["Venha conhecer e comprove você mesmo!", "Marque um amigo que deveria vir junto!", "Mande uma mensagem se tiver dúvidas!"],
-    story=["Na {name}, em {city}, temos sempre tempo para cada pergunta.", "Quem mais gosta são {audience}, que valorizam o atendimento próximo e simples.", "A nossa equipa apresenta {product} pessoalmente e aconselha com toda a honestidade."],
-    length_range=" Tamanho: entre {min} e {max} caracteres, com as hashtags.",
+    story=["Aqui em {city} temos sempre tempo para cada pergunta.", "Quem mais gosta são {audience}, que valorizam o atendimento próximo e simples.", "A nossa equipa apresenta {product} pessoalmente e aconselha com toda a honestidade."],
+    length_range=" Mínimo de {min} caracteres e máximo de {max} caracteres, com as hashtags.",
     limit=" No máximo {max} caracteres, hashtags incluídas.",
     requests={
         "post_generation": [

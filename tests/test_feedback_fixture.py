@@ -3,6 +3,7 @@ nothing with the evaluation cases or the seeds, and its rows go through a real P
 feedback stage and prepare."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -22,6 +23,8 @@ from smm.language import detect_language
 from smm.tasks import TASKS, hashtags, texts, values_at
 
 SEED_FILE = REPO / "data" / "seed" / "social_media_examples.jsonl"
+FORMS = {"de": ("du", "Sie"), "fr": ("tu", "vous"), "es": ("tú", "usted")}
+"""The form of address a request asks for (informal, formal), as an evaluation case names it."""
 ADDRESS = {  # language -> (informal words, formal words): how a text addresses its reader
     "de": ({"du", "dich", "dir", "dein", "deine", "deinen"}, {"Sie", "Ihr", "Ihre", "Ihren", "Ihrem", "Ihnen"}),
     "fr": ({"tu", "te", "toi", "ton", "ta", "tes", "fais", "passe", "réserve", "écris"}, {"vous", "votre", "vos"}),
@@ -48,9 +51,16 @@ def prose_ngrams(task: str, answer: str) -> set[tuple[str, ...]]:
 def problems(row: Row, reply: str) -> list[str]:
     """Everything wrong with ``reply`` as an answer to ``row``'s request: smm's checks (with the
     request's length bound and expected values), then facts kept, numbers invented, echo, language."""
-    case = EvalCase(id="fixture", task=row.task, language=row.language[:2], platform=row.platform,
-                    prompt=row.user_input, min_chars=row.min_chars, max_chars=row.max_chars,
-                    expect=row.expect)
+    language = row.language[:2]
+    extra = {  # the per-case expectations of an evaluation that knows them (the content checks of issue 11)
+        "required_facts": tuple(row.facts), "timezone": row.expect.get("timezone"),
+        "formality": FORMS[language][row.formal] if row.formal is not None else None,
+        "variations": len(json.loads(row.good)["variations"]) if row.task == "ab_variations" else None,
+    }
+    known = {f.name for f in dataclasses.fields(EvalCase)}
+    case = EvalCase(id="fixture", task=row.task, language=language, platform=row.platform, prompt=row.user_input,
+                    min_chars=row.min_chars, max_chars=row.max_chars, expect=row.expect,
+                    **{k: v for k, v in extra.items() if k in known})
     verdict = check_reply(case, reply)
     found = [f"{name}: {reasons}" for name, reasons in verdict.failed.items()]
     if verdict.answer is None:
