@@ -311,7 +311,8 @@ class Writer:
         if flaw == "wrong_label":
             label, score = {"positive": ("negative", -0.7), "negative": ("positive", 0.8),
                             "neutral": ("negative", -0.5), "mixed": ("positive", 0.9)}[label]
-        return {"sentiment": label, "score": round(score, 2), "key_phrases": phrases, "summary": self.pick(lang["summary"][self.label], 3),
+        summary = self.s.fill(self.pick(lang["summary"][self.label], 2), language)  # the one that fits the review
+        return {"sentiment": label, "score": round(score, 2), "key_phrases": phrases, "summary": summary,
                 "suggested_reply": self.pick(lang["reply"][self.label], 1)}
 
     def posting_times(self, language: str, flaw: str | None) -> dict:
