@@ -136,8 +136,8 @@ def test_nothing_shared_with_the_evaluation_cases_or_the_seeds():
     cities = {city for pool in CITIES.values() for city, *_ in pool}
     assert not {c for c in cities if set(words(c)) <= eval_words}
     assert not {s for pool in SURNAMES.values() for s in pool.split() if s.casefold() in eval_words}
-    names = {row.user_input.split(",")[0] for row in generated}
-    assert len(names) > 100 and len(KINDS) >= 10
+    names = {row.facts[0] for row in generated if row.task == "post_generation"}  # the business a post names
+    assert len(names) > 150 and len(KINDS) >= 10
 
 
 def test_feedback_stage_exports_the_fixture_and_prepare_accepts_it(feedback_db, tmp_path):
@@ -152,7 +152,7 @@ def test_feedback_stage_exports_the_fixture_and_prepare_accepts_it(feedback_db, 
     assert sorted(e["messages"][-1]["content"] for e in sft) == sorted(r.good for r in approved)
     assert Counter(p["pair"] for p in dpo)["edited"] == sum(r.rating == "EDITED" for r in rows)
     assert Counter(p["pair"] for p in dpo)["thumbs_down"] >= 1
-    assert any(r.rated_before for r in rows)  # ... and the latest rating won
+    assert any(r.rated_before and r.rating == "THUMBS_DOWN" for r in rows)  # approved first: the latest rating won
     prepared = run_smm("stage=prepare", f"data.sources=[{out}]", f"data.output_dir={tmp_path / 'processed'}",
                        "data.language_check=reject", "data.strict=true", f"hydra.run.dir={tmp_path / 'prep'}", cwd=tmp_path)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
