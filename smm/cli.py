@@ -95,7 +95,8 @@ def describe_config_error(exc: BaseException) -> str:
 
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options is not None:
         options = ", ".join(o for o in exc.options if not o.startswith("base_"))
-        return f"{exc.missing_cfg_file.replace('/', '=', 1)}: no such option (available: {options})"
+        group, _, option = exc.missing_cfg_file.rpartition("/")
+        return f"{group}={option}: no such option (available: {options})"
     cause = exc.__cause__ or exc
     full_key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
     message = getattr(cause, "msg", None) or str(cause)

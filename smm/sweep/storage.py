@@ -9,6 +9,7 @@ period and queued again once (``RetryFailedTrialCallback``).
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 from smm.errors import SmmError
@@ -45,7 +46,9 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SmmError(f"hydra.sweeper.storage: cannot create {path.parent} ({exc.strerror})") from None
-    retry = RetryFailedTrialCallback(max_retry=max_retry) if heartbeat_interval else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental" in Optuna 2.x
+        retry = RetryFailedTrialCallback(max_retry=max_retry) if heartbeat_interval else None
     for attempt in range(3):  # workers starting together may race to create the schema
         try:
             return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,

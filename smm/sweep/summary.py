@@ -33,6 +33,10 @@ def _duration(trial) -> str:
     return f"{(trial.datetime_complete - trial.datetime_start).total_seconds():.0f} s"
 
 
+def _short(value):
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
 def _row(trial) -> dict:
     state = trial.state.name
     note = ""
@@ -42,7 +46,7 @@ def _row(trial) -> dict:
     if retry_of is not None:
         note = f"retry of #{retry_of}" + (f"; {note}" if note else "")
     return {"number": trial.number, "state": state, "value": "" if trial.value is None else f"{trial.value:.6g}",
-            "duration": _duration(trial), "params": trial.params, "note": note}
+            "duration": _duration(trial), "params": {k: _short(v) for k, v in trial.params.items()}, "note": note}
 
 
 def _plot(study, kind: str, path: Path) -> str | None:
