@@ -98,14 +98,17 @@ def test_an_optuna_sweep_run_twice_continues_its_study_with_new_parameters(small
 
 
 def test_failed_trials_are_recorded_with_their_reason_and_the_sweep_goes_on(tmp_path):
+    """Also: the search space changes from the command line like any Hydra sweeper parameter."""
     sweep = tmp_path / "sweeps" / "smm_lora"
     result = run_smm("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=1.0",
-                     "stage=prepare", f"data.sources=[{tmp_path / 'no-data'}]", f"sweep.dir={tmp_path / 'sweeps'}", cwd=tmp_path)
+                     "lora.rank=choice(4,5)", "lora.dropout=0.05", "stage=prepare", f"data.sources=[{tmp_path / 'no-data'}]", f"sweep.dir={tmp_path / 'sweeps'}", cwd=tmp_path)
     assert result.returncode == 1
     assert job_dirs(sweep) == ["0", "1"]  # the second trial ran
     trials = load_trials(f"sqlite:///{tmp_path / 'sweeps' / 'smm_lora.db'}")
     assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
     assert all(t.user_attrs["fail_reason"].startswith("no *.jsonl files found in data.sources") for t in trials)
+    assert {t.params["lora.rank"] for t in trials} <= {4, 5} and "lora.dropout" not in trials[0].params
+    assert yaml.safe_load((sweep / "0" / ".hydra" / "config.yaml").read_text())["lora"]["dropout"] == 0.05
     assert (sweep / "summary.md").read_text().count("| FAIL |") == 2
     assert result.stderr.splitlines()[-1] == f"error: no trial of study smm_lora completed; see {sweep / 'summary.md'}"
     assert "Traceback" not in result.stdout + result.stderr
