@@ -187,3 +187,23 @@ def test_a_worker_killed_mid_trial_leaves_it_failed_and_another_worker_retries_i
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == first.params
     summary = (tmp_path / "sweeps" / "smm_lora" / "summary.md").read_text()
     assert "no heartbeat: its worker died or was killed" in summary and "retry of #0" in summary
+
+
+def test_the_eval_score_objective_runs_train_export_evaluate_per_trial_and_maximises(small_data, tmp_path):
+    sweep = tmp_path / "sweeps" / "smm_lora"
+    result = run_smm("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", "sweep.objective=eval_score", *SMALL,
+                     "training.max_steps=1", f"data.output_dir={small_data}", "export.smoke_test=false",
+                     "eval.max_cases=2", "eval.max_tokens=16", f"sweep.dir={tmp_path / 'sweeps'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import optuna
+
+    study = optuna.load_study(study_name="smm_lora", storage=f"sqlite:///{tmp_path / 'sweeps' / 'smm_lora.db'}")
+    assert study.direction.name == "MAXIMIZE"
+    (trial,) = study.trials
+    job = sweep / "0"
+    assert (job / "gguf" / "social-media-marketer-q4_k_m.gguf").is_file()
+    (report_dir,) = [p for p in (job / "eval").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert trial.value == json.loads((report_dir / "report.json").read_text())["score"]
+    assert trial.user_attrs["command"].startswith("python run.py stage=pipeline ")
+    assert "'pipeline.stages=[train,export,evaluate]'" in trial.user_attrs["command"]
+    assert "eval_score" in (sweep / "summary.md").read_text()
