@@ -114,6 +114,17 @@ def test_failed_trials_are_recorded_with_their_reason_and_the_sweep_goes_on(tmp_
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_a_diverged_trial_is_recorded_as_failed_with_its_reason(small_data, tmp_path):
+    sweep = tmp_path / "sweeps" / "smm_lora"
+    result = run_smm("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", "hydra.sweeper.max_failure_rate=1.0", *SMALL,
+                     "training.max_steps=2", "training.learning_rate=1e30", f"data.output_dir={small_data}",
+                     f"sweep.dir={tmp_path / 'sweeps'}", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    (trial,) = load_trials(f"sqlite:///{tmp_path / 'sweeps' / 'smm_lora.db'}")
+    assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "diverged: the objective is nan"
+    assert "| FAIL |" in (sweep / "summary.md").read_text() and "diverged: the objective is nan" in (sweep / "summary.md").read_text()
+
+
 def test_past_max_failure_rate_the_sweep_stops_with_the_trials_reason(tmp_path):
     result = run_smm("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "stage=prepare",
                      f"data.sources=[{tmp_path / 'no-data'}]", f"sweep.dir={tmp_path / 'sweeps'}", cwd=tmp_path)
