@@ -218,3 +218,22 @@ def test_the_eval_score_objective_runs_train_export_evaluate_per_trial_and_maxim
     assert trial.user_attrs["command"].startswith("python run.py stage=pipeline ")
     assert "'pipeline.stages=[train,export,evaluate]'" in trial.user_attrs["command"]
     assert "eval_score" in (sweep / "summary.md").read_text()
+
+
+def test_an_interrupted_sweep_queues_its_trial_and_the_rerun_finishes_it(tmp_path, small_data):
+    url = f"sqlite:///{tmp_path / 'sweeps' / 'smm_lora.db'}"
+    interrupted = worker(tmp_path, url, "hydra.sweeper.n_trials=1", *SMALL, "training.max_steps=50", f"data.output_dir={small_data}")
+    deadline = time.monotonic() + 300
+    while "Training on" not in (tmp_path / "worker-0.out").read_text():  # trial 0 is training
+        assert interrupted.poll() is None and time.monotonic() < deadline, (tmp_path / "worker-0.out").read_text()[-3000:]
+        time.sleep(0.5)
+    interrupted.send_signal(signal.SIGINT)  # Ctrl-C
+    assert interrupted.wait(timeout=120) == 130
+    assert (tmp_path / "worker-0.out").read_text().splitlines()[-1] == "error: interrupted"
+    first, retry = load_trials(url)
+    assert (first.state.name, first.user_attrs["fail_reason"], retry.state.name) == ("FAIL", "interrupted", "WAITING")
+    rerun = worker(tmp_path, url, "hydra.sweeper.n_trials=1", *PREPARE)
+    assert rerun.wait(timeout=300) == 0, (tmp_path / "worker-1.out").read_text()[-3000:]
+    first, retry = load_trials(url)
+    assert retry.state.name == "COMPLETE" and retry.system_attrs["failed_trial"] == 0 and retry.params == first.params
+    assert retry.user_attrs["fail_reason"] is None

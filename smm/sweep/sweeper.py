@@ -88,6 +88,9 @@ class StudySweeper(OptunaSweeperImpl):
         batch = []
         try:
             while batch := self._next_batch(study, target):
+                for trial in batch:
+                    if trial.user_attrs.get("fail_reason"):  # a retry carries the failed trial's attributes
+                        trial.set_user_attr("fail_reason", None)
                 overrides = self._configure_trials(batch, distributions, fixed)
                 overrides = [(*o, f"sweep.trial={t.number}", *extra) for t, o in zip(batch, overrides)]
                 with self._heartbeats(batch):
