@@ -15,7 +15,8 @@ from smm.errors import SmmError, StageNotAvailable
 
 # Overrides that hold secrets: taken off the command line before Hydra records it, and handed
 # to the stage (or the sweeper) through the environment variable it reads anyway.
-SECRET_OVERRIDES = {"feedback.database_url": "DATABASE_URL", "hydra.sweeper.storage": "SMM_SWEEP_STORAGE"}
+SECRET_OVERRIDES = {"feedback.database_url": "DATABASE_URL", "eval.judge.url": "SMM_JUDGE_URL",
+                    "hydra.sweeper.storage": "SMM_SWEEP_STORAGE"}
 
 # Module a missing import belongs to → the extra that installs it.
 EXTRA_FOR_MODULE = {
