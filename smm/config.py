@@ -18,7 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from smm.errors import ConfigError
 from smm.secrets import mask_url
 
-STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "pipeline")
+STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "pipeline", "sweep_report")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -185,8 +185,16 @@ class PipelineConfig:
 
 
 @dataclass
+class SweepConfig:
+    objective: str = _f("val_loss", "What an Optuna trial returns: val_loss (minimised; the trial trains) or eval_score (maximised; the trial runs train, export and evaluate).", choices=("val_loss", "eval_score"))
+    dir: str = _f("output/sweeps", "Sweeps live here: <study>.db (the SQLite study, unless hydra.sweeper.storage names another URL) and <study>/ (one folder per trial, summary.md, summary.html).")
+    trial: Optional[int] = _f(None, "Set by the sweeper: the Optuna trial number of this job (names its folder). Leave unset.")
+
+
+@dataclass
 class Config:
     stage: str = _f("prepare", "Stage to run.", choices=STAGE_NAMES)
+    study: str = _f("smm_lora", "Optuna study: the one hparams_search=optuna adds trials to and stage=sweep_report summarises.")
     model: ModelConfig = MISSING
     lora: LoraConfig = MISSING
     data: DataConfig = MISSING
@@ -196,6 +204,7 @@ class Config:
     feedback: FeedbackConfig = MISSING
     logger: LoggerConfig = MISSING
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 GROUPS = {
@@ -249,8 +258,8 @@ def validate(cfg: DictConfig) -> None:
     if not cfg.pipeline.stages:
         raise ConfigError("pipeline.stages: empty; name the stages to run, e.g. [prepare, train]")
     for stage in cfg.pipeline.stages:
-        if stage not in STAGE_NAMES or stage == "pipeline":
-            raise ConfigError(f"pipeline.stages: {stage!r} is not a stage (use {', '.join(STAGE_NAMES[:-1])})")
+        if stage not in STAGE_NAMES or stage in ("pipeline", "sweep_report"):
+            raise ConfigError(f"pipeline.stages: {stage!r} is not a stage (use {', '.join(STAGE_NAMES[:-2])})")
 
 
 def to_plain(cfg: DictConfig) -> dict:
