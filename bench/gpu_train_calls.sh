@@ -63,7 +63,10 @@ case "${1:-A}" in
   J) run J --backend unsloth --shapes mix_packed --warmup 8 --steps 12
      run J --backend bare --shapes mix --warmup 2 --steps 5 ;;
   K) run K --backend unsloth --shapes rows4096,mix_packed --warmup 8
-     ddp K --backend unsloth --shapes rows4096,mix_packed --warmup 8
+     ddp K --backend unsloth --shapes rows4096,mix_packed --warmup 8 || {
+       echo "Unsloth under DDP failed: transformers + PEFT, 1 GPU vs 2"
+       run K --backend hf --shapes rows4096,mix_packed --warmup 8
+       ddp K --backend hf --shapes rows4096,mix_packed --warmup 8; }
      python3 bench/train_throughput.py make --tiny --out /tmp/mtiny --tokenizer /tmp/tok
      python3 run.py stage=prepare data.output_dir=/tmp/data hydra.run.dir=/tmp/run_prepare 2>&1 | tail -2
      python3 run.py stage=train model.base_model=/tmp/mtiny training.devices=2 training.max_steps=8 training.eval_steps=4 training.gradient_accumulation_steps=1 \
