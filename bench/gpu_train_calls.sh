@@ -14,6 +14,7 @@
 #   bash bench/gpu_train_calls.sh J           # the packed mix after 8 warm-up steps vs the padded baseline
 #   bash bench/gpu_train_calls.sh K           # 2+ GPUs: 1 GPU vs 2 GPUs data-parallel (full rows, mix), then
 #                                             # the train stage with training.devices=2 on a tiny-shaped model
+#   DATA=.data bash bench/gpu_train_calls.sh L  # the mix on 1 vs 2 GPUs after 14 warm-up steps; the stage again
 set -uo pipefail
 export PYTHONPATH=$PWD/.site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # No NVLink multicast (the lent multi-GPU machines require it off).
@@ -26,6 +27,16 @@ STEPS=${STEPS:-8}
 ddp() { python3 -m torch.distributed.run --standalone --nproc_per_node 2 bench/train_throughput.py run --model /tmp/m7b \
           --json "$OUT/train_$1.jsonl" --steps "$STEPS" --warmup 3 "${@:2}" 2>&1 | grep -vE "it/s\]|s/it\]" | tail -25; }
 run() { python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_$1.jsonl" --steps "$STEPS" --warmup 3 "${@:2}" 2>&1 | grep -vE "it/s\]|s/it\]" | tail -25; }
+# The train stage with training.devices=2 on a tiny-shaped model (DATA: prepared data, else prepared here).
+stage_ddp() {
+  python3 bench/train_throughput.py make --tiny --out /tmp/mtiny --tokenizer /tmp/tok
+  [ -n "${DATA:-}" ] || { DATA=/tmp/data; python3 run.py stage=prepare data.output_dir=$DATA hydra.run.dir=/tmp/run_prepare 2>&1 | tail -2; }
+  python3 run.py stage=train model.base_model=/tmp/mtiny training.devices=2 training.max_steps=8 training.eval_steps=4 \
+    training.gradient_accumulation_steps=1 training.save_steps=4 data.output_dir=$DATA training.output_dir=/tmp/adapter_ddp \
+    training.checkpoint_dir=/tmp/ckpt_ddp hydra.run.dir=/tmp/run_ddp 2>&1 | grep -vE "it/s\]|s/it\]" | tail -30
+  mkdir -p "$OUT/adapter_ddp" && cp /tmp/adapter_ddp/{adapter_model.safetensors,adapter_config.json,metrics.json} "$OUT/adapter_ddp/"
+  ls /tmp/ckpt_ddp; grep -c "Effective batch" /tmp/run_ddp/*.log
+}
 case "${1:-A}" in
   A) run A --backend unsloth --shapes rows4096,mix_packed,mix_padded,rows1024
      run A --backend bare --shapes rows4096,rows1024,mix ;;
@@ -67,12 +78,9 @@ case "${1:-A}" in
        echo "Unsloth under DDP failed: transformers + PEFT, 1 GPU vs 2"
        run K --backend hf --shapes rows4096,mix_packed --warmup 8
        ddp K --backend hf --shapes rows4096,mix_packed --warmup 8; }
-     python3 bench/train_throughput.py make --tiny --out /tmp/mtiny --tokenizer /tmp/tok
-     python3 run.py stage=prepare data.output_dir=/tmp/data hydra.run.dir=/tmp/run_prepare 2>&1 | tail -2
-     python3 run.py stage=train model.base_model=/tmp/mtiny training.devices=2 training.max_steps=8 training.eval_steps=4 training.gradient_accumulation_steps=1 \
-       training.save_steps=4 data.output_dir=/tmp/data training.output_dir=/tmp/adapter_ddp training.checkpoint_dir=/tmp/ckpt_ddp \
-       hydra.run.dir=/tmp/run_ddp 2>&1 | grep -vE "it/s\]|s/it\]" | tail -30
-     mkdir -p "$OUT/adapter_ddp" && cp /tmp/adapter_ddp/{adapter_model.safetensors,adapter_config.json,metrics.json} "$OUT/adapter_ddp/"
-     ls /tmp/ckpt_ddp; grep -c "Effective batch" /tmp/run_ddp/*.log ;;
+     stage_ddp ;;
+  L) run L --backend unsloth --shapes mix_packed --warmup 14 --steps 12
+     ddp L --backend unsloth --shapes mix_packed --warmup 14 --steps 12
+     stage_ddp ;;
 esac
 python3 bench/train_throughput.py table "$OUT"/train_*.jsonl

@@ -460,6 +460,9 @@ def main() -> None:
             bare(args.model, shapes, args.steps, args.warmup, batch=2, unsloth=args.backend == "bare_unsloth")
         else:
             smm_run(args.model, args.backend, shapes, args.steps, args.warmup, args.preset, args.workdir, args.tiny, args.set)
+            from smm.train_worker import leave_process_group
+
+            leave_process_group()
 
 
 if __name__ == "__main__":

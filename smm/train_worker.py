@@ -31,11 +31,11 @@ def main(argv: list[str]) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     finally:
-        _leave_process_group()
+        leave_process_group()
     return 0
 
 
-def _leave_process_group() -> None:
+def leave_process_group() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
