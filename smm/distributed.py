@@ -52,12 +52,13 @@ def ranks() -> Ranks:
 
 
 def quiet_replicas() -> None:
-    """Only rank 0 logs and shows progress bars: the other ranks keep warnings and errors."""
+    """Only rank 0 logs and shows progress bars: the other ranks keep their errors (every rank
+    meets the same warnings)."""
     if ranks().main:
         return
-    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.ERROR)
     for name in ("smm", "transformers", "trl", "peft", "datasets"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import datasets
 

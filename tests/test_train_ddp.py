@@ -60,13 +60,15 @@ def test_ranks_end_with_the_same_adapter_which_only_rank_0_writes(torchrun):
 
 
 def test_training_devices_relaunches_on_that_many_processes(small_data, tmp_path):
-    run = run_train(tmp_path, small_data, *SMALL, "training.max_steps=1", "training.devices=2").check()
+    # 320 tokens truncate some conversations: a warning that every rank meets.
+    run = run_train(tmp_path, small_data, "preset=demo", "model.max_seq_length=320", "training.max_steps=1", "training.devices=2").check()
     metrics, manifest = run.metrics(), run.manifest()
     assert metrics["processes"] == 2 and metrics["device"] == "2 x cpu" and metrics["effective_batch_size"] == 2
     assert manifest["metrics"]["effective_batch_size"] == 2
     assert run.returned_loss() == metrics["eval_loss"]
     # Logs from rank 0 only, in the console and in the run's log file.
     assert run.log.count("Effective batch: 2 = batch_size 1 x gradient_accumulation_steps 1 x 2 process(es)") == 1
+    assert run.log.count("Truncated ") == 1
     log_file = "".join(p.read_text() for p in run.run_dir.glob("*.log"))
     assert log_file.count("Effective batch: 2") == 1 and "Adapter saved to" in log_file
     assert (run.adapter / "adapter_model.safetensors").is_file()
