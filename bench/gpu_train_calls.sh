@@ -14,7 +14,7 @@
 #   bash bench/gpu_train_calls.sh J           # the packed mix after 8 warm-up steps vs the padded baseline
 #   bash bench/gpu_train_calls.sh K           # 2+ GPUs: 1 GPU vs 2 GPUs data-parallel (full rows, mix), then
 #                                             # the train stage with training.devices=2 on a tiny-shaped model
-#   DATA=.data bash bench/gpu_train_calls.sh L  # the mix on 1 vs 2 GPUs after 14 warm-up steps; the stage again
+#   DATA=.data bash bench/gpu_train_calls.sh L  # the stage with training.devices=2 again; the mix on 1 vs 2 GPUs after 14 warm-up steps
 set -uo pipefail
 export PYTHONPATH=$PWD/.site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # No NVLink multicast (the lent multi-GPU machines require it off).
@@ -79,8 +79,8 @@ case "${1:-A}" in
        run K --backend hf --shapes rows4096,mix_packed --warmup 8
        ddp K --backend hf --shapes rows4096,mix_packed --warmup 8; }
      stage_ddp ;;
-  L) run L --backend unsloth --shapes mix_packed --warmup 14 --steps 12
-     ddp L --backend unsloth --shapes mix_packed --warmup 14 --steps 12
-     stage_ddp ;;
+  L) stage_ddp
+     run L --backend unsloth --shapes mix_packed --warmup 14 --steps 12
+     ddp L --backend unsloth --shapes mix_packed --warmup 14 --steps 12 ;;
 esac
 python3 bench/train_throughput.py table "$OUT"/train_*.jsonl
