@@ -99,3 +99,10 @@ def test_peak_memory_is_the_busiest_gpu_and_each_gpu():
         "peak_vram_allocated_gib": 7.3, "peak_vram_reserved_gib": 7.5,
         "peak_vram_allocated_gib_per_gpu": [7.1, 7.3], "peak_vram_reserved_gib_per_gpu": [7.5, 7.4],
     }
+
+
+def test_a_bad_setup_fails_in_one_line_before_launching(small_data, tmp_path):
+    run = run_train(tmp_path, small_data, "preset=demo", "model.quantization=4bit", "training.devices=2")
+    assert run.result.returncode == 1
+    assert run.result.stderr.strip().splitlines() == ["error: model.quantization=4bit needs a CUDA GPU; on CPU or Mac use preset=cpu"]
+    assert "Launching" not in run.log
