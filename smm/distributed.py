@@ -1,6 +1,6 @@
 """Data-parallel training: which process this is, and the launch behind ``training.devices=N``.
 
-Processes are started by PyTorch's own launcher (``torch.distributed.run``, what ``torchrun`` runs;
+Processes are started by PyTorch's own launcher (torch.distributed's elastic launch, what ``torchrun`` runs;
 ``accelerate launch`` sets the same variables). It tells each process RANK, LOCAL_RANK and
 WORLD_SIZE; from those the HF Trainer (accelerate) builds torch DDP: NCCL on GPUs, gloo on CPUs.
 No heavy imports at the top: the launching process never touches a GPU.
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 import tempfile
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,20 +98,55 @@ def _log_file() -> str | None:
     return None
 
 
-def launch(config: dict, processes: int) -> None:
-    """Run the train stage on ``processes`` processes of this host through ``torch.distributed.run``
-    (``smm.train_worker`` with ``config``, the resolved config without secrets); returns when all
-    have ended, raises SmmError if one failed."""
-    from omegaconf import OmegaConf
+@contextmanager
+def _worker_environment(processes: int):
+    """The ranks import this smm (also where another is installed) and share the CPU threads, as
+    torchrun would cap them; the launcher's own logging stays quiet (smm reports a failure itself)."""
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "OMP_NUM_THREADS")}
+    package_root = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, saved["PYTHONPATH"]]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    elastic = [logger for name, logger in logging.root.manager.loggerDict.items()
+               if name.startswith("torch.distributed.elastic") and isinstance(logger, logging.Logger)]
+    levels = [logger.level for logger in elastic]
+    for logger in elastic:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(elastic, levels):
+            logger.setLevel(level)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
-    package_root = str(Path(__file__).resolve().parent.parent)  # this smm, also where another is installed
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+
+def launch(config: dict, processes: int) -> None:
+    """Run the train stage on ``processes`` processes of this host with PyTorch's launcher (the
+    elastic launch behind ``torchrun --standalone``): ``smm.train_worker`` with ``config``, the
+    resolved config without secrets. Returns when all have ended; raises the ranks' SmmError, or
+    one naming the exit code."""
+    from omegaconf import OmegaConf
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
     with tempfile.TemporaryDirectory(prefix="smm-ddp-") as tmp:
-        config_file = Path(tmp) / "config.yaml"
+        config_file, error_file = Path(tmp) / "config.yaml", Path(tmp) / "error.txt"
         OmegaConf.save(OmegaConf.create(config), config_file)
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   "-m", "smm.train_worker", str(config_file), *filter(None, [_log_file()])]
-        log.info("Launching %d training processes: %s", processes, " ".join(command[1:5]))
-        code = subprocess.run(command, env=env).returncode
-    if code:
-        raise SmmError(f"data-parallel training on {processes} processes failed (exit code {code}); the error is above")
+        standalone = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=str(uuid.uuid4()),
+                                  rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+        log.info("Launching %d training processes (torch DDP)", processes)
+        try:
+            with _worker_environment(processes):
+                elastic_launch(standalone, sys.executable)(
+                    "-u", "-m", "smm.train_worker", str(config_file), str(error_file), *filter(None, [_log_file()]))
+        except ChildFailedError as exc:
+            if error_file.is_file():
+                code, _, message = error_file.read_text(encoding="utf-8").partition(" ")
+                error = SmmError(message)
+                error.exit_code = int(code)
+                raise error from None
+            code = next(iter(exc.failures.values())).exitcode
+            raise SmmError(f"data-parallel training on {processes} processes failed (exit code {code}); the error is above") from None

@@ -1,34 +1,36 @@
-"""One process of a ``training.devices=N`` run, started by ``torch.distributed.run``:
-``python -m smm.train_worker CONFIG.yaml [LOG_FILE]`` runs the train stage on this rank.
+"""One process of a ``training.devices=N`` run, started by PyTorch's launcher (smm.distributed):
+``python -m smm.train_worker CONFIG.yaml ERROR_FILE [LOG_FILE]`` runs the train stage on this rank.
 
-Rank 0 logs to the console and appends to the launching run's log file; an smm error ends the
-process with one line (from rank 0 only: every rank meets the same error).
+Rank 0 logs to the console and appends to the launching run's log file. An smm error (every rank
+meets the same one) goes from rank 0 to ERROR_FILE as ``<exit code> <message>``, for the launching
+process to report in one line.
 """
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from smm.distributed import ranks
 from smm.errors import SmmError
 
-FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's
+FORMAT, DATEFMT = "[%(asctime)s][%(levelname)s] %(message)s", "%H:%M:%S"  # as conf/config.yaml's hydra.job_logging
 
 
 def main(argv: list[str]) -> int:
-    handlers = [logging.StreamHandler()]
-    if len(argv) > 1 and ranks().main:
-        handlers.append(logging.FileHandler(argv[1]))
-    logging.basicConfig(level=logging.INFO, format=FORMAT, handlers=handlers)
+    handlers = [logging.StreamHandler(sys.stdout)]  # where Hydra's console handler writes
+    if len(argv) > 2 and ranks().main:
+        handlers.append(logging.FileHandler(argv[2]))
+    logging.basicConfig(level=logging.INFO, format=FORMAT, datefmt=DATEFMT, handlers=handlers)
     from smm.stages import train
 
     try:
         train.run(OmegaConf.load(argv[0]))
     except SmmError as exc:
         if ranks().main:
-            print(f"error: {exc}", file=sys.stderr)
+            Path(argv[1]).write_text(f"{exc.exit_code} {exc}", encoding="utf-8")
         return exc.exit_code
     finally:
         leave_process_group()

@@ -106,3 +106,22 @@ def test_a_bad_setup_fails_in_one_line_before_launching(small_data, tmp_path):
     assert run.result.returncode == 1
     assert run.result.stderr.strip().splitlines() == ["error: model.quantization=4bit needs a CUDA GPU; on CPU or Mac use preset=cpu"]
     assert "Launching" not in run.log
+
+
+def test_an_error_in_the_ranks_is_one_line(small_data, tmp_path):
+    empty = tmp_path / "no_model"
+    empty.mkdir()
+    run = run_train(tmp_path, small_data, "preset=cpu", "model=tiny_qwen2", "model.recipe=null",
+                    f"model.base_model={empty}", "training.devices=2")
+    assert run.result.returncode == 1
+    assert run.result.stderr.strip().splitlines() == [
+        f"error: model.base_model '{empty}': no config.json in it; give a model folder or a Hugging Face name such as Qwen/Qwen2.5-7B-Instruct"]
+
+
+def test_a_data_parallel_run_resumes_from_its_checkpoint(small_data, tmp_path):
+    first = run_train(tmp_path, small_data, *SMALL, "training.max_steps=1", "training.save_steps=1", "training.devices=2").check()
+    assert sorted(p.name for p in first.checkpoints.glob("checkpoint-*")) == ["checkpoint-1"]
+    again = run_train(tmp_path, small_data, *SMALL, "training.max_steps=2", "training.save_steps=1", "training.devices=2",
+                      "training.resume=true").check()
+    assert again.metrics()["resumed_from"] == str(first.checkpoints / "checkpoint-1")
+    assert again.metrics()["steps"] == 2 and again.metrics()["processes"] == 2
