@@ -63,6 +63,7 @@ class DataConfig:
 @dataclass
 class TrainingConfig:
     backend: str = _f("auto", "auto = Unsloth when it imports and CUDA is there, else transformers + PEFT.", choices=("auto", "unsloth", "hf"))
+    devices: int = _f(1, "Train data-parallel on this many GPUs of this host, one process each (torch DDP; 0 = every visible GPU; without CUDA: CPU processes). Under torchrun / accelerate launch the launcher's process count is used instead.", ge=0)
     epochs: int = _f(3, "Passes over the training data.", ge=1)
     max_steps: int = _f(0, "Stop after this many optimizer steps (0 = run all epochs).", ge=0)
     batch_size: int = _f(2, "Conversations per device batch (with packing: the token budget is batch_size x max_seq_length).", ge=1)

@@ -97,6 +97,9 @@ def sft_config(cfg, device: str, dtype: Any, backend: str, has_val: bool, packin
         report_to=["wandb"] if cfg.logger.name == "wandb" else "none",
         dataloader_pin_memory=device == "cuda",
         include_num_input_tokens_seen="non_padding",
+        # Every LoRA weight gets a gradient each step: DDP need not search for unused ones (and
+        # must not under reentrant gradient checkpointing).
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -109,7 +112,7 @@ class SmmSFTTrainer(SFTTrainer):
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.args.device.type != "cpu":
+        if self.args.device.type != "cpu" or self.args.world_size > 1:  # under DDP the forward must go through its wrapper
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         backbone_inputs = {k: v for k, v in inputs.items() if k != "labels"}
