@@ -188,9 +188,13 @@ def build_trainer(cfg, loaded, train: Tokenized, val: Tokenized) -> tuple[SmmSFT
         log.info("Not packing: the conversations already fill %.0f%% of model.max_seq_length", 100 * row_fill(lengths, max_len))
     if cfg.training.early_stopping_patience and has_val:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    args = sft_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val, packing)
+    if args.n_gpu > 1:  # one process on a host with several GPUs: train on the one the model is on
+        log.info("%d GPUs visible to one process: training on GPU 0 (training.devices=0 uses them all)", args.n_gpu)
+        args._n_gpu = 1  # what Trainer itself sets for a model placed with device_map; else it wraps nn.DataParallel
     trainer = SmmSFTTrainer(
         model=loaded.model, processing_class=loaded.tokenizer,
-        args=sft_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val, packing),
+        args=args,
         train_dataset=to_dataset(train), eval_dataset=to_dataset(val) if has_val else None,
         callbacks=callbacks,
     )
