@@ -4,9 +4,11 @@ The chat template is the one stored in the GGUF (``tokenizer.chat_template``, wh
 stage fills from smm/chat.py), so prompts are rendered exactly as Ollama renders them. A GGUF
 without a template falls back to ChatML, Qwen2.5's format, with a warning.
 
-A JSON schema becomes a llama.cpp grammar (GBNF) with llama-cpp-python's own converter, plus the
-one thing of the task schemas it leaves out: numbers bounded by whole-number ``minimum`` and
-``maximum`` (the sentiment score, -1..1). The grammar is checked by llama.cpp's parser once per
+A JSON schema becomes a llama.cpp grammar (GBNF) with llama-cpp-python's own converter, plus what
+it gets wrong or leaves out for the task schemas: its string characters allow raw control
+characters (a tab or newline inside a string is not JSON), so smm uses llama.cpp's own rule
+(as in its C++ converter, which Ollama uses), and numbers bounded by whole-number ``minimum`` and
+``maximum`` (the sentiment score, -1..1) are spelled out. The grammar is checked by llama.cpp's parser once per
 schema before it is used, so a schema it cannot handle is a one-line error, not a crash.
 Generation uses every core this process may run on unless ``threads`` says otherwise.
 """
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 MAX_BOUNDED_SPAN = 100
 """Largest ``maximum - minimum`` whose number range is spelled out in the grammar."""
 _FRACTION = '("." [0-9]{1,15})?'
+JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+"""One character of a JSON string (llama.cpp's common/json-schema-to-grammar.cpp)."""
 _ZEROS = '("." "0"{1,15})?'
 
 
@@ -65,6 +69,8 @@ def schema_grammar(schema: Schema) -> str:
 
     converter = Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     converter.visit(converter.resolve_refs(json.loads(json.dumps(schema)), "schema"), "")
+    if "char" in converter._rules:
+        converter._rules["char"] = JSON_CHAR
     return converter.format_grammar()
 
 
