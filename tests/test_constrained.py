@@ -13,7 +13,7 @@ from smm.backends import GenerationSettings
 from smm.backends.llama_cpp import LlamaCppBackend, bounded_number_rule
 from smm.backends.ollama import OllamaBackend
 from smm.backends.openai_compat import OpenAIBackend
-from smm.evalset.loader import BUILTIN_CASES, select_cases
+from smm.evalset.loader import select_cases
 from smm.serving import answer_schema
 from smm.stages import evaluate
 from smm.tasks import TASKS, parse_answer
@@ -106,26 +106,28 @@ def test_every_task_schema_becomes_a_grammar_llama_cpp_accepts(tiny_gguf):
         backend.close()
 
 
-def test_constrained_answers_of_the_random_model_parse_and_match_in_process(tiny_gguf):
+def test_constrained_answer_of_the_random_model_parses_and_matches_in_process(tiny_gguf):
+    # One task (the sentiment schema has an enum, a bounded number, a list and strings): the random
+    # model needs a few hundred grammar-checked tokens per answer, about a second each on a busy
+    # 2-core machine. Every task's grammar is checked above.
     backend = LlamaCppBackend(str(tiny_gguf), RANDOM_MODEL, n_ctx=2048)
     try:
-        for case in one_case_per_task():
-            gen = backend.generate(case.messages(), answer_schema(case.task))
-            assert gen.error is None and not gen.truncated, (case.task, gen)
-            answer, errors = parse_answer(TASKS[case.task], gen.text)
-            assert errors == [], (case.task, gen.text, errors)
+        case = next(c for c in one_case_per_task() if c.task == "sentiment")
+        gen = backend.generate(case.messages(), answer_schema(case.task))
     finally:
         backend.close()
+    assert gen.error is None and not gen.truncated, gen
+    answer, errors = parse_answer(TASKS[case.task], gen.text)
+    assert errors == [], (gen.text, errors)
 
 
-def test_constrained_answers_through_llama_cpp_server(llama_server):
+def test_constrained_answer_through_llama_cpp_server(llama_server):
     backend = OpenAIBackend(llama_server.url, llama_server.model, RANDOM_MODEL)
-    for case in one_case_per_task():
-        gen = backend.generate(case.messages(), answer_schema(case.task))
-        assert gen.error is None and not gen.truncated, (case.task, gen)
-        answer, errors = parse_answer(TASKS[case.task], gen.text)
-        # llama-cpp-python's server converts the schema itself and leaves number bounds out
-        assert [e for e in errors if not e.startswith("score: ")] == [], (case.task, gen.text, errors)
+    case = next(c for c in one_case_per_task() if c.task == "post_generation")  # the hashtag pattern
+    gen = backend.generate(case.messages(), answer_schema(case.task))
+    assert gen.error is None and not gen.truncated, gen
+    answer, errors = parse_answer(TASKS[case.task], gen.text)
+    assert errors == [], (gen.text, errors)
     assert backend.format_style == "json_object"  # it refused json_schema, so its own dialect was used
 
 
@@ -153,15 +155,20 @@ def test_both_modes_side_by_side_in_the_report(stub_server, eval_cases, tmp_path
     assert "<h2>Free vs constrained</h2>" in html
 
 
-def test_constrained_on_with_the_tiny_gguf(tiny_gguf, tmp_path):
-    result = run_smm("stage=evaluate", "eval.backend=llama_cpp", f"eval.model_path={tiny_gguf}", "eval.constrained=on",
-                     "eval.max_cases=6", "eval.max_tokens=1200", "eval.temperature=1.0", "eval.seed=11", "eval.n_ctx=2048",
-                     f"eval.output_dir={tmp_path}", cwd=tmp_path)
+def test_both_modes_with_the_tiny_gguf_mark_truncated_answers(tiny_gguf, tmp_path):
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(json.dumps({"id": "s", "task": "sentiment", "language": "en", "platform": "x",
+                                 "prompt": "Analyse: 'Great coffee, slow service.'"}) + "\n")
+    result = run_smm("stage=evaluate", "eval.backend=llama_cpp", f"eval.model_path={tiny_gguf}", "eval.constrained=both",
+                     f"eval.test_file={cases}", "eval.test_mode=replace", "eval.max_tokens=8", "eval.n_ctx=1024",
+                     f"eval.output_dir={tmp_path / 'eval'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(next(tmp_path.glob("*/report.json")).read_text())
-    assert report["mode"] == "constrained" and report["free_vs_constrained"] is None
-    assert report["summary"]["checks"]["json"]["rate"] == 1.0 and report["summary"]["truncated"] == 0
-    assert "cases, score so far" in result.stderr  # no terminal: progress goes to the log
+    report = json.loads(next(tmp_path.glob("eval/*/report.json")).read_text())
+    assert report["mode"] == "free" and report["settings"]["threads"] == 0
+    assert report["cases"][0]["truncated"] and report["modes"]["constrained"]["cases"][0]["truncated"]
+    assert report["free_vs_constrained"]["truncated"] == {"free": 1, "constrained": 1}
+    assert report["modes"]["constrained"]["cases"][0]["output"].startswith("{")  # the grammar's first token
+    assert "(free): 1/1 cases, score so far 0.000, 1 cut off at max_tokens" in result.stdout  # no terminal: logged
 
 
 @pytest.mark.parametrize("overrides,message", [
