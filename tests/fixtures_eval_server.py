@@ -5,7 +5,8 @@ bench/eval_concurrency.py.
 Answers come from a callable ``answer(messages) -> str`` per model. ``script`` queues misbehaviour
 for the next chat requests: ``500`` (server error), ``"malformed"`` (200 with a non-JSON body),
 ``"no_content"`` (200, JSON without the message), ``"hang"`` (answers after ``hang_s``), ``"length"``
-(the answer reported as cut off: ``done_reason``/``finish_reason`` ``length``). Every chat
+(the answer reported as cut off: ``done_reason``/``finish_reason`` ``length``), ``"odd_reason"``
+(a ``done_reason``/``finish_reason`` that is not a string). Every chat
 request sleeps ``delay_s`` first; the server serves requests in parallel (one thread each) and
 records the most it had in flight. A request that carries a schema (Ollama ``format``, OpenAI
 ``response_format``) is answered by ``constrained_answers[model]`` when there is one;
@@ -143,7 +144,7 @@ def _handler(server: StubLLMServer):
             tokens = len(text.split())
             if self.path == "/api/chat":
                 reply = {"model": body["model"], "created_at": "2025-01-01T00:00:00Z", "done": True,
-                         "done_reason": "length" if behaviour == "length" else "stop", "total_duration": 1_000_000, "eval_count": tokens,
+                         "done_reason": _reason(behaviour), "total_duration": 1_000_000, "eval_count": tokens,
                          "eval_duration": 500_000_000}
                 if behaviour != "no_content":
                     reply["message"] = {"role": "assistant", "content": text}
@@ -151,10 +152,14 @@ def _handler(server: StubLLMServer):
                 reply = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
                          "usage": {"prompt_tokens": 10, "completion_tokens": tokens, "total_tokens": tokens + 10}}
                 if behaviour != "no_content":
-                    reply["choices"] = [{"index": 0, "finish_reason": "length" if behaviour == "length" else "stop", "message": {"role": "assistant", "content": text}}]
+                    reply["choices"] = [{"index": 0, "finish_reason": _reason(behaviour), "message": {"role": "assistant", "content": text}}]
             self._send(200, reply)
 
     return Handler
+
+
+def _reason(behaviour) -> object:
+    return {"length": "length", "odd_reason": ["length"]}.get(behaviour, "stop")
 
 
 @pytest.fixture

@@ -69,7 +69,8 @@ def test_a_schema_rejection_that_is_not_the_dialect_is_one_failed_case(stub_serv
     assert gen.text is None and gen.error.startswith("malformed reply") and "\n" not in gen.error
 
 
-@pytest.mark.parametrize("path,behaviour", [("ollama", "length"), ("openai", "length"), ("ollama", None)])
+@pytest.mark.parametrize("path,behaviour", [("ollama", "length"), ("openai", "length"), ("ollama", None),
+                                            ("ollama", "odd_reason"), ("openai", "odd_reason")])
 def test_truncation_comes_from_done_reason_and_finish_reason(stub_server, path, behaviour):
     server = stub_server({"smm:latest": lambda m: '{"post": "cut'})
     server.script = [behaviour]
