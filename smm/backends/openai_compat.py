@@ -84,6 +84,24 @@ class OpenAIBackend:
         except ServerUnreachable as exc:
             raise self._unreachable(exc) from None
 
+    def _post_constrained(self, payload: dict, schema: Schema):
+        """POST with the schema; once a server refuses ``json_schema`` naming ``json_object``
+        (llama-cpp-python's server answers HTTP 500 or 422), use that dialect from then on."""
+        if self.format_style == "json_schema":
+            try:
+                reply = self._post(payload)
+                refused = reply.status in (400, 422, 500) and _names_the_dialect(reply.text)
+            except RequestFailed as exc:
+                if not _names_the_dialect(str(exc)):
+                    raise
+                refused = True
+            if not refused:
+                return reply
+            log.info("%s does not take response_format type json_schema; sending its json_object dialect",
+                     self.client.shown_url)
+            self.format_style = "json_object"
+        return self._post({**payload, "response_format": response_format(schema, self.format_style)})
+
     def generate(self, messages: Messages, schema: Schema | None = None) -> Generation:
         payload = {
             "model": self.model,
@@ -97,12 +115,7 @@ class OpenAIBackend:
             payload["response_format"] = response_format(schema, self.format_style)
         start = time.perf_counter()
         try:
-            reply = self._post(payload)
-            if schema is not None and self.format_style == "json_schema" and _rejects_json_schema(reply):
-                log.info("%s does not take response_format type json_schema; sending its json_object dialect",
-                         self.client.shown_url)
-                self.format_style = "json_object"
-                reply = self._post({**payload, "response_format": response_format(schema, self.format_style)})
+            reply = self._post_constrained(payload, schema) if schema is not None else self._post(payload)
         except RequestFailed as exc:
             return Generation(None, time.perf_counter() - start, error=str(exc))
         latency = time.perf_counter() - start
@@ -128,7 +141,6 @@ class OpenAIBackend:
         self.client.close()
 
 
-def _rejects_json_schema(reply) -> bool:
-    """A 400/422 that names the response_format (llama-cpp-python's server accepts only
-    ``text`` and ``json_object``)."""
-    return reply.status in (400, 422) and "json_object" in reply.text and "response_format" in reply.text
+def _names_the_dialect(text: str) -> bool:
+    """A refusal of ``response_format`` type ``json_schema`` that names ``json_object``."""
+    return "response_format" in text and "json_object" in text
