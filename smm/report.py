@@ -169,9 +169,13 @@ def compare_modes(free: Sequence[dict], constrained: Sequence[dict]) -> dict[str
 
 def build_report(*, model: dict, settings: dict, records: list[dict], case_files: list[str],
                  baseline: dict | None = None, gate_min_delta: float | None = None,
-                 mode: str = "free", constrained_records: list[dict] | None = None) -> dict[str, Any]:
+                 mode: str = "free", constrained_records: list[dict] | None = None,
+                 judge: dict | None = None) -> dict[str, Any]:
     """The whole report as plain data; ``baseline`` = ``{"model": ..., "source": ..., "records": [...]}``;
-    ``constrained_records`` (with ``records`` free) makes it a free-vs-constrained report."""
+    ``constrained_records`` (with ``records`` free) makes it a free-vs-constrained report; ``judge`` =
+    what :func:`smm.judge.judge_records` returned (the judge's scores are in the records)."""
+    from smm.judge import summarize_judge
+
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -188,6 +192,7 @@ def build_report(*, model: dict, settings: dict, records: list[dict], case_files
         "gate": None,
         "modes": None,
         "free_vs_constrained": None,
+        "judge": summarize_judge(records, judge) if judge is not None else None,
     }
     if constrained_records is not None:
         report["modes"] = {
@@ -237,6 +242,19 @@ def _md_cell(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _judge_markdown(judge: dict | None) -> list[str]:
+    if not judge:
+        return []
+    lines = ["## Judge: tone and brand fit (not part of the score)", "",
+             f"- Judge `{judge.get('label', judge['model'])}` at {judge['url']}"]
+    if "error" in judge:
+        return lines + [f"- Not available: {_md_cell(judge['error'], 300)}", ""]
+    lines += [f"- Mean rating: **{pct(judge['mean'])}** over {judge['judged']} judged answers; "
+              f"unreadable or failed judgements: {judge['errors']}", ""]
+    rows = [[name, pct(v)] for name, v in {**judge["by_task"], **judge["by_language"]}.items()]
+    return lines + _table(["task / language", "mean rating"], rows) + [""]
+
+
 def render_markdown(report: dict) -> str:
     s, cmp_ = report["summary"], report["comparison"]
     lines = [f"# Evaluation of {report['model']['label']}", ""]
@@ -266,6 +284,7 @@ def render_markdown(report: dict) -> str:
             row += [pct(cmp_["checks"][name]["baseline_rate"]), signed(cmp_["checks"][name]["delta"])]
         rows.append(row)
     lines += _table(header, rows) + [""]
+    lines += _judge_markdown(report["judge"])
 
     if report.get("free_vs_constrained"):
         lines += render_modes_markdown(report["free_vs_constrained"], report["checks_info"])
