@@ -9,7 +9,9 @@ import pytest
 from conftest import REPO, compose_config, run_smm
 from fixtures_eval_data import GOOD
 
+from smm.checks import check_reply
 from smm.config import validate
+from smm.evalset.loader import EvalCase
 from smm.stages import chat
 from smm.tasks import TASKS
 
@@ -32,13 +34,16 @@ def test_one_shot_against_ollama_prints_answer_and_verdict(stub_server, capsys):
                          'chat.prompt="Schreib einen Post für unsere Bäckerei: Brot, Sonntag ab 7 Uhr."')
     score = chat.run(cfg)
     out = capsys.readouterr().out
-    assert score == 0.5
+    prompt = "Schreib einen Post für unsere Bäckerei: Brot, Sonntag ab 7 Uhr."
+    expected = check_reply(EvalCase("chat-1", "post_generation", "de", "instagram", prompt), good).score
+    assert expected > 0.5 and score == pytest.approx(expected / 2)  # the free answer is not JSON: 0
     bodies = [r["body"] for r in server.chat_requests()]
     assert [b["messages"][0]["content"] for b in bodies] == [TASKS["post_generation"].system_prompt] * 2
     assert bodies[0]["messages"][1]["content"] == "Schreib einen Post für unsere Bäckerei: Brot, Sonntag ab 7 Uhr."
     assert "format" not in bodies[0] and bodies[1]["format"] == TASKS["post_generation"].schema
     assert "[free]" in out and "Gerne! Hier ist dein Post." in out and "json FAIL" in out
-    assert "[constrained]" in out and good in out and "-> score 1.00" in out
+    assert "[constrained]" in out and good in out and "checks: json pass, schema pass" in out
+    assert f"-> score {expected:.2f}" in out
 
 
 def test_interactive_reads_lines_until_an_empty_one(stub_server, tmp_path):
