@@ -19,9 +19,9 @@ from smm.errors import ConfigError
 from smm.secrets import mask_url
 from smm.tasks import LANGUAGES, PLATFORMS, TASKS
 
-STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "chat", "pipeline")
-INTERACTIVE_STAGES = ("chat", "pipeline")
-"""Stages a pipeline cannot contain (chat reads stdin; a pipeline does not nest)."""
+STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "chat", "pipeline", "sweep_report")
+NOT_IN_PIPELINE = ("chat", "pipeline", "sweep_report")
+"""Stages a pipeline cannot contain (chat reads stdin, a pipeline does not nest, sweep_report reads a study)."""
 CONSTRAINED = ("off", "on", "both")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -200,8 +200,16 @@ class PipelineConfig:
 
 
 @dataclass
+class SweepConfig:
+    objective: str = _f("val_loss", "What an Optuna trial returns: val_loss (minimised; the trial trains) or eval_score (maximised; the trial runs train, export and evaluate).", choices=("val_loss", "eval_score"))
+    dir: str = _f("output/sweeps", "Sweeps live here: <study>.db (the SQLite study, unless hydra.sweeper.storage names another URL) and <study>/ (one folder per trial, summary.md, summary.html).")
+    trial: Optional[int] = _f(None, "Set by the sweeper: the Optuna trial number of this job (names its folder). Leave unset.")
+
+
+@dataclass
 class Config:
     stage: str = _f("prepare", "Stage to run.", choices=STAGE_NAMES)
+    study: str = _f("smm_lora", "Optuna study: the one hparams_search=optuna adds trials to and stage=sweep_report summarises.")
     model: ModelConfig = MISSING
     lora: LoraConfig = MISSING
     data: DataConfig = MISSING
@@ -212,6 +220,7 @@ class Config:
     logger: LoggerConfig = MISSING
     chat: ChatConfig = field(default_factory=ChatConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 GROUPS = {
@@ -266,8 +275,8 @@ def validate(cfg: DictConfig) -> None:
     if not cfg.pipeline.stages:
         raise ConfigError("pipeline.stages: empty; name the stages to run, e.g. [prepare, train]")
     for stage in cfg.pipeline.stages:
-        if stage not in STAGE_NAMES or stage in INTERACTIVE_STAGES:
-            usable = [s for s in STAGE_NAMES if s not in INTERACTIVE_STAGES]
+        if stage not in STAGE_NAMES or stage in NOT_IN_PIPELINE:
+            usable = [s for s in STAGE_NAMES if s not in NOT_IN_PIPELINE]
             raise ConfigError(f"pipeline.stages: {stage!r} is not a stage a pipeline runs (use {', '.join(usable)})")
 
 
