@@ -17,8 +17,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from smm.errors import ConfigError
 from smm.secrets import mask_url
+from smm.tasks import LANGUAGES, PLATFORMS, TASKS
 
-STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "pipeline", "sweep_report")
+STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "chat", "pipeline", "sweep_report")
+NOT_IN_PIPELINE = ("chat", "pipeline", "sweep_report")
+"""Stages a pipeline cannot contain (chat reads stdin, a pipeline does not nest, sweep_report reads a study)."""
+CONSTRAINED = ("off", "on", "both")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -118,9 +122,11 @@ class EvalConfig:
     test_file: Optional[str] = _f(None, "JSONL file of your own test cases.")
     test_mode: str = _f("add", "add your cases to the built-in set, or replace it.", choices=("add", "replace"))
     max_cases: int = _f(0, "Evaluate at most this many cases (0 = all).", ge=0)
+    constrained: str = _f("off", "Answers constrained to the task's JSON schema (Ollama format, OpenAI response_format, a llama.cpp grammar): off, on, or both (every case twice; the report sets free and constrained side by side). The hf backend cannot constrain.", choices=CONSTRAINED)
     concurrency: int = _f(4, "Requests in flight at once (HTTP backends).", ge=1)
-    timeout_s: float = _f(120.0, "Seconds to wait for one answer.", gt=0.0)
-    retries: int = _f(2, "Retries of a failed request.", ge=0)
+    timeout_s: float = _f(120.0, "Seconds one answer may take in total (a deadline for the whole reply, not for each read).", gt=0.0)
+    retries: int = _f(2, "Retries of a failed request (0-10); no retry starts more than 300 s after the first attempt.", ge=0, le=10)
+    threads: int = _f(0, "CPU threads of the llama_cpp backend (0 = every core this process may use).", ge=0)
     temperature: float = _f(0.2, "Sampling temperature (the same for every backend).", ge=0.0)
     max_tokens: int = _f(768, "Most tokens an answer may have.", ge=1)
     seed: int = _f(0, "Sampling seed, where the backend supports one.")
@@ -129,6 +135,15 @@ class EvalConfig:
     baseline: Optional[str] = _f(None, "Compare with a baseline: a model name on the same server, a .gguf file, or a report.json.")
     gate_min_delta: Optional[float] = _f(None, "Fail (exit 3) unless the score beats the baseline's by at least this much.")
     judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "Optional LLM judge of tone and brand fit."})
+
+
+@dataclass
+class ChatConfig:
+    task: str = _f("post_generation", "Task whose system prompt and checks the chat uses.", choices=tuple(TASKS))
+    language: str = _f("en", "Language the checks expect the answer in.", choices=tuple(LANGUAGES))
+    platform: str = _f("instagram", "Platform whose character limit the checks apply.", choices=PLATFORMS)
+    prompt: Optional[str] = _f(None, "Ask this one message and exit; unset = read messages from stdin, one per line, until an empty line or EOF.")
+    constrained: str = _f("${eval.constrained}", "Constrain answers to the task's JSON schema: off, on, or both (each message answered both ways).", choices=CONSTRAINED)
 
 
 @dataclass
@@ -204,6 +219,7 @@ class Config:
     eval: EvalConfig = MISSING
     feedback: FeedbackConfig = MISSING
     logger: LoggerConfig = MISSING
+    chat: ChatConfig = field(default_factory=ChatConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
@@ -217,6 +233,7 @@ GROUPS = {
     "eval": EvalConfig,
     "feedback": FeedbackConfig,
     "logger": LoggerConfig,
+    "chat": ChatConfig,
 }
 
 
@@ -259,8 +276,9 @@ def validate(cfg: DictConfig) -> None:
     if not cfg.pipeline.stages:
         raise ConfigError("pipeline.stages: empty; name the stages to run, e.g. [prepare, train]")
     for stage in cfg.pipeline.stages:
-        if stage not in STAGE_NAMES or stage in ("pipeline", "sweep_report"):
-            raise ConfigError(f"pipeline.stages: {stage!r} is not a stage (use {', '.join(STAGE_NAMES[:-2])})")
+        if stage not in STAGE_NAMES or stage in NOT_IN_PIPELINE:
+            usable = [s for s in STAGE_NAMES if s not in NOT_IN_PIPELINE]
+            raise ConfigError(f"pipeline.stages: {stage!r} is not a stage a pipeline runs (use {', '.join(usable)})")
 
 
 def to_plain(cfg: DictConfig) -> dict:

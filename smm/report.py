@@ -3,6 +3,11 @@
 ``report.json`` holds everything (every case's prompt, raw output, check results and timing; the
 summaries; the baseline and the comparison), so a later run can use it as its baseline.
 ``report.md`` is the same in tables; ``report.html`` (smm/report_html.py) adds charts.
+
+``mode`` says how the answers were made: ``free`` or ``constrained`` (to the task's JSON schema).
+A run with ``eval.constrained=both`` keeps the free answers as its main ``cases`` and adds
+``modes`` (score, summary and cases of each mode) and ``free_vs_constrained`` (per-check rates
+side by side, and the latency cost of constraining).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ def make_record(case: EvalCase, generation: Generation) -> dict[str, Any]:
         "score": round(verdict.score, 4),
         "checks": {name: {"status": r.status, "reasons": r.reasons} for name, r in verdict.checks.items()},
         "latency_s": round(generation.latency_s, 4),
+        "truncated": bool(generation.truncated),
         "output_tokens": generation.output_tokens,
         "tokens_per_s": round(generation.tokens_per_s, 2) if generation.tokens_per_s else None,
     }
@@ -51,7 +57,7 @@ def recheck(cases: Sequence[EvalCase], old_records: Iterable[dict]) -> list[dict
             continue
         generation = Generation(
             old.get("output"), float(old.get("latency_s") or 0.0), old.get("output_tokens"),
-            old.get("tokens_per_s"), old.get("error"),
+            old.get("tokens_per_s"), old.get("error"), bool(old.get("truncated")),
         )
         records.append(make_record(case, generation))
     return records
@@ -116,6 +122,7 @@ def summarize(records: Sequence[dict]) -> dict[str, Any]:
         "by_platform": _group(records, "platform", PLATFORMS),
         "formats": dict(Counter(r["format"] for r in records)),
         "errors": sum(r["error"] is not None for r in records),
+        "truncated": sum(bool(r.get("truncated")) for r in records),
         "latency_s": _distribution([r["latency_s"] for r in answered]),
         "tokens_per_s": _distribution([r["tokens_per_s"] for r in answered if r["tokens_per_s"]]),
     }
@@ -139,11 +146,34 @@ def compare(records: Sequence[dict], baseline_records: Sequence[dict]) -> dict[s
     }
 
 
+def compare_modes(free: Sequence[dict], constrained: Sequence[dict]) -> dict[str, Any]:
+    """Free vs constrained answers to the same cases: per-check rates, score, latency cost."""
+    a, b = summarize(free), summarize(constrained)
+    checks = {}
+    for name in CHECKS:
+        x, y = a["checks"][name]["rate"], b["checks"][name]["rate"]
+        checks[name] = {"free": x, "constrained": y, "delta": round(y - x, 4) if x is not None and y is not None else None}
+    latency = {}
+    for q in ("p50", "p95", "mean"):
+        x, y = a["latency_s"][q], b["latency_s"][q]
+        latency[q] = {"free": x, "constrained": y, "cost_s": round(y - x, 4) if x is not None and y is not None else None}
+    return {
+        "score": {"free": a["score"], "constrained": b["score"], "delta": round(b["score"] - a["score"], 4)},
+        "checks": checks,
+        "latency_s": latency,
+        "tokens_per_s_p50": {"free": a["tokens_per_s"]["p50"], "constrained": b["tokens_per_s"]["p50"]},
+        "truncated": {"free": a["truncated"], "constrained": b["truncated"]},
+        "errors": {"free": a["errors"], "constrained": b["errors"]},
+    }
+
+
 def build_report(*, model: dict, settings: dict, records: list[dict], case_files: list[str],
                  baseline: dict | None = None, gate_min_delta: float | None = None,
+                 mode: str = "free", constrained_records: list[dict] | None = None,
                  judge: dict | None = None) -> dict[str, Any]:
     """The whole report as plain data; ``baseline`` = ``{"model": ..., "source": ..., "records": [...]}``;
-    ``judge`` = what :func:`smm.judge.judge_records` returned (the judge's scores are in the records)."""
+    ``constrained_records`` (with ``records`` free) makes it a free-vs-constrained report; ``judge`` =
+    what :func:`smm.judge.judge_records` returned (the judge's scores are in the records)."""
     from smm.judge import summarize_judge
 
     report: dict[str, Any] = {
@@ -151,6 +181,7 @@ def build_report(*, model: dict, settings: dict, records: list[dict], case_files
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": model,
         "settings": settings,
+        "mode": mode,
         "case_files": case_files,
         "checks_info": {n: {"weight": c.weight, "description": c.description} for n, c in CHECKS.items()},
         "score": _mean([r["score"] for r in records]),
@@ -159,8 +190,17 @@ def build_report(*, model: dict, settings: dict, records: list[dict], case_files
         "baseline": None,
         "comparison": None,
         "gate": None,
+        "modes": None,
+        "free_vs_constrained": None,
         "judge": summarize_judge(records, judge) if judge is not None else None,
     }
+    if constrained_records is not None:
+        report["modes"] = {
+            "free": {"score": report["score"], "summary": report["summary"]},
+            "constrained": {"score": _mean([r["score"] for r in constrained_records]),
+                            "summary": summarize(constrained_records), "cases": constrained_records},
+        }
+        report["free_vs_constrained"] = compare_modes(records, constrained_records)
     if baseline is not None:
         report["baseline"] = {
             "model": baseline["model"],
@@ -228,7 +268,8 @@ def render_markdown(report: dict) -> str:
         verdict = "PASSED" if g["passed"] else "FAILED"
         lines += [f"- Gate: **{verdict}** (delta {g['delta']:+.3f}, required ≥ {g['min_delta']:+.3f})"]
     fmts = ", ".join(f"{k} {v}" for k, v in sorted(s["formats"].items()))
-    lines += [f"- Reply formats: {fmts}; request errors: {s['errors']}",
+    lines += [f"- Answers: {report.get('mode', 'free')}" + (" (and constrained: see below)" if report.get("modes") else ""),
+              f"- Reply formats: {fmts}; request errors: {s['errors']}; cut off at max_tokens: {s.get('truncated', 0)}",
               f"- Latency p50/p95: {s['latency_s']['p50']} / {s['latency_s']['p95']} s; "
               f"output tokens/s p50: {s['tokens_per_s']['p50']}",
               f"- Created {report['created_at']}", ""]
@@ -245,6 +286,9 @@ def render_markdown(report: dict) -> str:
     lines += _table(header, rows) + [""]
     lines += _judge_markdown(report["judge"])
 
+    if report.get("free_vs_constrained"):
+        lines += render_modes_markdown(report["free_vs_constrained"], report["checks_info"])
+
     for title, key in (("task", "by_task"), ("language", "by_language"), ("platform", "by_platform")):
         lines += [f"## By {title}", ""]
         names = list(report["checks_info"])
@@ -254,7 +298,8 @@ def render_markdown(report: dict) -> str:
     failed = failing_cases(report)
     lines += [f"## Failing cases ({len(failed)})", ""]
     for r in failed:
-        lines += [f"### {r['id']} ({r['task']}, {r['language']}, {r['platform']}): score {r['score']:.2f}", "",
+        cut = ", cut off at max_tokens" if r.get("truncated") else ""
+        lines += [f"### {r['id']} ({r['task']}, {r['language']}, {r['platform']}): score {r['score']:.2f}{cut}", "",
                   f"- Prompt: {_md_cell(r['prompt'], 300)}",
                   f"- Output ({r['format']}): {_md_cell(r['output'] if r['output'] is not None else r['error'], 300)}"]
         for name, c in r["checks"].items():
@@ -262,3 +307,22 @@ def render_markdown(report: dict) -> str:
                 lines += [f"- **{name}**: " + "; ".join(_md_cell(x) for x in c["reasons"])]
         lines += [""]
     return "\n".join(lines)
+
+
+def _seconds(value: float | None, sign: bool = False) -> str:
+    return "–" if value is None else f"{value:+.2f} s" if sign else f"{value:.2f} s"
+
+
+def render_modes_markdown(fvc: dict, checks_info: dict) -> list[str]:
+    """The free-vs-constrained section of report.md."""
+    rows = [[name, pct(c["free"]), pct(c["constrained"]), signed(c["delta"])]
+            for name, c in fvc["checks"].items() if name in checks_info and (c["free"] is not None or c["constrained"] is not None)]
+    sc = fvc["score"]
+    rows.append(["**score**", f"{sc['free']:.3f}", f"{sc['constrained']:.3f}", f"{sc['delta']:+.3f}"])
+    for q in ("p50", "p95"):
+        lat = fvc["latency_s"][q]
+        rows.append([f"latency {q}", _seconds(lat["free"]), _seconds(lat["constrained"]), _seconds(lat["cost_s"], sign=True)])
+    rows.append(["cut off at max_tokens", str(fvc["truncated"]["free"]), str(fvc["truncated"]["constrained"]), ""])
+    return ["## Free vs constrained", "",
+            "The same cases answered twice: free, and constrained to the task's JSON schema.", ""] + \
+        _table(["check", "free", "constrained", "delta"], rows) + [""]

@@ -33,7 +33,10 @@ PLATFORM_LIMITS: dict[str, int] = {
 }
 PLATFORMS: tuple[str, ...] = tuple(PLATFORM_LIMITS)
 
-HASHTAG_PATTERN = r"^#[^\s#]{1,100}$"
+# "#" and 1-100 characters that are not "#", whitespace (every character \s matches, spelled
+# out: llama.cpp's grammars know no \s), quotes, backslashes or control characters, so the grammar
+# Ollama and llama.cpp make from the schema can only produce valid JSON strings.
+HASHTAG_PATTERN = r'^#[^#"\\\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,100}$'
 SENTIMENT_LABELS = ("positive", "negative", "neutral", "mixed")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 

@@ -4,9 +4,14 @@ bench/eval_concurrency.py.
 
 Answers come from a callable ``answer(messages) -> str`` per model. ``script`` queues misbehaviour
 for the next chat requests: ``500`` (server error), ``"malformed"`` (200 with a non-JSON body),
-``"no_content"`` (200, JSON without the message), ``"hang"`` (answers after ``hang_s``). Every chat
+``"no_content"`` (200, JSON without the message), ``"hang"`` (answers after ``hang_s``), ``"length"``
+(the answer reported as cut off: ``done_reason``/``finish_reason`` ``length``), ``"odd_reason"``
+(a ``done_reason``/``finish_reason`` that is not a string). Every chat
 request sleeps ``delay_s`` first; the server serves requests in parallel (one thread each) and
-records the most it had in flight.
+records the most it had in flight. A request that carries a schema (Ollama ``format``, OpenAI
+``response_format``) is answered by ``constrained_answers[model]`` when there is one;
+``reject_json_schema`` makes ``/v1`` refuse ``response_format`` type ``json_schema`` the way
+llama-cpp-python's server does (HTTP 422 naming ``json_object``).
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ class StubLLMServer:
         """model name (Ollama style, with tag) → answer function."""
         self.delay_s = delay_s
         self.hang_s = 5.0
+        self.constrained_answers: dict[str, Answer] = {}
+        self.reject_json_schema = False
         self.api_key = api_key
         self.script: list = []
         self.requests: list[dict] = []
@@ -110,6 +117,10 @@ def _handler(server: StubLLMServer):
                 return self._send(404, "404 page not found", raw=True)
             if self.path.startswith("/v1") and not self._authorized():
                 return
+            response_format = body.get("response_format") or {}
+            if server.reject_json_schema and isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+                return self._send(422, {"detail": [{"type": "literal_error", "loc": ["body", "response_format", "type"],
+                                                    "msg": "Input should be 'text' or 'json_object'", "input": "json_schema"}]})
             server.enter()
             try:
                 self._chat(body)
@@ -124,13 +135,16 @@ def _handler(server: StubLLMServer):
             if behaviour == "malformed":
                 return self._send(200, "<html>proxy error</html>", raw=True)
             answer = server.find(body.get("model", ""))
+            constrained = "format" in body or "response_format" in body
+            if constrained and body.get("model", "") in server.constrained_answers:
+                answer = server.constrained_answers[body["model"]]
             if answer is None:
                 return self._send(404, {"error": f"model '{body.get('model')}' not found, try pulling it first"})
             text = answer(body["messages"])
             tokens = len(text.split())
             if self.path == "/api/chat":
                 reply = {"model": body["model"], "created_at": "2025-01-01T00:00:00Z", "done": True,
-                         "done_reason": "stop", "total_duration": 1_000_000, "eval_count": tokens,
+                         "done_reason": _reason(behaviour), "total_duration": 1_000_000, "eval_count": tokens,
                          "eval_duration": 500_000_000}
                 if behaviour != "no_content":
                     reply["message"] = {"role": "assistant", "content": text}
@@ -138,10 +152,14 @@ def _handler(server: StubLLMServer):
                 reply = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
                          "usage": {"prompt_tokens": 10, "completion_tokens": tokens, "total_tokens": tokens + 10}}
                 if behaviour != "no_content":
-                    reply["choices"] = [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]
+                    reply["choices"] = [{"index": 0, "finish_reason": _reason(behaviour), "message": {"role": "assistant", "content": text}}]
             self._send(200, reply)
 
     return Handler
+
+
+def _reason(behaviour) -> object:
+    return {"length": "length", "odd_reason": ["length"]}.get(behaviour, "stop")
 
 
 @pytest.fixture

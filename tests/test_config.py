@@ -56,7 +56,7 @@ def test_presets():
     ("training.learning_rate=-1e-4", "error: training.learning_rate: -0.0001 must be greater than 0.0"),
     ("model.quantization=3bit", "error: model.quantization: '3bit' is not one of 4bit, 8bit, none"),
     ("model=llama", "error: model=llama: no such option (available: qwen2_5_7b_instruct, smollm2_135m_instruct, tiny_qwen2)"),
-    ("stage=deploy", "error: stage: 'deploy' is not one of prepare, train, export, evaluate, feedback, pipeline, sweep_report"),
+    ("stage=deploy", "error: stage: 'deploy' is not one of prepare, train, export, evaluate, feedback, chat, pipeline, sweep_report"),
     ("sweep.objective=bleu", "error: sweep.objective: 'bleu' is not one of val_loss, eval_score"),
     ("pipeline.stages=[]", "error: pipeline.stages: empty; name the stages to run, e.g. [prepare, train]"),
 ])

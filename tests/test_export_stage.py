@@ -13,6 +13,7 @@ from smm.chat import render_modelfile
 from smm.errors import SmmError
 from smm.io import sha256_file
 from smm.ollama_register import register
+from smm.tasks import TASKS
 
 GGUF = "social-media-marketer-q4_k_m.gguf"
 
@@ -22,14 +23,18 @@ def _log(result) -> str:
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_export_writes_gguf_modelfile_and_manifest(tiny_export):
     log = _log(tiny_export.result)
     for number, name in enumerate(("check", "merge", "convert", "quantize", "verify", "publish", "register"), start=1):
         assert f"[{number}/7] {name}: done in" in log
-    assert sorted(p.name for p in tiny_export.output_dir.iterdir()) == sorted([GGUF, "Modelfile", "manifest.json"])
+    assert sorted(p.name for p in tiny_export.output_dir.iterdir()) == sorted([GGUF, "Modelfile", "manifest.json", "schemas"])
+    schemas = tiny_export.output_dir / "schemas"
+    assert {p.name: json.loads(p.read_text(encoding="utf-8")) for p in schemas.iterdir()} == {
+        f"{name}.json": task.schema for name, task in TASKS.items()}  # exactly the registry's
+    assert tiny_export.manifest["schemas"] == [str(schemas / f"{name}.json") for name in TASKS]
     assert tiny_export.modelfile.read_text(encoding="utf-8") == render_modelfile(f"./{GGUF}", model_name="social-media-marketer")
 
     manifest = tiny_export.manifest
@@ -104,7 +109,7 @@ def test_converter_failure_keeps_the_previous_export(tiny_export, tmp_path):
     forced = run_smm(*overrides, "export.force=true", "export.quantization=f16", "export.smoke_test=false", cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr[-2000:]
     assert "[2/7] merge: done in" in _log(forced)
-    assert sorted(p.name for p in output.iterdir()) == sorted([GGUF, "Modelfile", "manifest.json", "social-media-marketer-f16.gguf"])
+    assert sorted(p.name for p in output.iterdir()) == sorted([GGUF, "Modelfile", "manifest.json", "schemas", "social-media-marketer-f16.gguf"])
 
 
 def test_missing_adapter_is_one_line(tmp_path):

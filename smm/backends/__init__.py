@@ -3,7 +3,9 @@ llama.cpp in-process and transformers.
 
 A backend answers one conversation at a time with :meth:`Backend.generate`; :func:`generate_all`
 runs many cases through it (concurrently for HTTP backends). Every backend uses the same
-:class:`GenerationSettings`. A problem that concerns the whole run (server down, model missing,
+:class:`GenerationSettings`. Given a JSON schema, a backend that ``can_constrain`` makes the answer
+follow it through the server's own mechanism (Ollama ``format``, OpenAI ``response_format``, a
+llama.cpp grammar in-process); ``Generation.truncated`` says the answer hit ``max_tokens``. A problem that concerns the whole run (server down, model missing,
 key rejected) raises :class:`~smm.errors.SmmError`; a problem with one answer (timeout after the
 retries, malformed reply, a 4xx/5xx for that prompt) comes back as ``Generation.error`` and is
 scored as a failed case.
@@ -13,11 +15,14 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
-from smm.errors import SmmError
+from smm.errors import ConfigError, SmmError
 
 Messages = list[dict[str, str]]
+Schema = dict[str, Any]
+MODES = {"off": ("free",), "on": ("constrained",), "both": ("free", "constrained")}
+"""``eval.constrained`` / ``chat.constrained`` → the answer modes, the first being the main one."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class Generation:
     output_tokens: int | None = None
     tokens_per_s: float | None = None
     error: str | None = None
+    truncated: bool = False
+    """The answer stopped at ``max_tokens`` (finish_reason / done_reason ``length``)."""
 
     def __post_init__(self) -> None:
         if self.tokens_per_s is None and self.output_tokens and self.latency_s > 0:
@@ -55,8 +62,10 @@ class Backend(Protocol):
     """What is evaluated, for reports: ``ollama:social-media-marketer``, ``llama_cpp:model.gguf``."""
     max_workers: int
     """Requests it can serve at once (1 for in-process backends)."""
+    can_constrain: bool
+    """Whether ``generate(..., schema=...)`` enforces the schema (False: it cannot, e.g. hf)."""
 
-    def generate(self, messages: Messages) -> Generation: ...
+    def generate(self, messages: Messages, schema: Schema | None = None) -> Generation: ...
 
     def close(self) -> None: ...
 
@@ -69,31 +78,41 @@ def same_model(wanted: str, name: str) -> bool:
     return full(wanted) == full(name)
 
 
-def timed(fn: Callable[[], tuple[str, int | None]]) -> Generation:
-    """Run an in-process generation ``fn() -> (text, output_tokens)`` and time it."""
+def timed(fn: Callable[[], tuple[str, int | None, bool]]) -> Generation:
+    """Run an in-process generation ``fn() -> (text, output_tokens, truncated)`` and time it."""
     start = time.perf_counter()
-    text, tokens = fn()
-    return Generation(text, time.perf_counter() - start, tokens)
+    text, tokens, truncated = fn()
+    return Generation(text, time.perf_counter() - start, tokens, truncated=truncated)
 
 
-def generate_all(backend: Backend, conversations: Sequence[Messages], on_done: Callable[[], None] = lambda: None) -> list[Generation]:
-    """Answers to every conversation, in order, with up to ``backend.max_workers`` in flight."""
-    def one(messages: Messages) -> Generation:
-        try:
-            return backend.generate(messages)
-        finally:
-            on_done()
+def generate_all(backend: Backend, conversations: Sequence[Messages], on_done: Callable[[int, Generation], None] = lambda i, g: None,
+                 schemas: Sequence[Schema | None] | None = None) -> list[Generation]:
+    """Answers to every conversation, in order, with up to ``backend.max_workers`` in flight;
+    ``schemas[i]`` constrains answer ``i``; ``on_done(i, generation)`` is called as each one ends."""
+    def one(i: int) -> Generation:
+        generation = backend.generate(conversations[i], schemas[i] if schemas else None)
+        on_done(i, generation)
+        return generation
 
     if backend.max_workers <= 1:
-        return [one(m) for m in conversations]
+        return [one(i) for i in range(len(conversations))]
     with ThreadPoolExecutor(max_workers=backend.max_workers, thread_name_prefix="smm-eval") as pool:
-        futures = [pool.submit(one, m) for m in conversations]
+        futures = [pool.submit(one, i) for i in range(len(conversations))]
         try:
             return [f.result() for f in futures]
         except BaseException:
             for f in futures:
                 f.cancel()
             raise
+
+
+def check_can_constrain(kind: str, constrained: str, key: str = "eval.constrained") -> None:
+    """A one-line error, before any model loads, when backend ``kind`` cannot constrain answers."""
+    if constrained != "off" and kind == "hf":
+        raise ConfigError(
+            f"{key}={constrained}: the hf backend cannot constrain answers to a JSON schema; "
+            f"use eval.backend=llama_cpp, ollama or openai, or {key}=off"
+        )
 
 
 def make_backend(kind: str, eval_cfg, *, model: str | None = None, model_path: str | None = None,
@@ -114,7 +133,7 @@ def make_backend(kind: str, eval_cfg, *, model: str | None = None, model_path: s
     if kind == "llama_cpp":
         from smm.backends.llama_cpp import LlamaCppBackend
 
-        return LlamaCppBackend(model_path or eval_cfg.model_path, settings, eval_cfg.n_ctx)
+        return LlamaCppBackend(model_path or eval_cfg.model_path, settings, eval_cfg.n_ctx, eval_cfg.threads)
     if kind == "hf":
         from smm.backends.hf import HFBackend
 

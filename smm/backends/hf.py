@@ -6,13 +6,13 @@ local folder or the local Hugging Face cache (nothing is downloaded), and checke
 adapter's layers before anything loads. The tokenizer and
 its chat template come from the adapter folder when the train stage saved them there. On CUDA the
 base loads in ``model.quantization`` (4/8-bit with bitsandbytes) and bfloat16/float16; on CPU in
-float32.
+float32. It cannot constrain answers to a JSON schema (``can_constrain = False``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from smm.backends import Generation, GenerationSettings, Messages, timed
+from smm.backends import Generation, GenerationSettings, Messages, Schema, timed
 from smm.errors import SmmError
 from smm.merge import Adapter, check_fits, choose_base, locate_base, read_adapter
 
@@ -45,6 +45,7 @@ def _load_kwargs(model_cfg) -> dict:
 
 class HFBackend:
     max_workers = 1
+    can_constrain = False
 
     def __init__(self, adapter_dir: str, model_cfg, settings: GenerationSettings) -> None:
         adapter = Path(adapter_dir)
@@ -67,15 +68,17 @@ class HFBackend:
         self.settings = settings
         self.label = f"hf:{adapter.name}"
 
-    def generate(self, messages: Messages) -> Generation:
+    def generate(self, messages: Messages, schema: Schema | None = None) -> Generation:
         import torch
 
+        if schema is not None:
+            raise SmmError("the hf backend cannot constrain answers to a JSON schema")
         inputs = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         ).to(self.model.device)
         sampling = {"do_sample": True, "temperature": self.settings.temperature} if self.settings.temperature > 0 else {"do_sample": False}
 
-        def run() -> tuple[str, int]:
+        def run() -> tuple[str, int, bool]:
             torch.manual_seed(self.settings.seed)
             with torch.inference_mode():
                 out = self.model.generate(
@@ -83,7 +86,10 @@ class HFBackend:
                     pad_token_id=self.tokenizer.pad_token_id, **sampling,
                 )
             new = out[0, inputs["input_ids"].shape[1]:]
-            return self.tokenizer.decode(new, skip_special_tokens=True), int(new.shape[0])
+            eos = self.model.generation_config.eos_token_id
+            stops = eos if isinstance(eos, list) else [eos]
+            truncated = int(new.shape[0]) >= self.settings.max_tokens and int(new[-1]) not in stops
+            return self.tokenizer.decode(new, skip_special_tokens=True), int(new.shape[0]), truncated
 
         return timed(run)
 

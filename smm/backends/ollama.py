@@ -1,19 +1,23 @@
 """Ollama's native API: ``GET /api/tags`` to find the model, ``POST /api/chat`` to ask it.
 
 Requests are non-streaming; ``options`` carries temperature, seed and ``num_predict`` (max
-tokens). ``format`` is deliberately not set, so the evaluation measures the model's own JSON
-discipline. Tokens per second come from Ollama's ``eval_count / eval_duration``.
+tokens). ``format`` is set only when a schema is given (structured outputs: Ollama turns the JSON
+schema into a grammar), so free generation measures the model's own JSON discipline. Tokens per
+second come from Ollama's ``eval_count / eval_duration``; ``done_reason == "length"`` marks an
+answer cut off at ``num_predict``.
 """
 from __future__ import annotations
 
 import time
 
-from smm.backends import Generation, GenerationSettings, Messages, same_model
+from smm.backends import Generation, GenerationSettings, Messages, Schema, same_model
 from smm.backends.http import JsonClient, RequestFailed, ServerUnreachable
 from smm.errors import SmmError
 
 
 class OllamaBackend:
+    can_constrain = True
+
     def __init__(self, url: str, model: str, settings: GenerationSettings, concurrency: int = 4,
                  modelfile: str = "output/gguf/Modelfile") -> None:
         self.model = model
@@ -52,7 +56,7 @@ class OllamaBackend:
         if not any(same_model(self.model, n) for n in names):
             raise self._missing_model(names)
 
-    def generate(self, messages: Messages) -> Generation:
+    def generate(self, messages: Messages, schema: Schema | None = None) -> Generation:
         payload = {
             "model": self.model,
             "messages": messages,
@@ -63,6 +67,8 @@ class OllamaBackend:
                 "num_predict": self.settings.max_tokens,
             },
         }
+        if schema is not None:
+            payload["format"] = schema
         start = time.perf_counter()
         try:
             reply = self.client.request("POST", "/api/chat", payload)
@@ -83,7 +89,7 @@ class OllamaBackend:
         count, duration = body.get("eval_count"), body.get("eval_duration")
         tokens = count if isinstance(count, int) else None
         speed = count / duration * 1e9 if tokens and isinstance(duration, (int, float)) and duration > 0 else None
-        return Generation(content, latency, tokens, speed)
+        return Generation(content, latency, tokens, speed, truncated=body.get("done_reason") == "length")
 
     def close(self) -> None:
         self.client.close()

@@ -2,7 +2,9 @@
 
 1. Cases: the built-in set (smm/evalset/cases.jsonl), plus or instead of ``eval.test_file``.
 2. Answers from ``eval.backend``: ollama | openai | llama_cpp | hf (smm/backends), concurrently
-   for the HTTP backends.
+   for the HTTP backends; free, constrained to the task's JSON schema (``eval.constrained=on``),
+   or both (every case twice, reported side by side). Without a terminal, progress and the
+   score so far are logged every tenth of the cases.
 3. Checks from the task registry (smm/checks.py); score = mean weighted pass rate.
 4. Optional baseline (``eval.baseline``: a model on the same server, a .gguf or a report.json),
    judged by the same checks on the same cases; ``eval.gate_min_delta`` turns the score delta into
@@ -17,9 +19,12 @@ Returns the score (0-1) for sweeps.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,14 +32,15 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from smm.backends import Backend, generate_all, make_backend
+from smm.backends import MODES, Backend, Generation, check_can_constrain, generate_all, make_backend
 from smm.config import to_plain
 from smm.errors import ConfigError, GateFailed, SmmError
 from smm.evalset.loader import BUILTIN_CASES, EvalCase, select_cases
 from smm.io import write_json, write_manifest, write_text
 from smm.judge import judge_records, judge_url
-from smm.report import build_report, make_record, recheck, render_markdown, signed
+from smm.report import build_report, make_record, pct, recheck, render_markdown, signed
 from smm.secrets import mask_url
+from smm.serving import answer_schema
 
 log = logging.getLogger(__name__)
 HTTP_BACKENDS = ("ollama", "openai")
@@ -54,21 +60,59 @@ def modelfile_of(cfg: DictConfig) -> str:
     return str(Path(cfg.export.output_dir) / "Modelfile")
 
 
-def evaluate(backend: Backend, cases: list[EvalCase], title: str) -> list[dict]:
-    """Every case's record, with a progress bar."""
+class ProgressLog:
+    """Progress without a terminal: every ``step`` finished cases, one log line with the score so far."""
+
+    def __init__(self, title: str, total: int) -> None:
+        self.title, self.total = title, total
+        self.step = max(1, math.ceil(total / 10))
+        self.scores: list[float] = []
+        self.truncated = 0
+        self._lock = threading.Lock()
+
+    def add(self, record: dict) -> None:
+        with self._lock:
+            self.scores.append(record["score"])
+            self.truncated += bool(record["truncated"])
+            done = len(self.scores)
+            if done % self.step == 0 or done == self.total:
+                log.info("%s: %d/%d cases, score so far %.3f, %d cut off at max_tokens", self.title, done,
+                         self.total, sum(self.scores) / done, self.truncated)
+
+
+def evaluate(backend: Backend, cases: list[EvalCase], title: str, constrained: bool = False) -> list[dict]:
+    """Every case's record, with a progress bar (a terminal) or progress log lines (no terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    records: list[dict | None] = [None] * len(cases)
+    schemas = [answer_schema(c.task) for c in cases] if constrained else None
+    progress_log = ProgressLog(title, len(cases))
+    interactive = sys.stderr.isatty()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as progress:
+                  transient=True, disable=not interactive) as progress:
         task = progress.add_task(title, total=len(cases))
-        generations = generate_all(backend, [c.messages() for c in cases], lambda: progress.advance(task))
-    return [make_record(case, g) for case, g in zip(cases, generations)]
+
+        def done(i: int, generation: Generation) -> None:
+            records[i] = make_record(cases[i], generation)
+            progress.advance(task)
+            if not interactive:
+                progress_log.add(records[i])
+
+        generate_all(backend, [c.messages() for c in cases], done, schemas)
+    return records
 
 
-def _run_backend(make: Callable[[], Backend], cases: list[EvalCase], title: str) -> tuple[str, list[dict]]:
+def _run_backend(make: Callable[[], Backend], cases: list[EvalCase], title: str,
+                 modes: tuple[str, ...] = ("free",)) -> tuple[str, dict[str, list[dict]]]:
+    """The backend's label and its records in every mode (``free``/``constrained``)."""
     backend = make()
     try:
-        return backend.label, evaluate(backend, cases, f"{title} {backend.label}")
+        if "constrained" in modes and not backend.can_constrain:
+            raise SmmError(f"{backend.label} cannot constrain answers to a JSON schema; set eval.constrained=off")
+        return backend.label, {
+            mode: evaluate(backend, cases, f"{title} {backend.label} ({mode})", constrained=mode == "constrained")
+            for mode in modes
+        }
     finally:
         backend.close()
 
@@ -160,6 +204,24 @@ def write_reports(report: dict, cfg: DictConfig, inputs: list[str]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def modes_table(fvc: dict, applicable: dict):
+    """Free vs constrained, per check, with the score and the latency cost (a rich Table)."""
+    from rich.table import Table
+
+    table = Table(title="Free vs constrained (the task's JSON schema)")
+    for name, justify in (("check", "left"), ("free", "right"), ("constrained", "right"), ("delta", "right")):
+        table.add_column(name, justify=justify)
+    for name, c in fvc["checks"].items():
+        if applicable[name]["applicable"]:
+            table.add_row(name, pct(c["free"]), pct(c["constrained"]), signed(c["delta"]))
+    table.add_section()
+    sc, lat = fvc["score"], fvc["latency_s"]["p50"]
+    table.add_row("score", f"{sc['free']:.3f}", f"{sc['constrained']:.3f}", f"{sc['delta']:+.3f}")
+    if lat["free"] is not None and lat["constrained"] is not None:
+        table.add_row("latency p50", f"{lat['free']:.2f} s", f"{lat['constrained']:.2f} s", f"{lat['cost_s']:+.2f} s")
+    return table
+
+
 def print_summary(report: dict, run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -191,7 +253,10 @@ def print_summary(report: dict, run_dir: Path) -> None:
     latency = s["latency_s"]
     timing = f"latency p50 {latency['p50']:.2f} s, p95 {latency['p95']:.2f} s; " if latency["p50"] is not None else ""
     console.print(f"{timing}"
-                  f"reply formats: {', '.join(f'{k} {v}' for k, v in sorted(s['formats'].items()))}")
+                  f"reply formats: {', '.join(f'{k} {v}' for k, v in sorted(s['formats'].items()))}; "
+                  f"cut off at max_tokens: {s['truncated']}")
+    if report["free_vs_constrained"]:
+        console.print(modes_table(report["free_vs_constrained"], s["checks"]))
     judge = report["judge"]
     if judge:
         said = f"not available ({judge['error']})" if "error" in judge else (
@@ -205,27 +270,32 @@ def print_summary(report: dict, run_dir: Path) -> None:
 
 def run(cfg: DictConfig) -> float:
     e = cfg.eval
+    check_can_constrain(e.backend, e.constrained)
+    modes = MODES[e.constrained]
     cases = select_cases(e.test_file, e.test_mode, e.max_cases)
     inputs = ([] if e.test_mode == "replace" else [str(BUILTIN_CASES)]) + ([e.test_file] if e.test_file else [])
     baseline_plan = plan_baseline(cfg, cases)
-    log.info("Evaluating %d cases with eval.backend=%s", len(cases), e.backend)
+    log.info("Evaluating %d cases with eval.backend=%s (%s)", len(cases), e.backend, " and ".join(modes))
 
-    label, records = _run_backend(
-        lambda: make_backend(e.backend, e, model_cfg=cfg.model, modelfile=modelfile_of(cfg)), cases, "Evaluating"
+    label, by_mode = _run_backend(
+        lambda: make_backend(e.backend, e, model_cfg=cfg.model, modelfile=modelfile_of(cfg)), cases, "Evaluating", modes
     )
     baseline = None
     if baseline_plan is not None:
         records_b, label_b = baseline_plan.records, baseline_plan.model.get("label")
         if records_b is None:
-            label_b, records_b = _run_backend(baseline_plan.make, cases, "Baseline")
+            label_b, runs = _run_backend(baseline_plan.make, cases, "Baseline", modes[:1])
+            records_b = runs[modes[0]]
         baseline = {"model": {**baseline_plan.model, "label": label_b}, "source": baseline_plan.source, "records": records_b}
 
-    judge = judge_records(records, cases, e.judge, e) if judge_url(e.judge) else None
+    judge = judge_records(by_mode[modes[0]], cases, e.judge, e) if judge_url(e.judge) else None
 
+    settings_keys = ("temperature", "max_tokens", "seed", "timeout_s", "retries", "concurrency", "constrained")
     report = build_report(
         model={**describe_model(e.backend, e), "label": label},
-        settings={k: e[k] for k in ("temperature", "max_tokens", "seed", "timeout_s", "retries", "concurrency")},
-        records=records, case_files=inputs, baseline=baseline, gate_min_delta=e.gate_min_delta, judge=judge,
+        settings={k: e[k] for k in settings_keys} | ({"threads": e.threads} if e.backend == "llama_cpp" else {}),
+        records=by_mode[modes[0]], case_files=inputs, baseline=baseline, gate_min_delta=e.gate_min_delta,
+        mode=modes[0], constrained_records=by_mode["constrained"] if len(modes) == 2 else None, judge=judge,
     )
     run_dir = write_reports(report, cfg, inputs)
     print_summary(report, run_dir)

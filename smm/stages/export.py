@@ -7,7 +7,8 @@ Steps, each logged with its time and peak RAM:
 3. convert   the merged folder to an f16 GGUF with llama.cpp's converter (offline)
 4. quantize  to ``export.quantization`` with llama.cpp's quantizer (skipped for f16/bf16)
 5. verify    the GGUF's chat template and end-of-turn token, then the llama.cpp smoke test
-6. publish   ``{model_name}-{quantization}.gguf``, its ``Modelfile`` and ``manifest.json``
+6. publish   ``{model_name}-{quantization}.gguf``, its ``Modelfile``, ``schemas/<task>.json`` (the
+             answer schema of each task, for Ollama's ``format``) and ``manifest.json``
 7. register  ``ollama create`` (``export.register=true``)
 
 Which base model: the one named in the adapter's ``adapter_config.json``, unless the user names one:
@@ -34,6 +35,7 @@ from smm.chat import CHAT_TEMPLATE, IM_END, render_modelfile
 from smm.config import to_plain
 from smm.errors import SmmError
 from smm.io import sha256_file, write_manifest, write_text
+from smm.serving import write_schemas
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,13 @@ def remove_stale_staging(output_dir: Path, filename: str) -> None:
     for stale in output_dir.glob(f".{filename}.*.partial"):
         log.info("Removing %s, left by an interrupted export", stale)
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _replace_folder(new: Path, target: Path, trash: Path) -> None:
+    """Put ``new`` at ``target``; an existing ``target`` is moved to ``trash`` first (two renames)."""
+    if target.exists():
+        target.rename(trash)
+    new.rename(target)
 
 
 def run(cfg: DictConfig) -> float:
@@ -115,8 +124,9 @@ def run(cfg: DictConfig) -> float:
             if info.eos_token != IM_END:
                 raise SmmError(f"{merged_dir}: the GGUF's end-of-sequence token is {info.eos_token!r}, not {IM_END!r}")
             smoke = gguf.smoke_test(built) if ex.smoke_test else {"skipped": "export.smoke_test=false"}
+        schema_files = write_schemas(staging / "schemas")
 
-        with steps.step("publish", f"Writing {output_dir / filename}, its Modelfile and manifest.json"):
+        with steps.step("publish", f"Writing {output_dir / filename}, its Modelfile, schemas/ and manifest.json"):
             size = built.stat().st_size
             gguf_record = {
                 "file": filename,
@@ -130,6 +140,7 @@ def run(cfg: DictConfig) -> float:
             }
             target = output_dir / filename
             os.replace(built, target)
+            _replace_folder(staging / "schemas", output_dir / "schemas", staging / "old-schemas")
             modelfile = output_dir / "Modelfile"
             write_text(modelfile, render_modelfile(f"./{filename}", model_name=ex.model_name))
     finally:
@@ -139,6 +150,7 @@ def run(cfg: DictConfig) -> float:
         config=to_plain(cfg), inputs=adapter.files,
         metrics={"gguf_size_bytes": size, "tensor_count": info.tensor_count, "smoke_test_passed": smoke.get("passed")},
         gguf=gguf_record, smoke_test=smoke, modelfile=str(modelfile),
+        schemas=[str(output_dir / "schemas" / f.name) for f in schema_files],
         merged={"dir": str(merged_dir), "reused": reuse, "base_model": base_name, "base_source": base_source},
     )
     write_manifest(output_dir, "export", steps=steps.records, **manifest_args)
