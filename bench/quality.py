@@ -114,8 +114,8 @@ def side_by_side(report: dict) -> dict:
             table[group][key] = {"base": base[group][key]["score"], "tuned": g["score"], "n": g["n"],
                                  "tuned_checks": g["checks"], "base_checks": base[group][key]["checks"]}
     table["score"] = {"base": base["score"], "tuned": tuned["score"]}
-    table["truncated"] = {"base": sum(bool(r.get("truncated")) for r in report["baseline"]["records"]),
-                          "tuned": sum(bool(r.get("truncated")) for r in report["records"])}
+    table["truncated"] = {"base": sum(bool(r.get("truncated")) for r in report["baseline"]["cases"]),
+                          "tuned": sum(bool(r.get("truncated")) for r in report["cases"])}
     return table
 
 
@@ -179,12 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python bench/quality.py", *sys.argv[1:]] if argv is None else ["python bench/quality.py", *argv]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, {platform.python_version()}",
-        "train_examples": stats.get("train", {}).get("count") if isinstance(stats.get("train"), dict) else stats.get("train"),
-        "val_examples": stats.get("val", {}).get("count") if isinstance(stats.get("val"), dict) else stats.get("val"),
+        "train_examples": stats["train"]["examples"],
+        "val_examples": stats["val"]["examples"],
         "seconds": {"base_gguf": base_seconds, "feedback": feedback_seconds, "pipeline": pipeline_seconds},
         "versions": versions(),
         "table": side_by_side(report),
-        "copied": copied_answers(report["records"], out / "data" / "train.jsonl"),
+        "copied": copied_answers(report["cases"], out / "data" / "train.jsonl"),
         "n_cases": report["summary"]["n_cases"],
         "report": str(report_file),
     }

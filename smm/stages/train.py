@@ -219,7 +219,10 @@ def _device_name(device: str, processes: int) -> str:
 
 
 def _save(cfg: DictConfig, loaded, base: str, metrics: dict, inputs: list[Path]) -> None:
-    """Adapter + tokenizer + metrics + manifest, swapped into training.output_dir in one step."""
+    """Adapter + tokenizer + metrics + manifest, swapped into training.output_dir in one step; a
+    base dequantized from a GGUF file is recorded with that file's sha256."""
+    from smm.models.gguf_base import source_gguf
+
     peft_config = loaded.model.peft_config["default"]
     peft_config.base_model_name_or_path = base  # the 16-bit base, also when Unsloth loaded a 4-bit copy
     with atomic_directory(cfg.training.output_dir) as staging:
@@ -228,5 +231,5 @@ def _save(cfg: DictConfig, loaded, base: str, metrics: dict, inputs: list[Path])
         write_json(staging / "metrics.json", metrics)
         write_manifest(
             staging, "train", to_plain(cfg), inputs=inputs, metrics=metrics,
-            base_model=base, backend=metrics["backend"], device=metrics["device"],
+            base_model=base, base_gguf=source_gguf(base), backend=metrics["backend"], device=metrics["device"],
         )
