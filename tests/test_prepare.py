@@ -355,8 +355,11 @@ def test_a_failure_while_publishing_keeps_the_previous_outputs(tmp_path: Path, m
     with pytest.raises(OSError):
         run_prepare(tmp_path, f"data.sources=[{src}]")
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == [".out.lock"] or not any(
-        p.name.startswith(".out.") and p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    assert not list(tmp_path.glob(".out.*.tmp"))  # the staging folder is gone
+    (tmp_path / ".out.killed.tmp").mkdir()  # what a killed run leaves
+    monkeypatch.undo()
+    run_prepare(tmp_path, f"data.sources=[{src}]")
+    assert not list(tmp_path.glob(".out.*.tmp")) and len(sum(read_split(tmp_path / "out"), [])) == 24
 
 
 def test_an_output_folder_with_other_files_is_not_replaced(tmp_path: Path):

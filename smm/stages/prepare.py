@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import re
+import shutil
 import stat
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
@@ -292,6 +293,13 @@ def _check_output_dir(folder: str) -> None:
                            "folder whole, so choose an empty folder or one that only prepare writes")
 
 
+def remove_stale_staging(output_dir: Path) -> None:
+    """Delete staging folders (with their spool) that a killed run left beside ``output_dir``."""
+    for stale in output_dir.parent.glob(f".{output_dir.name}.*.tmp"):
+        log.info("Removing %s, left by an interrupted prepare", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def run(cfg: DictConfig) -> float:
     """Prepare the data; returns the number of training examples. The entrypoint holds the lock on
     ``data.output_dir`` (smm/outdir.py) while this runs."""
@@ -301,6 +309,7 @@ def run(cfg: DictConfig) -> float:
     files = source_files(list(data.sources))
     if not files:
         raise SmmError(f"no *.jsonl files found in data.sources={list(data.sources)}")
+    remove_stale_staging(Path(data.output_dir))
     workers = data.workers or os.cpu_count() or 1
     if sum(p.stat().st_size for p in files) < PARALLEL_FROM_BYTES:
         workers = 1
