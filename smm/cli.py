@@ -15,7 +15,7 @@ from smm.secrets import url_secrets
 
 # Overrides that hold secrets: taken off the command line before Hydra records it, and handed
 # to the stage through the environment variable it reads anyway.
-SECRET_OVERRIDES = {"feedback.database_url": "DATABASE_URL"}
+SECRET_OVERRIDES = {"feedback.database_url": "DATABASE_URL", "eval.judge.url": "SMM_JUDGE_URL"}
 # Any other key given a URL with credentials (eval.url=http://user:pw@host) keeps its value in this
 # variable; Hydra records only the interpolation ${oc.env:SMM_SECRET_EVAL_URL}.
 SECRET_ENV_PREFIX = "SMM_SECRET_"
