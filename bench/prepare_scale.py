@@ -104,19 +104,14 @@ def generate(seeds: list[dict], n: int, folder: Path) -> None:
 
 def tree_rss(root: int) -> int:
     """Resident bytes of ``root`` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()
-        todo += children.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                todo += [int(child) for child in fh.read().split()]
+        except OSError:
+            pass
         try:
             with open(f"/proc/{pid}/statm") as fh:
                 total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -149,7 +144,7 @@ def main() -> None:
     def sample() -> None:
         while process.poll() is None:
             peak[0] = max(peak[0], tree_rss(process.pid))
-            time.sleep(0.2)
+            time.sleep(1.0)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

@@ -209,7 +209,7 @@ def spool_examples(files: list[Path], spool: Path, language_check: str, workers:
     total = sum(p.stat().st_size for p in files)
     with open(spool, "wb") as out, Progress(
         TextColumn("prepare"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=True,
+        console=Console(stderr=True), transient=True, auto_refresh=False,  # no thread: the workers are forked
     ) as progress:
         bar = progress.add_task("reading", total=total)
         for index, count, size, checked in checked_chunks(files, language_check, workers):
@@ -226,6 +226,7 @@ def spool_examples(files: list[Path], spool: Path, language_check: str, workers:
                 records.append(Record(task, language, platform, chars, answer, len(records)))
             sketches.append(checked.sketches)
             progress.advance(bar, size)
+            progress.refresh()
     for index, path in enumerate(files):
         if not lines_per_file[index]:
             log.warning("%s: empty file", path)
