@@ -3,6 +3,8 @@
 Hydra composes conf/config.yaml with the command-line overrides; the chosen stage runs and its
 float result (validation loss, eval score, ...) is returned for sweepers such as Optuna.
 """
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -18,4 +20,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    guarded(main)
+    guarded(main, config_dir=str(Path(__file__).resolve().parent / "conf"))

@@ -10,6 +10,7 @@ so that Ollama does the same.
 """
 from __future__ import annotations
 
+import re
 from typing import Iterable, Mapping
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -18,6 +19,21 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 ENDOFTEXT = "<|endoftext|>"
 STOP_TOKENS = (IM_END, ENDOFTEXT)
+# Text shaped like a control token (<|im_start|>, <|endoftext|>, <|fim_pad|>, ...): in a message's
+# content it could end the turn or open a new one (a system turn written by an end user).
+CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>")
+_NEUTRAL_BAR = "\uff5c"  # FULLWIDTH VERTICAL LINE: looks like "|", never part of a control token
+
+
+def find_control_token(text: str) -> str | None:
+    """The first control-token-like string in ``text`` (e.g. ``<|im_end|>``), or None."""
+    found = CONTROL_TOKEN.search(text)
+    return found[0] if found else None
+
+
+def neutralize_control_tokens(text: str) -> str:
+    """``text`` with every control-token-like string defused: ``<|im_end|>`` → ``<｜im_end｜>``."""
+    return CONTROL_TOKEN.sub(lambda m: m[0].replace("|", _NEUTRAL_BAR), text)
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are an expert social media marketer for small businesses. You write posts, hashtags, "

@@ -15,7 +15,7 @@ from smm.errors import SmmError
 
 log = logging.getLogger(__name__)
 
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
 def save_schedule(save_steps: int, eval_steps: int, early_stopping: bool) -> tuple[str, int | None]:
@@ -50,7 +50,7 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> str | None:
     """The complete checkpoint with the highest step; one cut off while being saved is skipped."""
     found = []
     for folder in Path(checkpoint_dir).glob("checkpoint-*"):
-        match = _CHECKPOINT.match(folder.name)
+        match = _CHECKPOINT.fullmatch(folder.name)
         if match and folder.is_dir():
             found.append((int(match.group(1)), folder))
     for _, folder in sorted(found, reverse=True):

@@ -54,7 +54,7 @@ from typing import Any, Callable
 
 from jsonschema import Draft202012Validator, ValidationError
 
-from smm import content
+from smm import content, strict_json
 from smm.formality import forms_used
 from smm.language import detect_language
 from smm.tasks import HASHTAG_PATTERN, LANGUAGES, PLATFORM_LIMITS, TASKS, Task, hashtags, published_lengths, texts, values_at
@@ -157,14 +157,14 @@ def parse_reply(reply: str) -> tuple[str, Any, str | None]:
     """``(format, answer, problem)`` of a raw reply: strict JSON, fenced JSON or neither."""
     stripped = reply.strip()
     try:
-        return "json", json.loads(stripped), None
-    except (json.JSONDecodeError, RecursionError) as exc:
+        return "json", strict_json.loads(stripped), None
+    except (ValueError, RecursionError) as exc:
         problem = f"not valid JSON: {exc}"
     fenced = _FENCE.match(stripped)
     if fenced:
         try:
-            return "fenced", json.loads(fenced.group(1)), None
-        except (json.JSONDecodeError, RecursionError) as exc:
+            return "fenced", strict_json.loads(fenced.group(1)), None
+        except (ValueError, RecursionError) as exc:
             problem = f"not valid JSON inside the code fence: {exc}"
     if not stripped:
         problem = "empty reply"
@@ -224,7 +224,7 @@ def check_hashtags(task: Task, case, answer: dict) -> CheckResult:
     reasons += _schema_reasons(task, answer, "hashtags", skip=("pattern",))
     seen: set[str] = set()
     for tag in hashtags(task, answer):
-        if not _HASHTAG.match(tag):
+        if not _HASHTAG.fullmatch(tag):
             reasons.append(f"malformed hashtag {tag!r} (one #word, no spaces)")
         elif tag.casefold() in seen:
             reasons.append(f"hashtag {tag!r} appears more than once")

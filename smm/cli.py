@@ -1,7 +1,6 @@
 """The entrypoint's plumbing: stage dispatch, secrets kept out of Hydra, one-line errors."""
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import re
@@ -10,13 +9,17 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
-from smm.config import GROUPS, STAGE_NAMES, validate
+from smm.config import GROUPS, STAGE_NAMES, unknown_key_error, validate
 from smm.errors import SmmError, StageNotAvailable
+from smm.secrets import url_secrets
 
 # Overrides that hold secrets: taken off the command line before Hydra records it, and handed
 # to the stage (or the sweeper) through the environment variable it reads anyway.
 SECRET_OVERRIDES = {"feedback.database_url": "DATABASE_URL", "eval.judge.url": "SMM_JUDGE_URL",
                     "hydra.sweeper.storage": "SMM_SWEEP_STORAGE"}
+# Any other key given a URL with credentials (eval.url=http://user:pw@host) keeps its value in this
+# variable; Hydra records only the interpolation ${oc.env:SMM_SECRET_EVAL_URL}.
+SECRET_ENV_PREFIX = "SMM_SECRET_"
 
 # Module a missing import belongs to → the extra that installs it.
 EXTRA_FOR_MODULE = {
@@ -31,14 +34,24 @@ _USER_FULL_ERROR = "SMM_FULL_ERROR"  # set when the user asked for tracebacks (H
 
 
 def move_secrets_to_env(args: list[str]) -> list[str]:
-    """Drop secret overrides from ``args``, exporting each value to its environment variable."""
+    """Take secrets off ``args``, exporting each value to an environment variable.
+
+    A secret key's override is dropped (the stage reads its variable); any other key whose value is
+    a URL with credentials is replaced by an interpolation of the variable that now holds it.
+    """
     kept = []
     for arg in args:
         key, sep, value = arg.partition("=")
-        env = SECRET_OVERRIDES.get(key.lstrip("+~"))
+        name = key.lstrip("+~")
+        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+        value = value[1:-1] if quoted else value  # Hydra would have unquoted it
+        env = SECRET_OVERRIDES.get(name)
         if sep and env:
-            quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
-            os.environ[env] = value[1:-1] if quoted else value  # Hydra would have unquoted it
+            os.environ[env] = value
+        elif sep and "://" in value and url_secrets(value):
+            env = SECRET_ENV_PREFIX + re.sub(r"\W", "_", name).upper()
+            os.environ[env] = value
+            kept.append(f"{key}=${{oc.env:{env}}}")
         else:
             kept.append(arg)
     return kept
@@ -56,6 +69,15 @@ def load_stage(name: str):
         raise
 
 
+def run_one(name: str, cfg: DictConfig) -> float:
+    """Run stage ``name`` with its output folders checked and locked (smm/outdir.py)."""
+    from smm.outdir import stage_outputs
+
+    stage = load_stage(name)
+    with stage_outputs(name, cfg):
+        return float(stage.run(cfg))
+
+
 def run_stage(cfg: DictConfig) -> float:
     """Validate the config, run the chosen stage and return its float result (for sweeps).
 
@@ -68,13 +90,47 @@ def run_stage(cfg: DictConfig) -> float:
 
             use_job_folder(cfg)
         validate(cfg)
-        return float(load_stage(cfg.stage).run(cfg))
+        return run_one(cfg.stage, cfg)
     except SmmError as exc:
         if os.environ.get(_USER_FULL_ERROR):
             raise
         if _in_multirun():  # the sweeper records the failed trial (Optuna goes on up to max_failure_rate)
             raise
         _fail(str(exc), exc.exit_code)
+    except ModuleNotFoundError as exc:  # here, before Hydra prints "Error executing job ..."
+        if os.environ.get(_USER_FULL_ERROR) or _in_multirun() or not missing_extra(exc):
+            raise
+        _fail(missing_extra(exc), 1)
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The one-line hint for a module that an smm extra installs, or None for any other module."""
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRA_FOR_MODULE:
+        return None
+    return f"missing package {top!r}: install it with pip install -e '.[{EXTRA_FOR_MODULE[top]}]'"
+
+
+# Hydra options that take a value as the next argument (the rest of the command line is overrides).
+_OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                       "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+
+
+def validate_shown_config(args: list[str], config_dir: str) -> None:
+    """With ``--cfg``, Hydra prints the config without running the app: validate it here first."""
+    from hydra import compose, initialize_config_dir
+
+    from smm.config import register_configs
+
+    overrides, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("-"):
+            skip = not skip and arg in _OPTIONS_WITH_VALUE
+            continue
+        overrides.append(arg)
+    register_configs()
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        validate(compose("config", overrides=overrides))
 
 
 def _in_multirun() -> bool:
@@ -103,9 +159,7 @@ def describe_config_error(exc: BaseException) -> str:
     message = getattr(cause, "msg", None) or str(cause)
     message = " ".join(message.split("full_key:")[0].split())
     if full_key and "not in" in message and message.startswith("Key"):
-        close = difflib.get_close_matches(full_key, _known_keys(full_key), n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        return f"{full_key}: unknown key{hint}"
+        return str(unknown_key_error(full_key, _known_keys(full_key)))
     if full_key:
         return f"{full_key}: {message}"
     return re.sub(r"\s+", " ", str(exc)).strip()
@@ -124,8 +178,11 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def guarded(main: Callable[[], object]) -> None:
-    """Run a ``@hydra.main`` function; user errors end in one line and a non-zero exit code."""
+def guarded(main: Callable[[], object], config_dir: str | None = None) -> None:
+    """Run a ``@hydra.main`` function; user errors end in one line and a non-zero exit code.
+
+    ``config_dir`` (the app's config folder) lets ``--cfg`` validate the config it prints.
+    """
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -135,6 +192,8 @@ def guarded(main: Callable[[], object]) -> None:
         os.environ[_USER_FULL_ERROR] = "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     try:
+        if config_dir and ({"--cfg", "-c"} & set(sys.argv[1:])):
+            validate_shown_config(sys.argv[1:], config_dir)
         main()
     except SmmError as exc:
         if full_error:
@@ -149,9 +208,8 @@ def guarded(main: Callable[[], object]) -> None:
             raise
         _fail(str(exc), 2)
     except ModuleNotFoundError as exc:
-        top = (exc.name or "").split(".")[0]
-        if full_error or top not in EXTRA_FOR_MODULE:
+        if full_error or not missing_extra(exc):
             raise
-        _fail(f"missing package {top!r}: install it with pip install -e '.[{EXTRA_FOR_MODULE[top]}]'", 1)
+        _fail(missing_extra(exc), 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)

@@ -55,13 +55,14 @@ class LoraConfig:
 @dataclass
 class DataConfig:
     sources: List[str] = _f(["data/seed", "data/feedback"], "Folders (or files) whose *.jsonl examples are read; a missing folder is skipped.")
-    output_dir: str = _f("data/processed", "Where prepare writes train.jsonl, val.jsonl, stats.json and the manifest.")
+    output_dir: str = _f("data/processed", "Where prepare writes train.jsonl, val.jsonl, stats.json and the manifest; each run replaces the folder whole, so keep nothing else in it.")
     train_split: float = _f(0.9, "Share of examples that go to training; the rest is validation.", gt=0.0, lt=1.0)
     max_samples: int = _f(0, "Use at most this many examples after de-duplication (0 = all).", ge=0)
     seed: int = _f(42, "Seed of the stratified split.")
     language_check: str = _f("warn", "Check each example's declared language with lingua: warn, reject or off.", choices=("warn", "reject", "off"))
     strict: bool = _f(False, "Treat any rejected line as fatal: exit 1 and write nothing.")
     near_duplicate_threshold: float = _f(0.9, "Report pairs of examples at least this similar (0.7-1) as near-duplicates (kept on one side of the split); the search finds 99.9% of pairs from 0.7 up.", ge=0.7, le=1.0)
+    workers: int = _f(0, "Processes that check input lines in parallel (0 = one per CPU core; inputs under 4 MiB are checked in one process).", ge=0)
 
 
 @dataclass
@@ -253,8 +254,33 @@ _LIMIT_CHECKS = {
 }
 
 
+def suggest_key(full_key: str, known: list[str]) -> str | None:
+    """The known key ``full_key`` was most likely meant as: an abbreviation (lr → learning_rate),
+    a close spelling (rnak → rank) or a longer name containing it."""
+    import difflib
+
+    typed = full_key.rpartition(".")[2]
+    names = {key.rpartition(".")[2]: key for key in known}
+    for name, key in names.items():
+        if typed.lower() == "".join(part[0] for part in name.split("_") if part):
+            return key
+    close = difflib.get_close_matches(typed, list(names), n=1)
+    if close:
+        return names[close[0]]
+    return next((key for name, key in names.items() if len(typed) > 2 and typed.lower() in name), None)
+
+
+def unknown_key_error(full_key: str, known: list[str]) -> ConfigError:
+    close = suggest_key(full_key, known)
+    return ConfigError(f"{full_key}: unknown key" + (f" (did you mean {close}?)" if close else ""))
+
+
 def _check(node: Any, schema: type, prefix: str) -> None:
     hints = typing.get_type_hints(schema)
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key in node:  # keys added with +key=value are not in the schema
+        if key not in names and not (prefix == "" and key == "hydra"):
+            raise unknown_key_error(f"{prefix}{key}", [f"{prefix}{n}" for n in names])
     for f in dataclasses.fields(schema):
         key, value = f"{prefix}{f.name}", node[f.name]
         if dataclasses.is_dataclass(hints[f.name]):
@@ -281,13 +307,17 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"pipeline.stages: {stage!r} is not a stage a pipeline runs (use {', '.join(usable)})")
 
 
+def _mask_urls(value):
+    if isinstance(value, dict):
+        return {k: _mask_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_urls(v) for v in value]
+    return mask_url(value) if isinstance(value, str) and "://" in value else value
+
+
 def to_plain(cfg: DictConfig) -> dict:
     """The resolved config as plain data, without secrets (for manifests and trackers): no
-    database URL, and the servers' passwords (``eval.url``, ``eval.judge.url``) masked."""
+    database URL, and the password of every URL-valued key (``eval.url``, ``eval.judge.url``, ...) masked."""
     data = OmegaConf.to_container(cfg, resolve=True)
     data.get("feedback", {}).pop("database_url", None)
-    if data.get("eval", {}).get("url"):
-        data["eval"]["url"] = mask_url(data["eval"]["url"])
-    if data.get("eval", {}).get("judge", {}).get("url"):
-        data["eval"]["judge"]["url"] = mask_url(data["eval"]["judge"]["url"])
-    return data
+    return _mask_urls(data)

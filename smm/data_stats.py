@@ -20,19 +20,23 @@ def _percentiles(values: list[int]) -> dict[str, int]:
     return {f"p{p}": ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] for p in PERCENTILES}
 
 
-def _chars(example: dict, role: str | None = None) -> int:
+def conversation_chars(example: dict, role: str | None = None) -> int:
+    """Characters of the example's messages (of one ``role``, or all)."""
     return sum(len(m["content"]) for m in example["messages"] if role is None or m["role"] == role)
 
 
-def split_stats(examples: list[dict]) -> dict:
-    """Counts per task, language and platform, and character-length percentiles."""
+def split_stats(examples: list) -> dict:
+    """Counts per task, language and platform, and character-length percentiles.
+
+    Each item needs ``task``, ``language``, ``platform``, ``conversation_chars`` and ``answer_chars``.
+    """
     return {
         "examples": len(examples),
         "tasks": dict(sorted(Counter(e["task"] for e in examples).items())),
         "languages": dict(sorted(Counter(e["language"] for e in examples).items())),
         "platforms": dict(sorted(Counter(e["platform"] or "none" for e in examples).items())),
-        "conversation_chars": _percentiles([_chars(e) for e in examples]),
-        "answer_chars": _percentiles([_chars(e, "assistant") for e in examples]),
+        "conversation_chars": _percentiles([e["conversation_chars"] for e in examples]),
+        "answer_chars": _percentiles([e["answer_chars"] for e in examples]),
     }
 
 

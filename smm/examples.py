@@ -13,11 +13,12 @@ import re
 import unicodedata
 from typing import Any
 
-from smm.tasks import LANGUAGES, PLATFORMS, TASKS, parse_answer, texts
+from smm.chat import find_control_token
+from smm.tasks import LANGUAGES, PLATFORMS, TASKS, parse_answer, schema_errors, texts
 
 ROLES = ("system", "user", "assistant")
 # Invisible characters that only add noise. U+200D (zero-width joiner) stays: emoji need it.
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u2060\ufeff\u00ad"))
+_INVISIBLE = re.compile("[\u200b\u200c\u2060\ufeff\u00ad]")
 _TRAILING_SPACE = re.compile(r"[ \t]+\n")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 
@@ -28,10 +29,14 @@ class InvalidExample(ValueError):
 
 def normalize_text(text: str) -> str:
     """NFC, no invisible characters, ``\\n`` line endings, no trailing spaces, at most one blank line."""
-    text = unicodedata.normalize("NFC", text).translate(_INVISIBLE)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _TRAILING_SPACE.sub("\n", text)
-    return _MANY_NEWLINES.sub("\n\n", text).strip()
+    if not unicodedata.is_normalized("NFC", text):  # the checks skip work most texts do not need
+        text = unicodedata.normalize("NFC", text)
+    text = _INVISIBLE.sub("", text)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\n" in text:
+        text = _MANY_NEWLINES.sub("\n\n", _TRAILING_SPACE.sub("\n", text))
+    return text.strip()
 
 
 def _normalize_json(value: Any) -> Any:
@@ -75,6 +80,9 @@ def _messages(raw: Any) -> list[dict]:
             raise InvalidExample(f"messages[{i}].content is empty")
         if "\x00" in content:
             raise InvalidExample(f"messages[{i}].content contains a NUL character")
+        token = find_control_token(content)
+        if token:
+            raise InvalidExample(f"messages[{i}].content contains the control token {token}")
         messages.append({"role": role, "content": content})
     _check_roles(messages)
     return messages
@@ -107,8 +115,9 @@ def normalize_example(obj: Any) -> dict:
         answer, errors = parse_answer(task, message["content"])
         if errors:
             raise InvalidExample(f"messages[{i}] is not a valid {task_name} answer: {errors[0]}")
-        message["content"] = json.dumps(_normalize_json(answer), ensure_ascii=False)
-        _, errors = parse_answer(task, message["content"])  # normalizing can empty a field
+        answer = _normalize_json(answer)
+        message["content"] = json.dumps(answer, ensure_ascii=False)
+        errors = schema_errors(task, answer)  # normalizing can empty a field
         if errors:
             raise InvalidExample(f"messages[{i}] is not a valid {task_name} answer once normalized: {errors[0]}")
     example = {"messages": messages, "task": task_name, "language": language, "platform": platform}

@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from smm import strict_json
 from smm.secrets import mask_command_line
 
 _UMASK = os.umask(0)
@@ -37,7 +38,8 @@ class Line:
         return f"{self.path}:{self.number}"
 
 
-def _parse(raw: bytes) -> tuple[Any, str | None]:
+def parse_line(raw: bytes) -> tuple[Any, str | None]:
+    """``(value, None)`` for one JSONL line's bytes, or ``(None, why it is not valid)``."""
     if len(raw) > MAX_LINE_BYTES:
         return None, f"line too long ({len(raw):,} bytes > {MAX_LINE_BYTES:,})"
     try:
@@ -47,11 +49,24 @@ def _parse(raw: bytes) -> tuple[Any, str | None]:
     if "\x00" in text:
         return None, "NUL byte in line"
     try:
-        return json.loads(text), None
+        return strict_json.loads(text), None
     except RecursionError:
         return None, "JSON nested too deeply"
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+    except strict_json.StrictJSONError as exc:
+        return None, f"invalid JSON: {exc}"
+
+
+def raw_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
+    """``(line number, bytes)`` of every non-blank line, without BOM and line ending."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+            raw = raw.rstrip(b"\r\n")
+            if raw.strip():
+                yield number, raw
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[Line]:
@@ -60,15 +75,9 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[Line]:
     Tolerates a UTF-8 BOM and CRLF line endings. Reads in binary so one bad byte costs one line.
     """
     name = str(path)
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if number == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM):]
-            raw = raw.rstrip(b"\r\n")
-            if not raw.strip():
-                continue
-            value, error = _parse(raw)
-            yield Line(name, number, value, error)
+    for number, raw in raw_lines(path):
+        value, error = parse_line(raw)
+        yield Line(name, number, value, error)
 
 
 @contextlib.contextmanager
@@ -96,6 +105,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private; give it the permissions mkdir would
     try:
         yield staging
         if target.exists():

@@ -11,7 +11,9 @@ side by side, and the latency cost of constraining).
 """
 from __future__ import annotations
 
+import html
 import math
+import re
 import statistics
 from collections import Counter
 from datetime import datetime, timezone
@@ -232,21 +234,32 @@ def signed(value: float | None, scale: float = 100, unit: str = " pp") -> str:
     return "–" if value is None else f"{value * scale:+.1f}{unit}"
 
 
+# Markdown punctuation that starts inline markup (code, emphasis, links, images, tables, strikes);
+# "_" only at a word's edge (inside a word it is literal, as in post_generation).
+_MD_SPECIAL = re.compile(r"[\\`*\[\]|~]|(?<!\w)_|_(?!\w)")
+
+
+def md_escape(text: object) -> str:
+    """``text`` on one line, inert in Markdown and HTML: no tags, entities, links or emphasis."""
+    text = html.escape(" ".join(str(text).split()), quote=False)
+    return _MD_SPECIAL.sub(lambda m: "\\" + m[0], text)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(md_escape, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(map(md_escape, row)) + " |" for row in rows]
 
 
 def _md_cell(text: str, limit: int = 160) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return md_escape(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def _judge_markdown(judge: dict | None) -> list[str]:
     if not judge:
         return []
     lines = ["## Judge: tone and brand fit (not part of the score)", "",
-             f"- Judge `{judge.get('label', judge['model'])}` at {judge['url']}"]
+             f"- Judge {md_escape(judge.get('label', judge['model']))} at {md_escape(judge['url'])}"]
     if "error" in judge:
         return lines + [f"- Not available: {_md_cell(judge['error'], 300)}", ""]
     lines += [f"- Mean rating: **{pct(judge['mean'])}** over {judge['judged']} judged answers; "
@@ -257,22 +270,23 @@ def _judge_markdown(judge: dict | None) -> list[str]:
 
 def render_markdown(report: dict) -> str:
     s, cmp_ = report["summary"], report["comparison"]
-    lines = [f"# Evaluation of {report['model']['label']}", ""]
+    e = md_escape
+    lines = [f"# Evaluation of {e(report['model']['label'])}", ""]
     lines += [f"- **Score: {report['score']:.3f}** (weighted pass rate over {s['n_cases']} cases)"]
     if cmp_:
         b = report["baseline"]
-        lines += [f"- Baseline {b['model']['label']} ({b['source']}): {cmp_['baseline_score']:.3f}; "
+        lines += [f"- Baseline {e(b['model']['label'])} ({e(b['source'])}): {cmp_['baseline_score']:.3f}; "
                   f"delta on {cmp_['n_shared']} shared cases: **{cmp_['delta']:+.3f}**"]
     if report["gate"]:
         g = report["gate"]
         verdict = "PASSED" if g["passed"] else "FAILED"
         lines += [f"- Gate: **{verdict}** (delta {g['delta']:+.3f}, required ≥ {g['min_delta']:+.3f})"]
-    fmts = ", ".join(f"{k} {v}" for k, v in sorted(s["formats"].items()))
-    lines += [f"- Answers: {report.get('mode', 'free')}" + (" (and constrained: see below)" if report.get("modes") else ""),
+    fmts = ", ".join(f"{e(k)} {v}" for k, v in sorted(s["formats"].items()))
+    lines += [f"- Answers: {e(report.get('mode', 'free'))}" + (" (and constrained: see below)" if report.get("modes") else ""),
               f"- Reply formats: {fmts}; request errors: {s['errors']}; cut off at max_tokens: {s.get('truncated', 0)}",
               f"- Latency p50/p95: {s['latency_s']['p50']} / {s['latency_s']['p95']} s; "
               f"output tokens/s p50: {s['tokens_per_s']['p50']}",
-              f"- Created {report['created_at']}", ""]
+              f"- Created {e(report['created_at'])}", ""]
 
     lines += ["## Checks", ""]
     header = ["check", "weight", "pass rate", "passed / applicable"] + (["baseline", "delta"] if cmp_ else [])
@@ -299,12 +313,12 @@ def render_markdown(report: dict) -> str:
     lines += [f"## Failing cases ({len(failed)})", ""]
     for r in failed:
         cut = ", cut off at max_tokens" if r.get("truncated") else ""
-        lines += [f"### {r['id']} ({r['task']}, {r['language']}, {r['platform']}): score {r['score']:.2f}{cut}", "",
+        lines += [f"### {e(r['id'])} ({e(r['task'])}, {e(r['language'])}, {e(r['platform'])}): score {r['score']:.2f}{cut}", "",
                   f"- Prompt: {_md_cell(r['prompt'], 300)}",
                   f"- Output ({r['format']}): {_md_cell(r['output'] if r['output'] is not None else r['error'], 300)}"]
         for name, c in r["checks"].items():
             if c["status"] == FAIL:
-                lines += [f"- **{name}**: " + "; ".join(_md_cell(x) for x in c["reasons"])]
+                lines += [f"- **{e(name)}**: " + "; ".join(_md_cell(x) for x in c["reasons"])]
         lines += [""]
     return "\n".join(lines)
 

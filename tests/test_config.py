@@ -11,6 +11,7 @@ from conftest import REPO, compose_config, run_smm
 from smm.chat import ROOT_MODELFILE_GGUF, render_modelfile
 from smm.cli import move_secrets_to_env
 from smm.config import to_plain, validate
+from smm.errors import ConfigError
 from smm.io import write_manifest
 
 GROUP_OPTIONS = sorted(
@@ -124,3 +125,71 @@ def test_a_database_url_on_the_command_line_goes_to_the_environment(value, monke
     monkeypatch.setenv("DATABASE_URL", "restored after the test")
     assert move_secrets_to_env(["stage=feedback", f"feedback.database_url={value}"]) == ["stage=feedback"]
     assert os.environ["DATABASE_URL"] == "postgresql://u:p@h/db"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+lora.rnak=8", "lora.rnak: unknown key (did you mean lora.rank?)"),
+    ("+training.lr=1e-4", "training.lr: unknown key (did you mean training.learning_rate?)"),
+    ("+nonsense=1", "nonsense: unknown key"),
+])
+def test_keys_added_with_plus_are_checked_against_the_schema(override: str, message: str):
+    with pytest.raises(ConfigError) as caught:
+        validate(compose_config(override))
+    assert str(caught.value) == message
+
+
+def test_a_misspelt_key_suggests_the_right_one(tmp_path: Path):
+    result = run_smm("training.lr=1e-4", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert (result.returncode, result.stderr.strip()) == (2, "error: training.lr: unknown key (did you mean training.learning_rate?)")
+
+
+def test_cfg_job_validates_before_printing(tmp_path: Path):
+    result = run_smm("stage=train", "lora.rank=0", "--cfg", "job", cwd=tmp_path)
+    assert (result.returncode, result.stderr.strip(), result.stdout) == (2, "error: lora.rank: 0 must be at least 1", "")
+    result = run_smm("stage=train", "+lora.rnak=8", "--cfg", "job", cwd=tmp_path)
+    assert (result.returncode, result.stderr.strip()) == (2, "error: lora.rnak: unknown key (did you mean lora.rank?)")
+
+
+def test_a_missing_extra_is_one_line_without_hydras_report(tmp_path: Path):
+    """httpx made unimportable, as in an install without the eval extra."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class NoHttpx:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'httpx':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NoHttpx())\n"
+    )
+    result = run_smm("stage=evaluate", "eval.backend=ollama", f"eval.output_dir={tmp_path / 'eval'}",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: missing package 'httpx': install it with pip install -e '.[eval]'"
+
+
+def test_url_credentials_never_reach_hydras_records(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("SMM_SECRET_EVAL_URL", raising=False)
+    args = move_secrets_to_env(["stage=evaluate", "eval.url=http://bob:Pa55word@host:8080/v1", "lora.rank=8"])
+    assert args == ["stage=evaluate", "eval.url=${oc.env:SMM_SECRET_EVAL_URL}", "lora.rank=8"]
+    cfg = compose_config(*args)
+    assert cfg.eval.url == "http://bob:Pa55word@host:8080/v1"  # the stage still gets the real URL
+    assert to_plain(cfg)["eval"]["url"] == "http://bob:***@host:8080/v1"
+
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    result = run_smm("stage=prepare", "data.language_check=off", f"data.output_dir={out}",
+                     "eval.url=http://bob:Pa55word@host:8080/v1", f"hydra.run.dir={run_dir}", cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    written = [p for folder in (run_dir, out) for p in folder.rglob("*") if p.is_file()]
+    assert {"config.yaml", "hydra.yaml", "overrides.yaml", "manifest.json"} <= {p.name for p in written}
+    for path in written:
+        assert b"Pa55word" not in path.read_bytes(), path
+    assert "Pa55word" not in result.stdout + result.stderr
+
+
+def test_url_credentials_do_not_silently_replace_the_api_key(monkeypatch):
+    from smm.backends import GenerationSettings
+    from smm.backends.openai_compat import OpenAIBackend
+
+    monkeypatch.setenv("SMM_TEST_KEY", "sk-test")
+    with pytest.raises(ConfigError, match=r"eval.url http://bob:\*\*\*@127.0.0.1:9/v1 carries credentials and "
+                                          r"\$SMM_TEST_KEY holds an API key; give only one of them"):
+        OpenAIBackend("http://bob:pw@127.0.0.1:9/v1", "m", GenerationSettings(), api_key_env="SMM_TEST_KEY")

@@ -135,6 +135,36 @@ def test_html_escapes_model_output():
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
+def test_markdown_report_escapes_every_cell():
+    hostile = '<script>alert(1)</script> [click](javascript:alert(2)) ![x](http://evil/x.png) **bold** `code` a|b'
+    cases = [EvalCase("x<img src=x onerror=alert(3)>", "post_generation", "en", "instagram", hostile)]
+    records = [make_record(case, Generation(hostile, 1.0, 10)) for case in cases]
+    report = build_report(model={"backend": "ollama", "label": "<b>model</b>"}, settings={}, records=records,
+                          case_files=[])
+    md = render_markdown(report)
+    assert "<" not in md and "](" not in md.replace("\\](", "")  # no tags, no live links or images
+    assert "&lt;script&gt;" in md and "\\[click\\](javascript:alert(2))" in md and "&lt;b&gt;model&lt;/b&gt;" in md
+    assert "\\*\\*bold\\*\\*" in md and "\\`code\\`" in md and "a\\|b" in md
+    assert "### x&lt;img src=x onerror=alert(3)&gt;" in md
+
+
+def test_reports_with_lone_surrogates_are_written(tmp_path):
+    from conftest import compose_config
+
+    from smm.stages.evaluate import write_reports
+
+    records = records_for(lambda c: '{"post": "broken \ud800 text"}' if c.language == "en" else good(c))
+    assert all(r["format"] == "invalid" for r in records if r["language"] == "en")  # not valid Unicode JSON
+    report = build_report(model={"backend": "ollama", "label": "m\udfff"}, records=records, case_files=[],
+                          settings={"temperature": 0.2, "max_tokens": 768, "seed": 0, "concurrency": 4})
+    cfg = compose_config("stage=evaluate", f"eval.output_dir={tmp_path / 'eval'}")
+    run_dir = write_reports(report, cfg, [])
+    saved = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    assert saved["model"]["label"] == "m\ufffd"
+    assert "broken \ufffd text" in (run_dir / "report.md").read_text(encoding="utf-8")
+    assert "broken \ufffd text" in (run_dir / "report.html").read_text(encoding="utf-8")
+
+
 def test_content_checks_show_per_check_task_and_language():
     """An answer that only repeats the request fails echo; the reports show it like any other check."""
     def echo(case):

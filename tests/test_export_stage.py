@@ -181,3 +181,12 @@ def test_base_comes_from_adapter_unless_given_on_the_command_line(tiny_adapter, 
     result = run_smm("stage=export", f"export.adapter_dir={adapter}", *extra, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"}, timeout=120)
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: base model '{expected}' not found: not a local folder and not in the Hugging Face cache")
+
+
+@pytest.mark.parametrize("name", ["model\n", "model\nFROM evil", "-model", "mo del", ""])
+def test_model_names_are_matched_whole(name):
+    from smm.stages.export import gguf_filename
+
+    with pytest.raises(SmmError, match="export.model_name"):
+        gguf_filename(name, "q4_k_m")
+    assert gguf_filename("social-media_marketer.v2", "q4_k_m") == "social-media_marketer.v2-q4_k_m.gguf"

@@ -29,11 +29,11 @@ CASES = {
     ),
     "adapter folder not writable": (
         lambda tmp, data: [*SMALL, f"training.output_dir={tmp}/afile/adapter"],
-        "{tmp}/afile/adapter is not writable (File exists: {tmp}/afile); choose another training.output_dir/checkpoint_dir",
+        "training.output_dir={tmp}/afile/adapter cannot be created: {tmp}/afile is not a folder; choose another training.output_dir",
     ),
     "checkpoint folder is a file": (
         lambda tmp, data: [*SMALL, f"training.checkpoint_dir={tmp}/afile"],
-        "{tmp}/afile is a file, not a folder; choose another training.output_dir/checkpoint_dir",
+        "training.checkpoint_dir={tmp}/afile is a file, not a folder; choose another training.checkpoint_dir",
     ),
     "processed data without conversations": (
         lambda tmp, data: [f"data.output_dir={tmp / 'empty'}", *SMALL],

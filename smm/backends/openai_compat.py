@@ -18,7 +18,8 @@ import time
 
 from smm.backends import Generation, GenerationSettings, Messages, Schema, same_model
 from smm.backends.http import JsonClient, RequestFailed, ServerUnreachable
-from smm.errors import SmmError
+from smm.errors import ConfigError, SmmError
+from smm.secrets import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ class OpenAIBackend:
         self.api_key_env = api_key_env
         self.format_style = "json_schema"
         key = os.environ.get(api_key_env, "") if api_key_env else ""
+        if key and "@" in url.partition("://")[2].split("/", 1)[0]:
+            # httpx would turn the URL's user info into an Authorization header in place of the key
+            raise ConfigError(f"eval.url {mask_url(url)} carries credentials and ${api_key_env} holds an API key; "
+                              "give only one of them")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         base = url.rstrip("/")
         self.prefix = "" if base.endswith("/v1") else "/v1"

@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple
 import fastjsonschema
 import orjson
 
+from smm.chat import neutralize_control_tokens
 from smm.feedback import EDITED, RATINGS, THUMBS_DOWN, THUMBS_UP
 from smm.feedback.pii import Scrubber
 from smm.tasks import LANGUAGES, PLATFORMS, TASKS, Task, parse_answer
@@ -125,7 +126,8 @@ class Mapper:
             return Prompt(task, language, platform, system, user)
         system = (system or "").strip()
         system = self.scrub(system) if system and system != task.system_prompt else task.system_prompt
-        return Prompt(task, language, platform, system, self.scrub(user))
+        # end users' text: a typed <|im_start|> must not become a control token in training
+        return Prompt(task, language, platform, neutralize_control_tokens(system), neutralize_control_tokens(self.scrub(user)))
 
     def _scrub_json(self, text: str, value: Any) -> tuple[str, Any]:
         """``(text, value)`` with every string in the value scrubbed (text re-serialized if changed).

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
+from smm import strict_json
 from smm.backends import MODES, Backend, Generation, check_can_constrain, generate_all, make_backend
 from smm.config import to_plain
 from smm.errors import ConfigError, GateFailed, SmmError
@@ -152,12 +153,10 @@ def plan_baseline(cfg: DictConfig, cases: list[EvalCase]) -> BaselinePlan | None
 
 
 def _baseline_from_report(path: Path, cases: list[EvalCase]) -> BaselinePlan:
-    import json
-
     if not path.is_file():
         raise SmmError(f"eval.baseline: {path} not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = strict_json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise SmmError(f"eval.baseline: {path} is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list) or not isinstance(data.get("model"), dict):
@@ -178,9 +177,13 @@ def _new_run_dir(root: Path) -> Path:
 
 
 def write_reports(report: dict, cfg: DictConfig, inputs: list[str]) -> Path:
-    """Write report.json/.md/.html and manifest.json into a new timestamped folder, atomically."""
+    """Write report.json/.md/.html and manifest.json into a new timestamped folder, atomically.
+
+    Strings a server sent with lone surrogates (not UTF-8) are written with U+FFFD in their place.
+    """
     from smm.report_html import render_html
 
+    report = strict_json.sanitize(report)
     root = Path(cfg.eval.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".eval-", suffix=".partial", dir=root))

@@ -39,9 +39,9 @@ from smm.serving import write_schemas
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 def gguf_filename(model_name: str, quantization: str) -> str:
-    if not MODEL_NAME.match(model_name):
+    if not MODEL_NAME.fullmatch(model_name):
         raise SmmError(f"export.model_name: {model_name!r} must be letters, digits, '.', '_' or '-' (it names the Ollama model and the file)")
     return f"{model_name}-{quantization}.gguf"
 

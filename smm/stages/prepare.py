@@ -1,143 +1,374 @@
 """Stage prepare: seed + feedback JSONL → validated, normalized, de-duplicated train/val split.
 
 Reads every ``*.jsonl`` under ``data.sources`` (files named ``*_dpo.jsonl`` hold preference pairs
-and are left to preference training). Bad lines are reported as ``file:line: reason`` and skipped;
-valid lines are always kept. Writes ``train.jsonl``, ``val.jsonl``, ``stats.json``,
-``distribution.png`` and ``manifest.json`` into ``data.output_dir``, each atomically.
+and are left to preference training). Bad lines are skipped and reported as ``file:line: reason``
+(in the log the first few of each file and reason, in ``stats.json`` all); valid lines are always
+kept. The input is streamed: chunks of lines are checked in ``data.workers`` processes, each valid
+example goes straight to a spool file, and only a compact record per example (hash, task,
+language, lengths, MinHash sketch) stays in memory until the split copies the spooled lines
+into ``train.jsonl`` and ``val.jsonl``. Everything (with ``stats.json``, ``distribution.png`` and
+``manifest.json``) is built in a staging folder that replaces ``data.output_dir`` whole (under
+the entrypoint's lock on it), so the files in it always come from one run.
 """
 from __future__ import annotations
 
+import json
 import logging
-from collections import Counter, defaultdict
+import multiprocessing
+import os
+import re
+import shutil
+import stat
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 from omegaconf import DictConfig
 from rich.console import Console
 
-from smm import dedup, split
+from smm import dedup, outdir, split
 from smm.config import to_plain
-from smm.data_stats import print_summary, save_chart, split_stats
+from smm.data_stats import conversation_chars, print_summary, save_chart, split_stats
 from smm.errors import SmmError
 from smm.examples import InvalidExample, answer_texts, normalize_example
-from smm.io import read_jsonl, write_json, write_jsonl, write_manifest
+from smm.io import atomic_directory, parse_line, raw_lines, write_json, write_manifest
 from smm.language import detect_language
 
 log = logging.getLogger(__name__)
 PREFERENCE_SUFFIX = "_dpo.jsonl"
-MAX_REPORTED_ERRORS = 50
+OUTPUTS = frozenset({"train.jsonl", "val.jsonl", "stats.json", "distribution.png", "manifest.json"})
+CHUNK_LINES = 1000
+PARALLEL_FROM_BYTES = 4 << 20  # smaller inputs are checked in this process (no start-up cost)
+SHOWN_PER_REASON = 5
+MAX_SHOWN = 50
+SPOOL = ".examples.jsonl"
+
+
+def _check_source(path: Path) -> None:
+    """Fail in one line unless ``path`` is a regular file that can be read."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise SmmError(f"data.sources: {path} is a dangling symlink" if path.is_symlink() else f"data.sources: {path} vanished") from None
+    except OSError as exc:
+        raise SmmError(f"data.sources: {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise SmmError(f"data.sources: {path} is {kind}, not a JSONL file; rename or remove it")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise SmmError(f"data.sources: {path} cannot be read ({exc.strerror})") from None
 
 
 def source_files(sources: list[str]) -> list[Path]:
     """The JSONL files under each source (a folder, searched recursively, or a file), sorted."""
     files: list[Path] = []
     for source in map(Path, sources):
-        if source.is_file():
-            files.append(source)
-        elif source.is_dir():
+        if source.is_dir():
             found = sorted(p for p in source.rglob("*.jsonl") if not p.name.endswith(PREFERENCE_SUFFIX))
             skipped = sorted(p.name for p in source.rglob(f"*{PREFERENCE_SUFFIX}"))
             if skipped:
                 log.info("%s: skipping preference-pair files %s", source, ", ".join(skipped))
             files += found
+        elif source.exists() or source.is_symlink():
+            files.append(source)
         else:
             log.info("%s: not found, skipped", source)
-    return files
-
-
-def read_examples(files: list[Path], language_check: str) -> tuple[list[dict], list[str], int, int]:
-    """Valid examples (with their ``source``), rejection messages, lines read, language mismatches."""
-    examples, rejected, lines, mismatches = [], [], 0, 0
     for path in files:
-        count = 0
-        for line in read_jsonl(path):
-            count += 1
-            try:
-                if line.error:
-                    raise InvalidExample(line.error)
-                example = normalize_example(line.value)
-                if language_check != "off":
-                    detected = detect_language(" ".join(answer_texts(example)))
-                    if detected and detected != example["language"]:
-                        message = f"declared language {example['language']} but the answer reads as {detected}"
-                        if language_check == "reject":
-                            raise InvalidExample(message)
-                        mismatches += 1
-                        log.warning("%s: %s", line.where, message)
-            except InvalidExample as exc:
-                rejected.append(f"{line.where}: {exc}")
-                continue
-            example["source"] = line.where
-            examples.append(example)
-        if count == 0:
-            log.warning("%s: empty file", path)
-        lines += count
-    return examples, rejected, lines, mismatches
-
-
-def drop_duplicates(examples: list[dict]) -> tuple[list[dict], int]:
-    seen, unique = set(), []
-    for example in examples:
-        if example["id"] not in seen:
-            seen.add(example["id"])
-            unique.append(example)
-    return unique, len(examples) - len(unique)
+        _check_source(path)
+    return files
 
 
 def _conversation_text(example: dict) -> str:
     return "\n".join(m["content"] for m in example["messages"] if m["role"] != "system")
 
 
+class Record:
+    """What the split and the statistics need of one valid example; ``row`` is its spool line."""
+
+    __slots__ = ("task", "language", "platform", "conversation_chars", "answer_chars", "row")
+
+    def __init__(self, task: str, language: str, platform: str | None, conversation: int, answer: int, row: int) -> None:
+        self.task, self.language, self.platform = task, language, platform
+        self.conversation_chars, self.answer_chars, self.row = conversation, answer, row
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+
+@dataclass
+class Checked:
+    """One chunk of lines, checked: the valid examples and what was wrong with the others."""
+
+    kept: list[tuple]  # (spooled JSON line, id as int, task, language, platform, conversation chars, answer chars)
+    sketches: np.ndarray  # MinHash sketches of the kept examples
+    rejected: list[tuple[int, str]]
+    mismatches: list[tuple[int, str]]
+
+
+def check_chunk(path: str, lines: list[tuple[int, bytes]], language_check: str) -> Checked:
+    """Validate and normalize a chunk of ``(line number, bytes)`` of one file."""
+    kept, texts, rejected, mismatches = [], [], [], []
+    for number, raw in lines:
+        value, error = parse_line(raw)
+        try:
+            if error:
+                raise InvalidExample(error)
+            example = normalize_example(value)
+            if language_check != "off":
+                detected = detect_language(" ".join(answer_texts(example)))
+                if detected and detected != example["language"]:
+                    message = f"declared language {example['language']} but the answer reads as {detected}"
+                    if language_check == "reject":
+                        raise InvalidExample(message)
+                    mismatches.append((number, message))
+        except InvalidExample as exc:
+            rejected.append((number, str(exc)))
+            continue
+        example["source"] = f"{path}:{number}"
+        kept.append((json.dumps(example, ensure_ascii=False), int(example["id"], 16), example["task"],
+                     example["language"], example["platform"], conversation_chars(example),
+                     conversation_chars(example, "assistant")))
+        texts.append(_conversation_text(example))
+    sketches = dedup.sketches(texts) if texts else np.zeros((0, dedup.BINS), dtype=np.uint16)
+    return Checked(kept, sketches, rejected, mismatches)
+
+
+def _chunks(files: list[Path]) -> Iterator[tuple[int, list[tuple[int, bytes]], int]]:
+    """``(file index, lines, bytes)`` in order; every file yields at least one (maybe empty) chunk."""
+    for index, path in enumerate(files):
+        lines, size = [], 0
+        for number, raw in raw_lines(path):
+            lines.append((number, raw))
+            size += len(raw) + 1
+            if len(lines) == CHUNK_LINES:
+                yield index, lines, size
+                lines, size = [], 0
+        yield index, lines, size
+
+
+def checked_chunks(files: list[Path], language_check: str, workers: int) -> Iterator[tuple[int, int, int, Checked]]:
+    """``(file index, lines, bytes, Checked)`` per chunk, in input order, checked by ``workers`` processes."""
+    if workers <= 1:
+        for index, lines, size in _chunks(files):
+            yield index, len(lines), size, check_chunk(str(files[index]), lines, language_check)
+        return
+    if language_check != "off":
+        detect_language("warm up")  # load lingua's models once, before forking: the workers share them
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pending: deque = deque()
+        for index, lines, size in _chunks(files):
+            job = pool.apply_async(check_chunk, (str(files[index]), lines, language_check))
+            pending.append((index, len(lines), size, job))
+            if len(pending) >= 2 * workers + 2:  # bounded: the reader never runs far ahead
+                index, count, size, job = pending.popleft()
+                yield index, count, size, job.get()
+        while pending:
+            index, count, size, job = pending.popleft()
+            yield index, count, size, job.get()
+
+
+def log_grouped(entries: list[tuple[str, int, str]], what: str) -> None:
+    """Log ``(file, line, message)`` entries: per file and reason the first few, then a count."""
+    groups: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+    for path, number, message in entries:
+        groups[(path, re.sub(r"\d+", "#", message))].append((number, message))
+    shown = 0
+    for (path, _), items in groups.items():
+        show = items[:SHOWN_PER_REASON] if shown < MAX_SHOWN else []
+        for number, message in show:
+            log.warning("%s:%d: %s", path, number, message)
+        shown += len(show)
+        if len(items) > len(show):
+            log.warning("%s: %d more lines %s like line %d: %s", path, len(items) - len(show), what, items[0][0], items[0][1])
+
+
+@dataclass
+class Spooled:
+    """The whole input, read once: valid examples spooled to disk, compact records in memory."""
+
+    records: list[Record]
+    ids: np.ndarray
+    sketches: np.ndarray
+    offsets: np.ndarray
+    rejected: list[str]
+    mismatches: int
+    lines_read: int
+
+
+def spool_examples(files: list[Path], spool: Path, language_check: str, workers: int) -> Spooled:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    records, ids, sketches, offsets = [], [], [], [0]
+    rejected, mismatches, lines_per_file = [], [], Counter()
+    interned: dict = {}
+    total = sum(p.stat().st_size for p in files)
+    with open(spool, "wb") as out, Progress(
+        TextColumn("prepare"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True, auto_refresh=False,  # no thread: the workers are forked
+    ) as progress:
+        bar = progress.add_task("reading", total=total)
+        for index, count, size, checked in checked_chunks(files, language_check, workers):
+            path = str(files[index])
+            lines_per_file[index] += count
+            rejected += [(path, number, message) for number, message in checked.rejected]
+            mismatches += [(path, number, message) for number, message in checked.mismatches]
+            for line, id_, task, language, platform, chars, answer in checked.kept:
+                data = line.encode("utf-8") + b"\n"
+                out.write(data)
+                offsets.append(offsets[-1] + len(data))
+                ids.append(id_)
+                task, language, platform = (interned.setdefault(v, v) for v in (task, language, platform))
+                records.append(Record(task, language, platform, chars, answer, len(records)))
+            sketches.append(checked.sketches)
+            progress.advance(bar, size)
+            progress.refresh()
+    for index, path in enumerate(files):
+        if not lines_per_file[index]:
+            log.warning("%s: empty file", path)
+    log_grouped(rejected, "rejected")
+    log_grouped(mismatches, "with a language warning")
+    return Spooled(
+        records, np.array(ids, dtype=np.uint64), np.concatenate(sketches), np.array(offsets, dtype=np.int64),
+        [f"{path}:{number}: {message}" for path, number, message in rejected], len(mismatches),
+        sum(lines_per_file.values()),
+    )
+
+
+def first_occurrences(ids: np.ndarray) -> np.ndarray:
+    """Positions of the first example of each distinct id, in input order."""
+    _, first = np.unique(ids, return_index=True)
+    return np.sort(first)
+
+
+class SpoolReader:
+    """Random access to spooled examples (for the few near-duplicate candidates)."""
+
+    def __init__(self, spool: Path, offsets: np.ndarray) -> None:
+        self.fh = open(spool, "rb")
+        self.offsets = offsets
+
+    def example(self, row: int) -> dict:
+        self.fh.seek(int(self.offsets[row]))
+        return json.loads(self.fh.read(int(self.offsets[row + 1] - self.offsets[row])))
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def near_duplicates(examples: list[Record], spooled: Spooled, reader: SpoolReader, threshold: float) -> list[dict]:
+    """Pairs ``{"i", "j", "a", "b", "similarity"}`` (indexes into ``examples``, their sources)."""
+    rows = np.array([e.row for e in examples], dtype=np.int64)
+    candidates = dedup.candidate_pairs(spooled.sketches[rows], threshold)
+    loaded: dict[int, dict] = {}
+
+    def load(i: int) -> dict:
+        if i not in loaded:
+            loaded[i] = reader.example(examples[i].row)
+        return loaded[i]
+
+    pairs = dedup.verified_pairs(candidates, lambda i: _conversation_text(load(i)), threshold)
+    return [{"i": i, "j": j, "a": load(i)["source"], "b": load(j)["source"], "similarity": s} for i, j, s in pairs]
+
+
+def write_split(spool: Path, destination: np.ndarray, train_path: Path, val_path: Path) -> None:
+    """Copy spooled line ``row`` to train (``destination[row] == 1``) or val (2); others are dropped."""
+    with open(spool, "rb") as src, open(train_path, "wb") as train, open(val_path, "wb") as val:
+        outputs = (None, train, val)
+        for row, line in enumerate(src):
+            target = outputs[destination[row]]
+            if target is not None:
+                target.write(line)
+
+
+def _check_output_dir(folder: str) -> None:
+    path = Path(folder)
+    if path.is_dir():
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in OUTPUTS and not p.name.startswith("."))
+        if foreign:
+            raise SmmError(f"data.output_dir={folder} also holds {', '.join(foreign[:3])}; prepare replaces the "
+                           "folder whole, so choose an empty folder or one that only prepare writes")
+
+
+def remove_stale_staging(output_dir: Path) -> None:
+    """Delete staging folders (with their spool) that a killed run left beside ``output_dir``."""
+    for stale in output_dir.parent.glob(f".{output_dir.name}.*.tmp"):
+        log.info("Removing %s, left by an interrupted prepare", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def run(cfg: DictConfig) -> float:
+    """Prepare the data; returns the number of training examples. The entrypoint holds the lock on
+    ``data.output_dir`` (smm/outdir.py) while this runs."""
     data = cfg.data
-    if Path(data.output_dir).exists() and not Path(data.output_dir).is_dir():
-        raise SmmError(f"data.output_dir={data.output_dir} is a file, not a folder; choose another data.output_dir")
+    outdir.ensure_writable(data.output_dir, "data.output_dir")
+    _check_output_dir(data.output_dir)
     files = source_files(list(data.sources))
     if not files:
         raise SmmError(f"no *.jsonl files found in data.sources={list(data.sources)}")
-    examples, rejected, lines_read, mismatches = read_examples(files, data.language_check)
-    for message in rejected[:MAX_REPORTED_ERRORS]:
-        log.warning(message)
-    if len(rejected) > MAX_REPORTED_ERRORS:
-        log.warning("... and %d more rejected lines (all listed in stats.json)", len(rejected) - MAX_REPORTED_ERRORS)
+    remove_stale_staging(Path(data.output_dir))
+    workers = data.workers or os.cpu_count() or 1
+    if sum(p.stat().st_size for p in files) < PARALLEL_FROM_BYTES:
+        workers = 1
+    with atomic_directory(data.output_dir) as staging:
+        return _prepare(cfg, files, staging, workers)
+
+
+def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) -> float:
+    data = cfg.data
+    spool = staging / SPOOL
+    spooled = spool_examples(files, spool, data.language_check, workers)
+    rejected = spooled.rejected
     if rejected:
-        log.warning("Rejected %d of %d lines", len(rejected), lines_read)
+        log.warning("Rejected %d of %d lines", len(rejected), spooled.lines_read)
     if data.strict and rejected:
         raise SmmError(f"data.strict=true and {len(rejected)} lines were rejected (first: {rejected[0]}); nothing written")
-    if not examples:
+    if not spooled.records:
         raise SmmError(f"no valid examples in {len(files)} files ({len(rejected)} lines rejected); previous output left untouched")
 
-    examples, duplicates = drop_duplicates(examples)
-    examples = split.sample(examples, data.max_samples, data.seed)
-    pairs = dedup.near_duplicate_pairs([_conversation_text(e) for e in examples], data.near_duplicate_threshold)
-    for i, j, similarity in pairs[:10]:
-        log.info("near-duplicates (%.2f): %s ~ %s", similarity, examples[i]["source"], examples[j]["source"])
-    train, val = split.split(examples, dedup.groups(len(examples), pairs), data.train_split, data.seed)
+    unique = first_occurrences(spooled.ids)
+    duplicates = len(spooled.records) - len(unique)
+    examples = split.sample([spooled.records[i] for i in unique], data.max_samples, data.seed)
+    reader = SpoolReader(spool, spooled.offsets)
+    try:
+        pairs = near_duplicates(examples, spooled, reader, data.near_duplicate_threshold)
+    finally:
+        reader.close()
+    for p in pairs[:10]:
+        log.info("near-duplicates (%.2f): %s ~ %s", p["similarity"], p["a"], p["b"])
+    groups = dedup.groups(len(examples), [(p["i"], p["j"], p["similarity"]) for p in pairs])
+    train, val = split.split(examples, groups, data.train_split, data.seed)
+
+    destination = np.zeros(len(spooled.records), dtype=np.int8)
+    destination[[e.row for e in train]] = 1
+    destination[[e.row for e in val]] = 2
+    write_split(spool, destination, staging / "train.jsonl", staging / "val.jsonl")
+    spool.unlink()
 
     grid: dict[str, Counter] = defaultdict(Counter)
     for example in examples:
-        grid[example["task"]][example["language"]] += 1
+        grid[example.task][example.language] += 1
     stats = {
         "files": [str(f) for f in files],
-        "lines_read": lines_read,
+        "lines_read": spooled.lines_read,
         "rejected": {"total": len(rejected), "lines": rejected},
         "duplicates_dropped": duplicates,
-        "language_mismatches": mismatches,
-        "near_duplicates": [
-            {"a": examples[i]["source"], "b": examples[j]["source"], "similarity": s} for i, j, s in pairs
-        ],
+        "language_mismatches": spooled.mismatches,
+        "near_duplicates": [{"a": p["a"], "b": p["b"], "similarity": p["similarity"]} for p in pairs],
         "task_language": {task: dict(langs) for task, langs in grid.items()},
         "train": split_stats(train),
         "val": split_stats(val),
     }
-    out = Path(data.output_dir)
-    write_jsonl(out / "train.jsonl", train)
-    write_jsonl(out / "val.jsonl", val)
-    write_json(out / "stats.json", stats)
-    save_chart(stats["task_language"], out / "distribution.png")
+    write_json(staging / "stats.json", stats)
+    save_chart(stats["task_language"], staging / "distribution.png")
     write_manifest(
-        out, "prepare", to_plain(cfg), inputs=files,
+        staging, "prepare", to_plain(cfg), inputs=files,
         metrics={"train": len(train), "val": len(val), "rejected": len(rejected), "duplicates": duplicates},
     )
     print_summary(stats, Console())
-    log.info("Wrote %s (train %d, val %d)", out, len(train), len(val))
+    log.info("Wrote %s (train %d, val %d)", data.output_dir, len(train), len(val))
     return float(len(train))

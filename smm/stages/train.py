@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -41,20 +40,6 @@ def read_processed(path: Path) -> list[dict]:
     return rows
 
 
-def ensure_writable(*folders: str) -> None:
-    """Fail before any work if an output folder cannot be created or written."""
-    for folder in folders:
-        if Path(folder).exists() and not Path(folder).is_dir():
-            raise SmmError(f"{folder} is a file, not a folder; choose another training.output_dir/checkpoint_dir")
-        parent = Path(folder).resolve().parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=parent):
-                pass
-        except OSError as exc:
-            raise SmmError(f"{folder} is not writable ({exc.strerror}: {exc.filename}); choose another training.output_dir/checkpoint_dir") from None
-
-
 def start_wandb(cfg: DictConfig) -> None:
     """A wandb run named and tagged from ``logger``; its files go to $WANDB_DIR, else beside the checkpoints."""
     import wandb
@@ -73,7 +58,6 @@ def run(cfg: DictConfig) -> float:
     train_file, val_file = data_dir / "train.jsonl", data_dir / "val.jsonl"
     if not train_file.is_file():
         raise SmmError(f"no prepared data at {train_file}: run `python run.py stage=prepare` first")
-    ensure_writable(cfg.training.output_dir, cfg.training.checkpoint_dir)
     train_rows = read_processed(train_file)
     if not train_rows:
         raise SmmError(f"{train_file} holds no conversations: add data to data.sources and run `python run.py stage=prepare`")
