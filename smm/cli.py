@@ -68,7 +68,7 @@ def run_stage(cfg: DictConfig) -> float:
             raise
         if _in_multirun():  # the sweeper records the failed trial (Optuna goes on up to max_failure_rate)
             raise
-        _fail(str(exc), exc.exit_code)
+        _fail(str(exc), exc.exit_code, exc.label)
 
 
 def _in_multirun() -> bool:
@@ -112,8 +112,8 @@ def _raised_by_hydra(exc: BaseException) -> bool:
     return any(f"{os.sep}{package}{os.sep}" in tb.tb_frame.f_code.co_filename for package in ("hydra", "optuna"))
 
 
-def _fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr)
+def _fail(message: str, code: int, label: str = "error") -> None:
+    print(f"{label}: {message}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -132,7 +132,7 @@ def guarded(main: Callable[[], object]) -> None:
     except SmmError as exc:
         if full_error:
             raise
-        _fail(str(exc), exc.exit_code)
+        _fail(str(exc), exc.exit_code, exc.label)
     except (HydraException, OmegaConfBaseException) as exc:
         if full_error:
             raise

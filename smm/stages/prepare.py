@@ -1,9 +1,10 @@
 """Stage prepare: seed + feedback JSONL → validated, normalized, de-duplicated train/val split.
 
-Reads every ``*.jsonl`` under ``data.sources`` (files named ``*_dpo.jsonl`` hold preference pairs
-and are left to preference training). Bad lines are reported as ``file:line: reason`` and skipped;
-valid lines are always kept. Writes ``train.jsonl``, ``val.jsonl``, ``stats.json``,
-``distribution.png`` and ``manifest.json`` into ``data.output_dir``, each atomically.
+Reads every ``*.jsonl`` under ``data.sources`` (files named ``*_dpo.jsonl`` hold preference pairs:
+smm/preferences.py splits them into ``train_pairs.jsonl`` and ``val_pairs.jsonl``, no prompt on
+both sides). Bad lines are reported as ``file:line: reason`` and skipped; valid lines are always
+kept. Writes ``train.jsonl``, ``val.jsonl``, ``stats.json``, ``distribution.png`` and
+``manifest.json`` into ``data.output_dir``, each atomically.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from rich.console import Console
 
-from smm import dedup, split
+from smm import dedup, preferences, split
 from smm.config import to_plain
 from smm.data_stats import print_summary, save_chart, split_stats
 from smm.errors import SmmError
@@ -130,13 +131,15 @@ def run(cfg: DictConfig) -> float:
         "val": split_stats(val),
     }
     out = Path(data.output_dir)
+    stats["pairs"] = preferences.prepare_pairs(list(data.sources), train, val, data.train_split, data.seed, out)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "val.jsonl", val)
     write_json(out / "stats.json", stats)
     save_chart(stats["task_language"], out / "distribution.png")
     write_manifest(
-        out, "prepare", to_plain(cfg), inputs=files,
-        metrics={"train": len(train), "val": len(val), "rejected": len(rejected), "duplicates": duplicates},
+        out, "prepare", to_plain(cfg), inputs=files + [Path(f) for f in stats["pairs"]["files"]],
+        metrics={"train": len(train), "val": len(val), "rejected": len(rejected), "duplicates": duplicates,
+                 "train_pairs": stats["pairs"]["train"], "val_pairs": stats["pairs"]["val"]},
     )
     print_summary(stats, Console())
     log.info("Wrote %s (train %d, val %d)", out, len(train), len(val))

@@ -5,6 +5,10 @@ trains a LoRA adapter with TRL's SFTTrainer (loss on assistant tokens only, pack
 batches) on Unsloth or transformers + PEFT, and writes ``training.output_dir``: the adapter, the
 tokenizer with its chat template, ``metrics.json`` and ``manifest.json``. Returns the final
 validation loss (the Optuna objective).
+
+``training.method``: ``sft_then_dpo`` (``auto``'s choice when prepare wrote preference pairs)
+continues the adapter SFT just trained with DPO on ``train_pairs.jsonl`` (smm/dpo.py); ``dpo``
+skips SFT and continues a saved adapter; ``sft`` ignores the pairs.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from omegaconf import DictConfig
 
 from smm.checkpoints import clear_checkpoints, resolve_resume, save_schedule
 from smm.config import to_plain
+from smm.dpo import resolve_method
 from smm.errors import SmmError
 from smm.io import atomic_directory, read_jsonl, write_json, write_manifest
 from smm.tiny_model import resolve_base_model
@@ -63,6 +68,9 @@ def run(cfg: DictConfig) -> float:
     validation data, with a warning)."""
     data_dir = Path(cfg.data.output_dir)
     train_file, val_file = data_dir / "train.jsonl", data_dir / "val.jsonl"
+    method = resolve_method(cfg.training.method, data_dir)
+    if method == "dpo":
+        return _run_dpo_only(cfg, data_dir)
     if not train_file.is_file():
         raise SmmError(f"no prepared data at {train_file}: run `python run.py stage=prepare` first")
     ensure_writable(cfg.training.output_dir, cfg.training.checkpoint_dir)
@@ -135,7 +143,14 @@ def run(cfg: DictConfig) -> float:
             for h in trainer.state.log_history if "loss" in h or "eval_loss" in h
         ],
     }
-    _save(cfg, loaded, base, metrics, [train_file, val_file] if val_rows else [train_file])
+    inputs = [train_file, val_file] if val_rows else [train_file]
+    if method == "sft_then_dpo":
+        from smm.dpo import train_dpo
+
+        metrics["dpo"] = train_dpo(cfg, loaded, data_dir)
+        inputs += pair_files(data_dir)
+    metrics["method"] = method
+    _save(cfg, loaded, base, metrics, inputs)
     if cfg.logger.name == "wandb":
         import wandb
 
@@ -143,6 +158,38 @@ def run(cfg: DictConfig) -> float:
     log.info("Adapter saved to %s (backend %s, eval loss %s, %s real tokens/s)",
              cfg.training.output_dir, loaded.backend, val_loss, metrics["real_tokens_per_s"])
     return float(val_loss if val_loss is not None else metrics["train_loss"])
+
+
+def pair_files(data_dir: Path) -> list[Path]:
+    from smm.preferences import TRAIN_FILE, VAL_FILE
+
+    return [data_dir / name for name in (TRAIN_FILE, VAL_FILE) if (data_dir / name).is_file()]
+
+
+def _run_dpo_only(cfg: DictConfig, data_dir: Path) -> float:
+    """``training.method=dpo``: continue a saved SFT adapter with DPO; returns the held-out DPO loss."""
+    from smm.dpo import load_adapter_weights, train_dpo
+    from smm.train_model import choose_backend, load_for_training
+
+    ensure_writable(cfg.training.output_dir, cfg.training.checkpoint_dir)
+    adapter = cfg.training.dpo.adapter or cfg.training.output_dir
+    backend = choose_backend(cfg.training.backend, cfg.model.quantization)
+    base = resolve_base_model(cfg.model)
+    loaded = load_for_training(base, cfg, backend)
+    load_adapter_weights(loaded.model, adapter)
+    log.info("Continuing the adapter in %s with DPO", adapter)
+    if cfg.logger.name == "wandb":
+        start_wandb(cfg)
+    dpo = train_dpo(cfg, loaded, data_dir)
+    metrics = {"method": "dpo", "backend": loaded.backend, "device": _device_name(loaded.device),
+               "continued_from": str(adapter), "dpo": dpo}
+    _save(cfg, loaded, base, metrics, pair_files(data_dir))
+    if cfg.logger.name == "wandb":
+        import wandb
+
+        wandb.finish()
+    after = dpo["val_after"]
+    return float(after["loss"] if after else dpo["train_loss"])
 
 
 def _train(trainer, resume: str | None, cfg: DictConfig):
