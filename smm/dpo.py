@@ -61,43 +61,34 @@ def to_dataset(pairs: list[dict]):
     })
 
 
-def dpo_config(cfg, device: str, dtype: Any, backend: str, has_val: bool):
-    """TRL's DPOConfig from ``training.dpo`` and the batch/optimizer settings SFT uses."""
-    import torch
+# Settings DPO takes over from the SFT arguments, so both phases run alike on every backend/preset.
+SHARED_ARGUMENTS = (
+    "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "optim", "logging_steps",
+    "logging_first_step", "seed", "data_seed", "bf16", "fp16", "use_cpu", "gradient_checkpointing",
+    "gradient_checkpointing_kwargs", "max_length", "report_to", "dataloader_pin_memory",
+)
+
+
+def dpo_config(cfg, device: str, dtype, backend: str, has_val: bool):
+    """TRL's DPOConfig: ``training.dpo``'s own epochs, steps, learning rate, beta and loss, and the
+    SFT arguments' batch, optimizer, precision and logging settings."""
     from trl import DPOConfig
 
-    from smm.sft import optimizer_name
+    from smm.sft import sft_config
 
-    t, d = cfg.training, cfg.training.dpo
+    sft = sft_config(cfg, device, dtype, backend, has_val=False, packing=False).to_dict()
+    d = cfg.training.dpo
     return DPOConfig(
-        output_dir=str(Path(t.checkpoint_dir) / "dpo"),
+        **{key: sft[key] for key in SHARED_ARGUMENTS},
+        output_dir=str(Path(cfg.training.checkpoint_dir) / "dpo"),
         num_train_epochs=d.epochs,
         max_steps=d.max_steps or -1,
         learning_rate=d.learning_rate,
         beta=d.beta,
         loss_type=[d.loss_type],
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=optimizer_name(t.optimizer, device, cfg.model.quantization),
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
         eval_strategy="epoch" if has_val else "no",
         save_strategy="no",
-        seed=t.seed,
-        data_seed=t.seed,
-        bf16=device == "cuda" and dtype == torch.bfloat16,
-        fp16=device == "cuda" and dtype == torch.float16,
-        use_cpu=device == "cpu",
-        gradient_checkpointing=t.gradient_checkpointing and backend == "hf",
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        max_length=cfg.model.max_seq_length,
-        report_to=["wandb"] if cfg.logger.name == "wandb" else "none",
-        dataloader_pin_memory=device == "cuda",
     )
 
 
@@ -111,18 +102,26 @@ def _held_out(trainer) -> dict[str, float]:
     }
 
 
-def load_adapter_weights(model, adapter_dir: str) -> None:
-    """Put the weights of the saved adapter in ``adapter_dir`` into ``model``'s fresh ``default``
-    adapter (same rank and target modules, else SmmError naming the difference)."""
+def saved_adapter_config(adapter_dir: str) -> dict:
+    """The ``adapter_config.json`` of the SFT adapter that ``training.method=dpo`` continues."""
     import json
-
-    from peft import load_peft_weights, set_peft_model_state_dict
 
     config_file = Path(adapter_dir) / "adapter_config.json"
     if not config_file.is_file():
         raise SmmError(f"training.method=dpo continues from an SFT adapter, and {config_file} does not exist: "
                        "train one first (training.method=sft) or set training.dpo.adapter")
-    saved, ours = json.loads(config_file.read_text(encoding="utf-8")), model.peft_config["default"]
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise SmmError(f"{config_file}: not valid JSON ({exc})") from None
+
+
+def load_adapter_weights(model, adapter_dir: str, saved: dict) -> None:
+    """Put the weights of the saved adapter in ``adapter_dir`` (config ``saved``) into ``model``'s
+    fresh ``default`` adapter (same rank and target modules, else SmmError naming the difference)."""
+    from peft import load_peft_weights, set_peft_model_state_dict
+
+    config_file, ours = Path(adapter_dir) / "adapter_config.json", model.peft_config["default"]
     for key, mine in (("r", ours.r), ("lora_alpha", ours.lora_alpha), ("target_modules", sorted(ours.target_modules))):
         theirs = sorted(saved.get(key) or []) if key == "target_modules" else saved.get(key)
         if theirs != mine:

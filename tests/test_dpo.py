@@ -63,3 +63,36 @@ def test_dpo_loss_falls_and_held_out_margin_rises_on_an_overfit_set(tiny_model_d
     assert after["logp_margin"] > before["logp_margin"] + 1.0, (before, after)
     assert after["reward_accuracy"] == 1.0 and after["loss"] < before["loss"]
     assert list(loaded.model.peft_config) == ["default"]  # TRL's frozen reference copy is gone
+
+
+def test_method_dpo_without_an_sft_adapter_stops_in_one_line_before_loading(tmp_path):
+    from conftest import run_smm
+    from fixtures_train import train_args
+
+    write_rows(tmp_path / "data" / TRAIN_FILE, PAIRS)
+    result = run_smm(*train_args(tmp_path, tmp_path / "data", "preset=demo", "training.method=dpo"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: training.method=dpo continues from an SFT adapter, and {tmp_path / 'adapter' / 'adapter_config.json'} "
+                                     "does not exist: train one first (training.method=sft) or set training.dpo.adapter")
+
+
+def test_method_dpo_continues_a_saved_adapter_and_saves_only_the_trained_one(tiny_adapter, tmp_path):
+    from conftest import run_smm
+    from fixtures_train import train_args
+
+    from smm.io import sha256_file
+
+    write_rows(tmp_path / "data" / TRAIN_FILE, PAIRS)
+    write_rows(tmp_path / "data" / VAL_FILE, PAIRS[:1])
+    result = run_smm(*train_args(tmp_path, tmp_path / "data", "preset=demo", "lora.rank=8", "lora.alpha=16",
+                                 "training.method=dpo", f"training.dpo.adapter={tiny_adapter}", "training.dpo.max_steps=2",
+                                 "training.dpo.learning_rate=1e-3"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    adapter = tmp_path / "adapter"
+    metrics = json.loads((adapter / "metrics.json").read_text())
+    assert metrics["method"] == "dpo" and metrics["continued_from"] == str(tiny_adapter)
+    assert metrics["dpo"]["steps"] == 2 and metrics["dpo"]["val_pairs"] == 1
+    # the reference is the saved adapter itself, so before training policy and reference agree
+    assert metrics["dpo"]["val_before"]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert not (adapter / "ref").exists() and (adapter / "adapter_model.safetensors").is_file()
+    assert sha256_file(adapter / "adapter_model.safetensors") != sha256_file(tiny_adapter / "adapter_model.safetensors")

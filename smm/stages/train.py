@@ -168,15 +168,16 @@ def pair_files(data_dir: Path) -> list[Path]:
 
 def _run_dpo_only(cfg: DictConfig, data_dir: Path) -> float:
     """``training.method=dpo``: continue a saved SFT adapter with DPO; returns the held-out DPO loss."""
-    from smm.dpo import load_adapter_weights, train_dpo
+    from smm.dpo import load_adapter_weights, saved_adapter_config, train_dpo
     from smm.train_model import choose_backend, load_for_training
 
     ensure_writable(cfg.training.output_dir, cfg.training.checkpoint_dir)
     adapter = cfg.training.dpo.adapter or cfg.training.output_dir
+    saved = saved_adapter_config(adapter)  # before the (slow) model load
     backend = choose_backend(cfg.training.backend, cfg.model.quantization)
     base = resolve_base_model(cfg.model)
     loaded = load_for_training(base, cfg, backend)
-    load_adapter_weights(loaded.model, adapter)
+    load_adapter_weights(loaded.model, adapter, saved)
     log.info("Continuing the adapter in %s with DPO", adapter)
     if cfg.logger.name == "wandb":
         start_wandb(cfg)
