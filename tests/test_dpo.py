@@ -9,8 +9,8 @@ import pytest
 from conftest import compose_config
 from fixtures_train import write_rows
 
-from smm.chat import IM_END
-from smm.dpo import resolve_method, to_dataset
+from smm.chat import IM_END, render
+from smm.dpo import resolve_method, tokenize_pairs
 from smm.errors import SmmError
 from smm.preferences import TRAIN_FILE, VAL_FILE
 
@@ -37,13 +37,6 @@ def test_method_auto_follows_the_prepared_pairs(tmp_path):
     assert resolve_method("sft", tmp_path) == "sft"
 
 
-def test_pairs_are_rendered_with_the_served_prompt_and_end_of_turn():
-    row = to_dataset(PAIRS[:1])[0]
-    assert row["prompt"].startswith("<|im_start|>system\nAnswer with JSON only.<|im_end|>\n<|im_start|>user\n")
-    assert row["prompt"].endswith("<|im_start|>assistant\n")
-    assert row["chosen"] == PAIRS[0]["chosen"] + IM_END and row["rejected"] == PAIRS[0]["rejected"] + IM_END
-
-
 def test_dpo_loss_falls_and_held_out_margin_rises_on_an_overfit_set(tiny_model_dir, tmp_path):
     from smm.dpo import train_dpo
     from smm.train_model import load_for_training
@@ -54,6 +47,13 @@ def test_dpo_loss_falls_and_held_out_margin_rises_on_an_overfit_set(tiny_model_d
     cfg = compose_config("preset=demo", f"training.checkpoint_dir={tmp_path / 'ckpt'}", "training.dpo.max_steps=12",
                          "training.dpo.learning_rate=5e-3", "training.dpo.beta=0.5", "model.max_seq_length=256")
     loaded = load_for_training(str(tiny_model_dir), cfg, "hf")
+    columns, dropped = tokenize_pairs(loaded.tokenizer, PAIRS, 256)
+    decode = loaded.tokenizer.decode
+    assert dropped == 0 and decode(columns["prompt_ids"][0]) == render(PAIRS[0]["prompt"], add_generation_prompt=True)
+    assert decode(columns["chosen_ids"][0]) == PAIRS[0]["chosen"] + IM_END  # the reply and its end of turn, no more
+    assert decode(columns["rejected_ids"][1]) == PAIRS[1]["rejected"] + IM_END
+    assert tokenize_pairs(loaded.tokenizer, PAIRS, 20) == ({"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}, 2)
+
     metrics = train_dpo(cfg, loaded, Path(data))
 
     losses = [h["loss"] for h in metrics["loss_history"]]
