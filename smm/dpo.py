@@ -24,10 +24,9 @@ from smm.io import read_jsonl
 from smm.preferences import TRAIN_FILE, VAL_FILE
 
 log = logging.getLogger(__name__)
-METHODS = ("sft", "dpo", "sft_then_dpo")
 
 
-def read_pairs(path: Path) -> list[dict]:
+def prepared_pairs(path: Path) -> list[dict]:
     """The prepared pairs in ``path`` (none when it is missing)."""
     if not path.is_file():
         return []
@@ -41,7 +40,7 @@ def read_pairs(path: Path) -> list[dict]:
 
 def resolve_method(requested: str, data_dir: Path) -> str:
     """``auto`` → sft_then_dpo when prepare wrote training pairs, else sft."""
-    has_pairs = bool(read_pairs(data_dir / TRAIN_FILE))
+    has_pairs = bool(prepared_pairs(data_dir / TRAIN_FILE))
     if requested == "auto":
         return "sft_then_dpo" if has_pairs else "sft"
     if requested != "sft" and not has_pairs:
@@ -174,7 +173,7 @@ def load_adapter_weights(model, adapter_dir: str, saved: dict) -> None:
 
 def train_dpo(cfg, loaded, data_dir: Path) -> dict[str, Any]:
     """Run DPO on ``loaded.model`` (a PEFT model holding the SFT adapter); returns its metrics."""
-    train_pairs, val_pairs = read_pairs(data_dir / TRAIN_FILE), read_pairs(data_dir / VAL_FILE)
+    train_pairs, val_pairs = prepared_pairs(data_dir / TRAIN_FILE), prepared_pairs(data_dir / VAL_FILE)
     log.info("DPO on %d preference pairs, validating on %d (beta %g, loss %s)", len(train_pairs), len(val_pairs),
              cfg.training.dpo.beta, cfg.training.dpo.loss_type)
     max_len = cfg.model.max_seq_length

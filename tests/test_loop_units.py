@@ -13,7 +13,7 @@ from fixtures_train import write_rows
 from smm import lineage
 from smm.errors import LoopLocked
 from smm.gate import judge
-from smm.preferences import normalize_pair, InvalidPair, prompt_key, split_pairs
+from smm.preferences import InvalidPair, normalize_pair, prompt_key, split_pairs
 
 
 def report(score: float, baseline: float, checks: dict[str, tuple]) -> dict:
