@@ -140,3 +140,32 @@ def test_prepare_splits_pairs_and_reports_their_counts(tmp_path):
     assert stats["pairs"]["rejected"]["total"] == 1 and "feedback_dpo.jsonl:7" in stats["pairs"]["rejected"]["lines"][0]
     val_examples = [json.loads(line) for line in (out / "val.jsonl").read_text().splitlines()]
     assert {prompt_key(e["messages"]) for e in val_examples} == {json.loads(line)["prompt_id"] for line in val}
+
+
+def test_a_loop_stopped_mid_step_records_it_and_deploys_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    runs = tmp_path / "runs"
+    args = [sys.executable, str(REPO / "run.py"), "stage=loop", "preset=demo", "loop.feedback=false",
+            f"data.sources=[{REPO / 'data' / 'seed'}]", f"loop.runs_dir={runs}", f"loop.current={tmp_path / 'current'}",
+            "data.language_check=off", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait until the train step runs
+        found = list(lineage.loop_runs(runs))
+        if found and found[0][1]["steps"].get("train", {}).get("status") == "running":
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted", stderr[-2000:]
+    ((run_dir, manifest),) = lineage.loop_runs(runs)
+    assert manifest["status"] == "failed" and manifest["error"] == "train: interrupted"
+    assert manifest["steps"]["prepare"]["status"] == "done" and manifest["steps"]["train"]["status"] == "failed"
+    assert lineage.current_run(tmp_path / "current") is None and lineage.history(runs) == []
+    assert not (run_dir / "adapter").exists()  # the train stage writes its folder whole or not at all

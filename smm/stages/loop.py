@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -242,8 +243,13 @@ def _check_new_data(cfg: DictConfig, fingerprint: dict) -> None:
                          "nothing trained (loop.force=true runs anyway)")
 
 
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run(cfg: DictConfig) -> float:
     runs_dir = Path(cfg.loop.runs_dir)
+    signal.signal(signal.SIGTERM, _interrupted)  # `systemctl stop`, `kill`: the step is recorded as interrupted
     deployed = lineage.current_run(Path(cfg.loop.current))
     if cfg.loop.dry_run:
         return _dry_run(cfg, deployed)
