@@ -28,6 +28,7 @@ import signal
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -123,11 +124,13 @@ def step_feedback(cfg: DictConfig, c: DictConfig, run_dir: Path) -> dict:
             os.link(source, target / name)
         except OSError:
             shutil.copy2(source, target / name)
-        copied[name] = sum(1 for line in open(target / name, "rb") if line.strip())
+        with open(target / name, "rb") as fh:
+            copied[name] = sum(1 for line in fh if line.strip())
     return {"outputs": {"dir": str(target)}, "metrics": {f"{name.split('.')[0]}_lines": n for name, n in copied.items()}}
 
 
-def _stage_step(name: str, outputs: dict):
+def _stage_step(name: str, outputs: Callable[[DictConfig], dict]):
+    """A step that runs stage ``name`` on the run's config; ``outputs`` names what it wrote."""
     def step(cfg: DictConfig, c: DictConfig, run_dir: Path) -> dict:
         result = float(load_stage(name).run(c))
         return {"outputs": outputs(c), "metrics": {"result": result}}
