@@ -15,7 +15,7 @@ from smm.errors import SmmError, StageNotAvailable
 
 # Overrides that hold secrets: taken off the command line before Hydra records it, and handed
 # to the stage through the environment variable it reads anyway.
-SECRET_OVERRIDES = {"feedback.database_url": "DATABASE_URL"}
+SECRET_OVERRIDES = {"feedback.database_url": "DATABASE_URL", "eval.judge.url": "SMM_JUDGE_URL"}
 
 # Module a missing import belongs to → the extra that installs it.
 EXTRA_FOR_MODULE = {

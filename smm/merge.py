@@ -94,7 +94,7 @@ def choose_base(model_cfg, adapter_base: str | None) -> tuple[str, str]:
     if model_cfg.recipe:
         return resolve_base_model(model_cfg), f"model.recipe={model_cfg.recipe}"
     if not adapter_base or base_overridden(model_cfg):
-        return model_cfg.base_model, "model.base_model"
+        return resolve_base_model(model_cfg), "model.base_model"
     return adapter_base, "the adapter's adapter_config.json"
 
 

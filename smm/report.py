@@ -140,8 +140,12 @@ def compare(records: Sequence[dict], baseline_records: Sequence[dict]) -> dict[s
 
 
 def build_report(*, model: dict, settings: dict, records: list[dict], case_files: list[str],
-                 baseline: dict | None = None, gate_min_delta: float | None = None) -> dict[str, Any]:
-    """The whole report as plain data; ``baseline`` = ``{"model": ..., "source": ..., "records": [...]}``."""
+                 baseline: dict | None = None, gate_min_delta: float | None = None,
+                 judge: dict | None = None) -> dict[str, Any]:
+    """The whole report as plain data; ``baseline`` = ``{"model": ..., "source": ..., "records": [...]}``;
+    ``judge`` = what :func:`smm.judge.judge_records` returned (the judge's scores are in the records)."""
+    from smm.judge import summarize_judge
+
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -155,6 +159,7 @@ def build_report(*, model: dict, settings: dict, records: list[dict], case_files
         "baseline": None,
         "comparison": None,
         "gate": None,
+        "judge": summarize_judge(records, judge) if judge is not None else None,
     }
     if baseline is not None:
         report["baseline"] = {
@@ -197,6 +202,19 @@ def _md_cell(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _judge_markdown(judge: dict | None) -> list[str]:
+    if not judge:
+        return []
+    lines = ["## Judge: tone and brand fit (not part of the score)", "",
+             f"- Judge `{judge.get('label', judge['model'])}` at {judge['url']}"]
+    if "error" in judge:
+        return lines + [f"- Not available: {_md_cell(judge['error'], 300)}", ""]
+    lines += [f"- Mean rating: **{pct(judge['mean'])}** over {judge['judged']} judged answers; "
+              f"unreadable or failed judgements: {judge['errors']}", ""]
+    rows = [[name, pct(v)] for name, v in {**judge["by_task"], **judge["by_language"]}.items()]
+    return lines + _table(["task / language", "mean rating"], rows) + [""]
+
+
 def render_markdown(report: dict) -> str:
     s, cmp_ = report["summary"], report["comparison"]
     lines = [f"# Evaluation of {report['model']['label']}", ""]
@@ -225,6 +243,7 @@ def render_markdown(report: dict) -> str:
             row += [pct(cmp_["checks"][name]["baseline_rate"]), signed(cmp_["checks"][name]["delta"])]
         rows.append(row)
     lines += _table(header, rows) + [""]
+    lines += _judge_markdown(report["judge"])
 
     for title, key in (("task", "by_task"), ("language", "by_language"), ("platform", "by_platform")):
         lines += [f"## By {title}", ""]

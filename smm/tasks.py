@@ -67,6 +67,14 @@ class Task:
     """Paths of hashtag lists."""
     hashtags_published: bool = False
     """Whether the hashtags are appended to the published text (and count towards its limit)."""
+    addressed_fields: tuple[str, ...] = ()
+    """Paths of texts that speak to the audience (where du/Sie, tu/vous, ... is checked)."""
+    fact_source: str = ""
+    """Where the facts the answer must keep come from: ``prompt`` (all of it), ``quoted`` (the
+    quoted text to rewrite) or ``""`` (the task keeps no facts, unless a case lists some)."""
+    free_numbers: str = ""
+    """Numbers the answer may add: ``clock`` (times of day, hours 0-24), ``score`` (values from -1
+    to 1) or ``""`` (none beyond the request's)."""
     example: dict[str, Any] = field(default_factory=dict)
     """A minimal valid answer (documentation, and a test fixture for the schema)."""
 
@@ -99,6 +107,8 @@ TASKS: dict[str, Task] = {
             published_fields=("post",),
             hashtag_fields=("hashtags",),
             hashtags_published=True,
+            addressed_fields=("post", "call_to_action"),
+            fact_source="prompt",
             example={"post": "Fresh bread every morning.", "hashtags": ["#bakery"], "call_to_action": "Visit us!"},
         ),
         Task(
@@ -148,6 +158,8 @@ TASKS: dict[str, Task] = {
             ),
             text_fields=("variations[].post", "variations[].angle", "test_hypothesis"),
             published_fields=("variations[].post",),
+            addressed_fields=("variations[].post",),
+            fact_source="prompt",
             example={
                 "variations": [
                     {"label": "A", "post": "Save 20% today.", "angle": "discount"},
@@ -178,6 +190,8 @@ TASKS: dict[str, Task] = {
             ),
             text_fields=("summary", "suggested_reply"),
             published_fields=("suggested_reply",),
+            addressed_fields=("suggested_reply",),
+            free_numbers="score",
             example={"sentiment": "positive", "score": 0.8, "key_phrases": ["love it"], "summary": "A happy customer.", "suggested_reply": "Thank you!"},
         ),
         Task(
@@ -207,6 +221,7 @@ TASKS: dict[str, Task] = {
                 }
             ),
             text_fields=("recommendations[].reason",),
+            free_numbers="clock",
             example={"timezone": "Europe/Berlin", "recommendations": [{"day": "tuesday", "time": "09:00", "reason": "Commute scrolling."}]},
         ),
         Task(
@@ -226,6 +241,8 @@ TASKS: dict[str, Task] = {
             ),
             text_fields=("adapted_post", "changes[]"),
             published_fields=("adapted_post",),
+            addressed_fields=("adapted_post",),
+            fact_source="quoted",
             example={"adapted_post": "Hey friends, new beans just landed!", "voice_traits": ["playful"], "changes": ["Added a greeting."]},
         ),
     )

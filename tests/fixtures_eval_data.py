@@ -1,7 +1,8 @@
 """Evaluation test data: hand-written good answers for every task in all five languages, and a
 fixture that writes one case per task × language with the good answer to each.
 
-Each answer in :data:`GOOD` is a valid answer to a case of its task and language on ``instagram``.
+Each answer in :data:`GOOD` is a valid answer to the request :data:`PROMPTS` holds for its task and
+language on ``instagram``.
 """
 from __future__ import annotations
 
@@ -196,11 +197,71 @@ GOOD: dict[tuple[str, str], dict] = {
 }
 
 
+PROMPTS: dict[tuple[str, str], str] = {
+    # The request each answer in GOOD answers: it gives the answer's facts and numbers, and the
+    # answer neither repeats it nor adds numbers of its own.
+    ("post_generation", "de"): "Schreib bitte einen Instagram-Post auf Deutsch für unsere Bäckerei. Stichwörter: "
+                               "frisches Brot sonntags ab sieben, Teig von Hand geknetet, Steinofen, Sauerteigbrot.",
+    ("post_generation", "en"): "Please write an Instagram post in English for our bakery. Keywords: fresh bread on "
+                               "Sundays from seven, dough kneaded by hand, stone oven, sourdough loaf.",
+    ("post_generation", "fr"): "Écris un post Instagram en français pour notre boulangerie. Mots-clés : pain frais le "
+                               "dimanche dès sept heures, pâte pétrie à la main, four à pierre, pain au levain.",
+    ("post_generation", "es"): "Escribe un post de Instagram en español para nuestra panadería. Palabras clave: pan "
+                               "recién hecho los domingos desde las siete, masa amasada a mano, horno de piedra, masa madre.",
+    ("post_generation", "pt"): "Escreva um post para o Instagram em português para a nossa padaria. Palavras-chave: "
+                               "pão fresco aos domingos a partir das sete, massa amassada à mão, forno de pedra, fermentação natural.",
+    ("hashtags", "de"): "Welche Hashtags passen auf Instagram zu unserem Yogastudio in Berlin-Mitte? Bitte auf Deutsch.",
+    ("hashtags", "en"): "Which Instagram hashtags should our yoga studio in Brooklyn use? Answer in English.",
+    ("hashtags", "fr"): "Quels hashtags Instagram pour notre studio de yoga à Lyon ? Réponse en français.",
+    ("hashtags", "es"): "¿Qué hashtags de Instagram nos recomiendas para nuestro estudio de yoga en Madrid? En español.",
+    ("hashtags", "pt"): "Que hashtags do Instagram sugere para o nosso estúdio de yoga em Lisboa? Em português.",
+    ("ab_variations", "de"): "Zwei Varianten für einen A/B-Test auf Instagram, auf Deutsch: Unser Yogastudio gibt "
+                             "nur diese Woche 20 % Rabatt auf alle Kurse, und Yoga hilft, nach der Arbeit abzuschalten.",
+    ("ab_variations", "en"): "Two Instagram variations for an A/B test, in English: our yoga studio gives 20% off "
+                             "every class this week only, and evening yoga helps people sleep better.",
+    ("ab_variations", "fr"): "Deux variantes Instagram pour un test A/B, en français : notre studio de yoga offre "
+                             "20 % sur tous les cours cette semaine, et le yoga du soir aide à mieux dormir.",
+    ("ab_variations", "es"): "Dos variantes de Instagram para un test A/B, en español: nuestro estudio de yoga da un "
+                             "20 % de descuento en todas las clases esta semana, y el yoga ayuda a dormir mejor.",
+    ("ab_variations", "pt"): "Duas variações para o Instagram num teste A/B, em português: o nosso estúdio de yoga dá "
+                             "20% de desconto em todas as aulas esta semana, e o yoga ajuda a dormir melhor.",
+    ("sentiment", "de"): "Wie ist die Stimmung dieses Instagram-Kommentars? Antwort bitte auf Deutsch.\n\n"
+                         "„Seit zwei Wochen warte ich auf meine Bestellung und bekomme keine Antwort. Echt ärgerlich.“",
+    ("sentiment", "en"): "What is the sentiment of this Instagram comment? Answer in English.\n\n"
+                         "\"Waited two weeks for my order and got no answer at all. Really annoying.\"",
+    ("sentiment", "fr"): "Quel est le sentiment de ce commentaire Instagram ? Réponse en français.\n\n"
+                         "« J'ai attendu deux semaines ma commande et aucune réponse. Vraiment agaçant. »",
+    ("sentiment", "es"): "¿Qué sentimiento tiene este comentario de Instagram? Contesta en español.\n\n"
+                         "«He esperado dos semanas mi pedido y ninguna respuesta. Qué molesto.»",
+    ("sentiment", "pt"): "Qual é o sentimento deste comentário no Instagram? Responda em português.\n\n"
+                         "\"Esperei duas semanas pela encomenda e nenhuma resposta. Que chatice.\"",
+    ("posting_times", "de"): "Wann sollten wir auf Instagram posten? Wir sind ein Spielwarenladen in Berlin "
+                             "(Europe/Berlin), uns folgen Eltern und Pendler. Bitte auf Deutsch.",
+    ("posting_times", "en"): "When should we post on Instagram? We're a toy shop in New York (America/New_York) "
+                             "followed by parents and commuters. Answer in English.",
+    ("posting_times", "fr"): "Quand publier sur Instagram ? Nous sommes un magasin de jouets à Paris (Europe/Paris), "
+                             "suivi par des parents et des navetteurs. Réponse en français.",
+    ("posting_times", "es"): "¿Cuándo publicamos en Instagram? Somos una juguetería en Madrid (Europe/Madrid) y nos "
+                             "siguen padres que trabajan. Contesta en español.",
+    ("posting_times", "pt"): "Quando devemos publicar no Instagram? Somos uma loja de brinquedos em Lisboa "
+                             "(Europe/Lisbon), seguida por pais que trabalham. Em português.",
+    ("brand_voice", "de"): "Unsere Rösterei ist locker und herzlich. Schreib diesen Instagram-Post in unserem Stil um, "
+                           "auf Deutsch:\n\n„Neue Kaffeebohnen aus Kolumbien eingetroffen. Aroma: Schokolade, Kirsche.“",
+    ("brand_voice", "en"): "Our roastery sounds casual and warm. Rewrite this Instagram post in our voice, in "
+                           "English:\n\n\"New coffee beans from Colombia have arrived. Notes: chocolate, cherry.\"",
+    ("brand_voice", "fr"): "Notre torréfaction a un ton décontracté et chaleureux. Réécris ce post Instagram, en "
+                           "français :\n\n« Arrivage de nouveaux grains de café de Colombie. Notes : chocolat, cerise. »",
+    ("brand_voice", "es"): "Nuestra tostaduría es cercana y cálida. Reescribe este post de Instagram, en español:"
+                           "\n\n«Llegada de nuevos granos de café de Colombia. Notas: chocolate, cereza.»",
+    ("brand_voice", "pt"): "A nossa torrefação é descontraída e calorosa. Reescreva este post do Instagram, em "
+                           "português:\n\n\"Chegaram novos grãos de café da Colômbia. Notas: chocolate, cereja.\"",
+}
+
 PLATFORM = "instagram"
 
 
 def case_prompt(task: str, language: str) -> str:
-    return f"[{task}/{language}] Please write it for {PLATFORM}."
+    return PROMPTS[(task, language)]
 
 
 def case_row(task: str, language: str, **extra) -> dict:

@@ -5,7 +5,7 @@ import copy
 import json
 
 import pytest
-from fixtures_eval_data import GOOD
+from fixtures_eval_data import GOOD, case_prompt
 
 from smm.checks import CHECKS, FAIL, NA, PASS, applicable_checks, check_reply, parse_reply
 from smm.evalset.loader import EvalCase
@@ -15,7 +15,7 @@ LANGS = list(LANGUAGES)
 
 
 def make_case(task: str, lang: str, platform: str = "instagram", **kw) -> EvalCase:
-    return EvalCase(id=f"{task}-{lang}", task=task, language=lang, platform=platform, prompt="p", **kw)
+    return EvalCase(id=f"{task}-{lang}", task=task, language=lang, platform=platform, prompt=case_prompt(task, lang), **kw)
 
 
 def good(task: str, lang: str) -> dict:
@@ -46,12 +46,15 @@ def test_good_answers_pass_every_applicable_check(task, lang):
 
 
 def test_which_checks_apply_follows_the_registry():
-    assert applicable_checks(TASKS["post_generation"], make_case("post_generation", "en")) == ["json", "schema", "language", "length", "hashtags"]
-    assert applicable_checks(TASKS["hashtags"], make_case("hashtags", "en")) == ["json", "schema", "language", "hashtags"]
-    assert applicable_checks(TASKS["ab_variations"], make_case("ab_variations", "en")) == ["json", "schema", "language", "length", "variations"]
-    assert applicable_checks(TASKS["posting_times"], make_case("posting_times", "en")) == ["json", "schema", "language", "enums"]
+    content = ["echo", "numbers", "loops"]
+    assert applicable_checks(TASKS["post_generation"], make_case("post_generation", "en")) == ["json", "schema", "language", "length", "hashtags", "echo", "facts", "numbers", "loops"]
+    assert applicable_checks(TASKS["hashtags"], make_case("hashtags", "en")) == ["json", "schema", "language", "hashtags", *content]
+    assert applicable_checks(TASKS["ab_variations"], make_case("ab_variations", "en")) == ["json", "schema", "language", "length", "variations", "echo", "facts", "numbers", "loops"]
+    assert applicable_checks(TASKS["posting_times"], make_case("posting_times", "en")) == ["json", "schema", "language", "enums", *content, "timezone"]
     with_expect = make_case("sentiment", "en", expect={"sentiment": "negative"})
-    assert applicable_checks(TASKS["sentiment"], with_expect) == ["json", "schema", "language", "length", "enums", "expect"]
+    assert applicable_checks(TASKS["sentiment"], with_expect) == ["json", "schema", "language", "length", "enums", "expect", *content]
+    with_facts = make_case("sentiment", "de", required_facts=("Optik Scharfblick",), formality="Sie")
+    assert applicable_checks(TASKS["sentiment"], with_facts) == ["json", "schema", "language", "length", "enums", "echo", "facts", "numbers", "loops", "formality"]
 
 
 @pytest.mark.parametrize("lang", LANGS)
@@ -68,7 +71,7 @@ class TestJson:
         verdict = check_reply(make_case("sentiment", lang), "Here is the analysis: " + dump(good("sentiment", lang)))
         assert verdict.format == "invalid" and verdict.score == 0.0
         assert verdict.failed["json"][0].startswith("not valid JSON")
-        assert set(verdict.failed) == {"json", "schema", "language", "length", "enums"}
+        assert set(verdict.failed) == {"json", "schema", "language", "length", "enums", "echo", "numbers", "loops"}
         assert verdict.failed["schema"] == ["no JSON answer to check"]
 
     def test_a_json_array_is_not_an_answer(self, lang):
@@ -119,7 +122,8 @@ class TestLanguage:
         other = other_language(lang)
         for task in TASKS:
             failed = failures(task, lang, good(task, other))
-            assert list(failed) == ["language"], task
+            assert list(failed)[0] == "language", task
+            assert set(failed) <= {"language", "facts"}, task  # facts: the request's words are in another language
             assert f"text is {LANGUAGES[other]}, expected {LANGUAGES[lang]}" in failed["language"]
 
     def test_one_field_in_another_language(self, lang):
@@ -134,7 +138,8 @@ class TestLanguage:
         answer = good("brand_voice", lang)
         answer["adapted_post"], answer["changes"] = "Hi!", ["Ok."]
         failed = failures("brand_voice", lang, answer)
-        assert failed == {"language": ["too little prose to tell its language (7 characters)"]}
+        assert failed == {"language": ["too little prose to tell its language (7 characters)"],
+                          "facts": ["takes up 0% of the request's content words, at least 20% needed"]}
 
 
 @pytest.mark.parametrize("lang", LANGS)
@@ -164,9 +169,11 @@ class TestLength:
 
     def test_every_variation_is_measured(self, lang):
         answer = good("ab_variations", lang)
-        answer["variations"][1]["post"] = answer["variations"][1]["post"] * 5
+        answer["variations"][1]["post"] += " " + good("post_generation", lang)["post"] + " " + good("brand_voice", lang)["adapted_post"]
         failed = failures("ab_variations", lang, answer, platform="x")
         assert list(failed) == ["length"] and len(failed["length"]) == 1
+        answer["variations"][1]["post"] = good("ab_variations", lang)["variations"][1]["post"] * 5
+        assert list(failures("ab_variations", lang, answer, platform="x")) == ["length", "loops"]
 
     def test_sentiment_reply_is_published(self, lang):
         answer = good("sentiment", lang)
@@ -228,14 +235,17 @@ class TestVariations:
     def test_only_one_variation(self, lang):
         answer = good("ab_variations", lang)
         answer["variations"] = answer["variations"][:1]
-        assert failures("ab_variations", lang, answer) == {"variations": ["variations: 1 item, at least 2 needed"]}
+        failed = failures("ab_variations", lang, answer)
+        assert failed.pop("variations") == ["variations: 1 item, at least 2 needed"]
+        assert set(failed) <= {"facts"}  # the lost variation may have carried most of the request's words
 
     def test_identical_variations(self, lang):
         answer = good("ab_variations", lang)
         first = answer["variations"][0]
         answer["variations"][1] = {"label": "B", "post": first["post"].upper(), "angle": first["angle"]}
         failed = failures("ab_variations", lang, answer)
-        assert failed == {"variations": ["variations: two entries have the same post", "variations: two entries have the same angle"]}
+        assert failed.pop("variations") == ["variations: two entries have the same post", "variations: two entries have the same angle"]
+        assert set(failed) <= {"facts"}  # the lost variation may have carried most of the request's words
 
     def test_bad_label_and_missing_field(self, lang):
         answer = good("ab_variations", lang)

@@ -41,6 +41,22 @@ def test_valid_file_loads_with_sources(tmp_path):
     ('{"id": "a", "task": "sentiment", "language": "de", "platform": "x", "prompt": "p", "expect": {"label": "negative"}}', "expect: 'label' is not a key of a sentiment answer"),
     ('{"id": "a", "task": "sentiment", "language": "de", "platform": "x", "prompt": "p", "expect": {"sentiment": "sad"}}', "expect: sentiment='sad' can never be a valid answer"),
     ('{"id": "a", "task": "sentiment", "language": "de", "platform": "x", "prompt": "p", "expect": []}', "'expect' must be an object"),
+    ('{"id": "a", "task": "sentiment", "language": "de", "platform": "x", "prompt": "p", "required_facts": "Optik"}', "'required_facts' must be a list of non-empty strings"),
+    ('{"id": "a", "task": "sentiment", "language": "de", "platform": "x", "prompt": "p", "required_facts": ["Optik", " "]}', "'required_facts' must be a list of non-empty strings"),
+    ('{"id": "a", "task": "ab_variations", "language": "de", "platform": "x", "prompt": "p", "variations": 1}', "'variations' must be a whole number >= 2"),
+    ('{"id": "a", "task": "ab_variations", "language": "de", "platform": "x", "prompt": "p", "variations": "3"}', "'variations' must be a whole number >= 2"),
+    ('{"id": "a", "task": "sentiment", "language": "de", "platform": "x", "prompt": "p", "variations": 2}', "'variations' applies only to ab_variations, not to sentiment"),
+    ('{"id": "a", "task": "brand_voice", "language": "de", "platform": "x", "prompt": "p", "formality": "Du"}', "formality 'Du' is not one of du, Sie (for German)"),
+    ('{"id": "a", "task": "brand_voice", "language": "es", "platform": "x", "prompt": "p", "formality": "vous"}', "formality 'vous' is not one of tú, usted (for Spanish)"),
+    ('{"id": "a", "task": "brand_voice", "language": "en", "platform": "x", "prompt": "p", "formality": "you"}', "'formality' is not used for English (only for de, fr, es, pt)"),
+    ('{"id": "a", "task": "hashtags", "language": "fr", "platform": "x", "prompt": "p", "formality": "tu"}', "'formality' applies only to tasks with texts for the audience, not to hashtags"),
+    ('{"id": "a", "task": "hashtags", "language": "de", "platform": "x", "prompt": "p", "hashtag_count": -1}', "'hashtag_count' must be a whole number >= 0 or"),
+    ('{"id": "a", "task": "hashtags", "language": "de", "platform": "x", "prompt": "p", "hashtag_count": {"exactly": 3}}', "'hashtag_count' must be a whole number >= 0 or"),
+    ('{"id": "a", "task": "hashtags", "language": "de", "platform": "x", "prompt": "p", "hashtag_count": {"min": 9, "max": 3}}', "hashtag_count min 9 is larger than max 3"),
+    ('{"id": "a", "task": "brand_voice", "language": "de", "platform": "x", "prompt": "p", "hashtag_count": 3}', "'hashtag_count' applies only to tasks with hashtags, not to brand_voice"),
+    ('{"id": "a", "task": "posting_times", "language": "de", "platform": "x", "prompt": "p", "timezone": "Europe/Atlantis"}', "timezone 'Europe/Atlantis' is not an IANA time zone name"),
+    ('{"id": "a", "task": "posting_times", "language": "de", "platform": "x", "prompt": "p", "timezone": 1}', "timezone 1 is not an IANA time zone name"),
+    ('{"id": "a", "task": "sentiment", "language": "de", "platform": "x", "prompt": "p", "timezone": "Europe/Berlin"}', "'timezone' applies only to posting_times, not to sentiment"),
 ])
 def test_bad_lines_are_reported_with_file_and_line(tmp_path, line, reason):
     path = tmp_path / "mine.jsonl"
@@ -50,6 +66,20 @@ def test_bad_lines_are_reported_with_file_and_line(tmp_path, line, reason):
         load_cases(path)
     assert str(err.value).startswith(f"{path}:3: ")
     assert reason in str(err.value)
+
+
+def test_expectations_load(tmp_path):
+    path = write_cases(tmp_path / "c.jsonl", [
+        case_row("ab_variations", "de", variations=3, formality="Sie", required_facts=[" 20 % ", "Yogastudio"]),
+        case_row("post_generation", "pt", hashtag_count={"min": 3}, formality="o senhor"),
+        case_row("hashtags", "es", hashtag_count=8),
+        case_row("posting_times", "fr", timezone="Europe/Paris"),
+    ])
+    ab, post, tags, times = load_cases(path)
+    assert (ab.variations, ab.formality, ab.required_facts) == (3, "Sie", ("20 %", "Yogastudio"))
+    assert (post.hashtag_count, post.formality) == ((3, None), "o senhor")
+    assert tags.hashtag_count == (8, 8) and times.timezone == "Europe/Paris"
+    assert (ab.hashtag_count, ab.timezone, times.required_facts, times.variations) == (None, None, (), None)
 
 
 def test_missing_and_empty_files(tmp_path):
@@ -98,3 +128,12 @@ def test_max_cases_spreads_over_tasks_languages_and_platforms():
     assert [c.id for c in cases] == [c.id for c in full if c.id in {x.id for x in cases}]  # file order kept
     assert spread_selection(full, 1000) == full
     assert {c.task for c in select_cases(max_cases=6)} == set(TASKS)
+
+
+def test_the_readme_examples_are_valid_cases(tmp_path):
+    readme = (BUILTIN_CASES.parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in readme.split("```json\n")[1:] if '{"id":' in b.split("```", 1)[0]]
+    assert len(blocks) >= 2
+    path = write_cases(tmp_path / "readme.jsonl", [json.loads(" ".join(b.split("\n"))) for b in blocks])
+    cases = load_cases(path)
+    assert any(c.formality == "du" and c.required_facts == ("Donnerstag",) for c in cases)

@@ -5,14 +5,14 @@ import json
 import re
 
 import pytest
-from fixtures_eval_data import GOOD
+from fixtures_eval_data import GOOD, case_prompt
 
 from smm.backends import Generation
 from smm.evalset.loader import EvalCase
 from smm.report import build_report, compare, failing_cases, make_record, percentile, recheck, render_markdown, summarize
 from smm.report_html import render_html
 
-CASES = [EvalCase(f"{t}-{l}", t, l, "instagram", f"prompt {t} {l}") for t, l in GOOD]
+CASES = [EvalCase(f"{t}-{l}", t, l, "instagram", case_prompt(t, l)) for t, l in GOOD]
 
 
 def records_for(reply, latency=1.0) -> list[dict]:
@@ -114,7 +114,7 @@ def test_markdown_and_html_show_every_failing_case_and_the_deltas():
     assert [r["language"] for r in failing] == ["fr"] * 6
 
     md = render_markdown(report)
-    assert "**Score: 0.907**" in md and "Gate: **PASSED**" in md
+    assert "**Score: 0.938**" in md and "Gate: **PASSED**" in md
     assert "| json | 2 | 80% | 24 / 30 | 0% | +80.0 pp |" in md
     assert md.count("### ") == 6 and "post_generation-fr" in md
 
@@ -133,3 +133,28 @@ def test_html_escapes_model_output():
                           records=records, case_files=[])
     html = render_html(report)
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_content_checks_show_per_check_task_and_language():
+    """An answer that only repeats the request fails echo; the reports show it like any other check."""
+    def echo(case):
+        answer = dict(GOOD[(case.task, case.language)])
+        if case.task == "brand_voice":
+            answer["adapted_post"] = case.prompt.split(":")[0] + "."
+        return json.dumps(answer, ensure_ascii=False)
+
+    report = build_report(model={"backend": "ollama", "label": "m"}, settings={"temperature": 0.2, "max_tokens": 8, "seed": 0},
+                          records=records_for(echo), case_files=[])
+    s = report["summary"]
+    assert s["checks"]["echo"] == {"passed": 25, "applicable": 30, "rate": 0.8333}
+    assert s["by_task"]["brand_voice"]["checks"]["echo"] == 0.0 and s["by_task"]["sentiment"]["checks"]["echo"] == 1.0
+    assert s["by_language"]["de"]["checks"]["echo"] == pytest.approx(5 / 6, abs=1e-4)
+    assert s["checks"]["timezone"] == {"passed": 5, "applicable": 5, "rate": 1.0}
+    assert s["checks"]["formality"]["applicable"] == 0
+    assert report["checks_info"]["echo"]["weight"] == 2
+    md = render_markdown(report)
+    assert "| echo | 2 | 83% | 25 / 30 |" in md
+    assert "- **echo**: adapted_post repeats the request's instructions" in md
+    html = render_html(report)
+    assert "<b>echo</b>" in html and "repeats the request&#39;s instructions" in html
+    assert "weights: json 2, schema 2, echo 2, facts 2, the rest 1" in html

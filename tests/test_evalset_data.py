@@ -21,7 +21,14 @@ MIN_CASES = 60
 MIN_PER_TASK_AND_LANGUAGE = 2
 MIN_PER_PLATFORM = 10
 MAX_SEED_SIMILARITY = 0.8
-KEYS = {"id", "task", "language", "platform", "prompt", "min_chars", "max_chars", "expect"}
+KEYS = {"id", "task", "language", "platform", "prompt", "min_chars", "max_chars", "expect",
+        "required_facts", "variations", "formality", "hashtag_count", "timezone"}
+COUNT_WORDS = {
+    2: ("two", "zwei", "deux", "dos", "duas"),
+    3: ("three", "drei", "trois", "tres", "três"),
+}
+FORMALITY_CUES = {"du": ("duzen",), "Sie": ("siezen",), "tu": ("tutoie", "tutoyons"), "vous": ("vouvoie", "vouvoyons"),
+                  "tú": ("tuteamos",), "usted": ("ustedeamos",), "você": ("você",), "o senhor": ("o senhor",)}
 
 
 def load_cases() -> list[dict]:
@@ -82,6 +89,32 @@ def test_expectations_are_valid_answer_values(case):
     for key, value in case["expect"].items():
         assert key in properties
         assert Draft202012Validator(properties[key]).is_valid(value), (key, value)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if set(c) & {"required_facts", "variations", "formality", "hashtag_count", "timezone"}],
+                         ids=lambda c: c["id"])
+def test_expectations_come_from_the_prompt(case):
+    prompt = case["prompt"].casefold()
+    for fact in case.get("required_facts", []):
+        assert fact.casefold() in prompt, f"required fact {fact!r} is not in the prompt"
+    if "variations" in case:
+        words = COUNT_WORDS[case["variations"]]
+        assert any(re.search(rf"\b{w}\b", prompt) for w in words), "the prompt does not ask for that many variations"
+        assert not re.search(r"\b(oder|or|ou|o)\b (drei|three|trois|tres|três)", prompt), "the prompt leaves the number open"
+    if "formality" in case:
+        assert any(cue in prompt for cue in FORMALITY_CUES[case["formality"]]), "the prompt does not say how to address readers"
+    if "hashtag_count" in case:
+        count = case["hashtag_count"]
+        bound = count if isinstance(count, int) else count.get("max", count.get("min"))
+        assert re.search(rf"\b{bound} hashtags\b", prompt), "the prompt does not ask for that many hashtags"
+    if "timezone" in case:
+        assert case["timezone"].casefold() in prompt
+
+
+def test_every_new_kind_of_expectation_is_used():
+    for key in ("required_facts", "variations", "formality", "hashtag_count", "timezone"):
+        assert any(key in c for c in CASES), key
+    assert all("timezone" in c for c in CASES if c["task"] == "posting_times")
 
 
 def test_sentiment_cases_with_expected_labels_cover_each_clear_label():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,8 @@ def test_thumbs_down_is_rejected_only_next_to_an_approved_answer(feedback_db, tm
 
     late = feedback_db.rate(feedback_db.generation(user_input="Post about our new cake", model_output="nope"), "THUMBS_DOWN")
     third = export(feedback_db, tmp_path)
-    assert (third.sft, third.dpo) == (0, 1)  # a new thumbs-down meets the approved answer of an earlier export
+    # a new thumbs-down meets the approved answer of an earlier export; the prompt's pairs are made anew
+    assert (third.sft, third.dpo, third.dropped) == (0, 2, 1)
     assert [(p["rejected_feedback_id"], p["chosen_feedback_id"]) for p in read(tmp_path, DPO_FILE)] == [(down, up), (late, up)]
 
 
@@ -337,3 +339,180 @@ def test_another_schema_maps_by_configuration_only(postgres_server, tmp_path):
     finally:
         db.close()
         postgres_server.drop_database(db.name)
+
+
+def test_personal_data_behind_json_escapes_is_scrubbed(feedback_db, tmp_path):
+    # PHP writes "/" as "\/" and some encoders write "@" as "\u0040": the raw text hides both
+    answers = ['{"post": "Call 030\\/123\\/4567", "hashtags": ["#bakery"], "call_to_action": "Go"}',
+               '{"post": "Mail anna\\u0040example.com", "hashtags": ["#bakery"], "call_to_action": "Go"}']
+    for i, answer in enumerate(answers):
+        feedback_db.rate(feedback_db.generation(model_output=answer, user_input=f"post {i}"), "THUMBS_UP")
+    export(feedback_db, tmp_path)
+    posts = [json.loads(e["messages"][2]["content"])["post"] for e in read(tmp_path, SFT_FILE)]
+    assert sorted(posts) == ["Call [PHONE]", "Mail [EMAIL]"]
+
+
+def test_lone_surrogates_and_nan_in_answers_are_rejected_by_id(feedback_db, tmp_path):
+    surrogate = '{"post": "broken \\ud800 text", "hashtags": ["#bakery"], "call_to_action": "Go"}'
+    sentiment = dict(TASKS["sentiment"].example)
+    nan = json.dumps({**sentiment, "score": float("nan")})
+    g = feedback_db.generation
+    bad = [feedback_db.rate(g(model_output=surrogate), "THUMBS_UP"),
+           feedback_db.rate(g(task="sentiment", model_output=nan), "THUMBS_UP")]
+    bad_edit = feedback_db.rate(g(model_output=POST), "EDITED", edited_output=surrogate)
+    good = feedback_db.rate(g(model_output=POST, user_input="fine"), "THUMBS_UP")
+    result = export(feedback_db, tmp_path)
+    assert result.skipped.ids == {mapping.INVALID_ANSWER: bad, mapping.INVALID_EDIT: [bad_edit]}
+    assert "surrogate" in result.skipped.detail[mapping.INVALID_ANSWER]
+    assert [e["feedback_id"] for e in read(tmp_path, SFT_FILE)] == [good]
+    assert "NaN" not in (tmp_path / SFT_FILE).read_text()
+
+
+def test_edits_that_only_reorder_keys_make_no_pair(feedback_db, tmp_path):
+    original = json.loads(POST)
+    reordered = json.dumps(dict(reversed(list(original.items()))))
+    edit = feedback_db.rate(feedback_db.generation(model_output=POST), "EDITED", edited_output=reordered)
+    prompt = "Post about our cake"
+    feedback_db.rate(feedback_db.generation(user_input=prompt, model_output=POST), "THUMBS_UP")
+    down = feedback_db.rate(feedback_db.generation(user_input=prompt, model_output=reordered), "THUMBS_DOWN")
+    result = export(feedback_db, tmp_path)
+    assert read(tmp_path, DPO_FILE) == []
+    assert result.no_pair.ids == {mapping.UNCHANGED_EDIT: [edit], mapping.SAME_ANSWER: [down]}
+
+
+def assert_same_as_full(db, out: Path):
+    """The incremental files hold exactly the lines a full export writes (in any order)."""
+    full = out.parent / f"{out.name}-full"
+    export(db, full, full=True)
+    for name in (SFT_FILE, DPO_FILE):
+        assert sorted((out / name).read_text().splitlines()) == sorted((full / name).read_text().splitlines()), name
+
+
+def pairs(out: Path) -> list[tuple]:
+    return sorted((p["rejected_feedback_id"], p["chosen_feedback_id"]) for p in read(out, DPO_FILE) if p["pair"] == "thumbs_down")
+
+
+def test_incremental_pairs_follow_the_newest_approved_answer_like_a_full_export(feedback_db, tmp_path):
+    out = tmp_path / "incremental"
+    answer = lambda post: json.dumps({**json.loads(POST), "post": post})  # noqa: E731
+    made = lambda text: feedback_db.generation(user_input="Post about our cake", model_output=answer(text))  # noqa: E731
+    down = feedback_db.rate(made("meh"), "THUMBS_DOWN")
+    first_up = feedback_db.rate(made("Cake!"), "THUMBS_UP")
+    export(feedback_db, out)
+    assert pairs(out) == [(down, first_up)]
+
+    newer = made("Our cake, fresh today.")
+    newer_up = feedback_db.rate(newer, "THUMBS_UP")
+    export(feedback_db, out)
+    assert pairs(out) == [(down, newer_up)]  # one pair, with the newest approved answer
+    assert_same_as_full(feedback_db, out)
+
+    newer_down = feedback_db.rate(newer, "THUMBS_DOWN")  # the newest approved answer is disliked after all
+    export(feedback_db, out)
+    assert pairs(out) == [(down, first_up), (newer_down, first_up)]
+    assert_same_as_full(feedback_db, out)
+
+    feedback_db.rate(made("hm"), "EDITED", edited_output=answer("Cake, baked at dawn."))
+    export(feedback_db, out)
+    assert_same_as_full(feedback_db, out)
+
+
+def test_a_rating_dated_in_the_future_does_not_stop_later_exports(feedback_db, tmp_path, caplog):
+    future = feedback_db.rate(feedback_db.generation(model_output=POST, user_input="a"), "THUMBS_UP",
+                              created_at="2099-01-01T00:00:00Z")
+    now = feedback_db.rate(feedback_db.generation(model_output=POST, user_input="b"), "THUMBS_UP")
+    with caplog.at_level("WARNING"):
+        first = export(feedback_db, tmp_path)
+    assert first.sft == 1 and [e["feedback_id"] for e in read(tmp_path, SFT_FILE)] == [now]
+    assert f"1 ratings are dated in the future (e.g. id {future}" in caplog.text
+    assert json.loads((tmp_path / ".export_state.json").read_text())["mark"]["id"] == now
+    later = feedback_db.rate(feedback_db.generation(model_output=POST, user_input="c"), "THUMBS_UP")
+    second = export(feedback_db, tmp_path)
+    assert second.sft == 1 and [e["feedback_id"] for e in read(tmp_path, SFT_FILE)] == [now, later]
+    assert_same_as_full(feedback_db, tmp_path)
+
+
+def test_a_rating_committed_after_an_export_began_is_exported_next_time(feedback_db, tmp_path):
+    import psycopg2
+
+    late_gen = feedback_db.generation(model_output=POST, user_input="late")
+    slow = psycopg2.connect(feedback_db.url)  # the app's transaction: created_at = now() = its start
+    try:
+        with slow.cursor() as cur:
+            cur.execute("INSERT INTO feedback (generation_id, rating) VALUES (%s, 'THUMBS_UP') RETURNING id", (late_gen,))
+            late = cur.fetchone()[0]
+        early = feedback_db.rate(feedback_db.generation(model_output=POST, user_input="early"), "THUMBS_UP")
+        first = export(feedback_db, tmp_path)  # sees `early` (newer) but not `late` (not yet committed)
+        slow.commit()
+    finally:
+        slow.close()
+    assert first.sft == 1
+    second = export(feedback_db, tmp_path)
+    assert second.sft == 1 and [e["feedback_id"] for e in read(tmp_path, SFT_FILE)] == [early, late]
+    third = export(feedback_db, tmp_path)  # read once only: the overlap is de-duplicated by rating id
+    assert (third.in_window, third.sft, len(read(tmp_path, SFT_FILE))) == (0, 0, 2)
+    assert_same_as_full(feedback_db, tmp_path)
+
+
+@pytest.mark.parametrize("cascade", [True, False], ids=["ratings deleted too", "generation only"])
+def test_a_deleted_generation_loses_its_lines_on_the_next_export(feedback_db, tmp_path, caplog, cascade):
+    if not cascade:  # an app without the foreign key: its ratings stay behind
+        feedback_db.execute("ALTER TABLE feedback DROP CONSTRAINT feedback_generation_id_fkey")
+    prompt = "Post about our cake"
+    erased = feedback_db.generation(user_input=prompt, model_output=BETTER_POST)
+    older = feedback_db.generation(user_input=prompt, model_output=POST)
+    bad = feedback_db.generation(user_input=prompt, model_output='{"post": "meh"}')
+    edited = feedback_db.generation(user_input="Another post", model_output=POST)
+    older_up = feedback_db.rate(older, "THUMBS_UP")
+    erased_up = feedback_db.rate(erased, "THUMBS_UP")
+    down = feedback_db.rate(bad, "THUMBS_DOWN")
+    feedback_db.rate(edited, "EDITED", edited_output=BETTER_POST, comment="ask for Anna Schmidt")
+    export(feedback_db, tmp_path)
+    assert pairs(tmp_path) == [(down, erased_up)]
+
+    feedback_db.execute("DELETE FROM generations WHERE id IN (%s, %s)", (erased, edited))
+    with caplog.at_level("WARNING"):
+        result = export(feedback_db, tmp_path)
+    assert result.full and "2 ratings that earlier exports covered were deleted" in caplog.text
+    lines = (tmp_path / SFT_FILE).read_text() + (tmp_path / DPO_FILE).read_text()
+    assert [e["generation_id"] for e in read(tmp_path, SFT_FILE)] == [older]
+    assert "Anna Schmidt" not in lines and f'"generation_id":{erased},' not in lines and f'"generation_id":{edited},' not in lines
+    assert pairs(tmp_path) == [(down, older_up)]  # paired anew with the answer that is left
+    assert_same_as_full(feedback_db, tmp_path)
+    assert not export(feedback_db, tmp_path).full  # back to incremental runs
+
+
+def test_a_state_of_the_older_format_makes_one_full_export(feedback_db, tmp_path):
+    first = feedback_db.rate(feedback_db.generation(model_output=POST, user_input="a"), "THUMBS_UP")
+    export(feedback_db, tmp_path)
+    state_file = tmp_path / ".export_state.json"
+    state = json.loads(state_file.read_text())
+    state.pop("seen"), state.pop("covered")
+    state_file.write_text(json.dumps({**state, "version": 1}))  # written before the overlap window existed
+    result = export(feedback_db, tmp_path)
+    assert result.full and [e["feedback_id"] for e in read(tmp_path, SFT_FILE)] == [first]
+    assert json.loads(state_file.read_text())["version"] == 2
+
+
+def test_a_hostile_number_does_not_stall_the_export(feedback_db, tmp_path):
+    order = "Bestellung #0" + "0" * 40 + "47X"  # took minutes (and grew 4x per 2 digits) with the old pattern
+    answer = json.dumps({"post": "Ref " + "7" * 10_000 + " " + order, "hashtags": ["#bakery"], "call_to_action": "Go"})
+    feedback_db.rate(feedback_db.generation(user_input=order, model_output=answer), "THUMBS_UP")
+    started = time.process_time()
+    result = export(feedback_db, tmp_path)
+    assert result.sft == 1 and time.process_time() - started < 5
+    [example] = read(tmp_path, SFT_FILE)
+    assert example["messages"][1]["content"] == order  # an order number is not a phone number
+
+
+def test_a_deleted_rating_brings_back_the_one_before_it(feedback_db, tmp_path):
+    flip = feedback_db.generation(model_output=POST, user_input="liked, then disliked")
+    liked = feedback_db.rate(flip, "THUMBS_UP", created_at="2025-03-01T10:00:00Z")
+    disliked = feedback_db.rate(flip, "THUMBS_DOWN", created_at="2025-03-02T10:00:00Z")
+    feedback_db.rate(feedback_db.generation(model_output=POST, user_input="other"), "THUMBS_UP")
+    export(feedback_db, tmp_path)
+    assert flip not in [e["generation_id"] for e in read(tmp_path, SFT_FILE)]  # its latest rating: thumbs down
+    feedback_db.execute("DELETE FROM feedback WHERE id = %s", (disliked,))  # the user took it back
+    export(feedback_db, tmp_path)
+    assert liked in [e["feedback_id"] for e in read(tmp_path, SFT_FILE)]
+    assert_same_as_full(feedback_db, tmp_path)

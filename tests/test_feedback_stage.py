@@ -136,3 +136,15 @@ def test_database_faults_end_in_one_masked_line_and_keep_outputs(kind, fault_set
     texts = [result.stdout, result.stderr] + [p.read_text(errors="replace") for p in files_under(tmp_path / "fail")]
     assert not [t for t in texts if postgres_server.password in t]
     assert {p.name: p.read_bytes() for p in exported.iterdir()} == before
+
+
+def test_the_overlap_window_is_a_config_key_with_a_bound():
+    from conftest import compose_config
+
+    from smm.config import validate
+    from smm.errors import ConfigError
+
+    assert compose_config("stage=feedback").feedback.overlap_minutes == 15
+    assert compose_config("stage=feedback", "feedback.overlap_minutes=60").feedback.overlap_minutes == 60
+    with pytest.raises(ConfigError, match="feedback.overlap_minutes"):
+        validate(compose_config("stage=feedback", "feedback.overlap_minutes=-1"))

@@ -6,11 +6,21 @@ A case file is JSONL, one object per line::
      "prompt": "Schreib einen Post ...", "min_chars": 80, "max_chars": 600,
      "expect": {"sentiment": "negative"}}
 
-``id``, ``task``, ``language``, ``platform`` and ``prompt`` are required; ``min_chars`` and
-``max_chars`` bound every published text of the answer (characters, hashtags included where the
-task appends them); ``expect`` holds expected values of top-level answer keys. The system prompt
-is not stored: it comes from the task registry, so a case is asked exactly as the model was trained.
-Every problem is reported as ``file:line: reason``.
+``id``, ``task``, ``language``, ``platform`` and ``prompt`` are required. Optional expectations:
+
+- ``min_chars``/``max_chars``: bounds of every published text (hashtags included where the task
+  appends them);
+- ``expect``: expected values of top-level answer keys, e.g. ``{"sentiment": "negative"}``;
+- ``required_facts``: strings the answer's prose must contain (names, prices, codes), e.g.
+  ``["Metzgerei Huber", "39,90 €"]``;
+- ``variations``: the exact number of A/B variations (``ab_variations``, at least 2);
+- ``formality``: how the texts for the audience address it: ``du``/``Sie`` (de), ``tu``/``vous``
+  (fr), ``tú``/``usted`` (es), ``tu``/``você``/``o senhor`` (pt); not for English;
+- ``hashtag_count``: how many hashtags, exactly (``3``) or within bounds (``{"min": 3, "max": 8}``);
+- ``timezone``: the IANA time zone a ``posting_times`` answer must name, e.g. ``"Europe/Berlin"``.
+
+The system prompt is not stored: it comes from the task registry, so a case is asked exactly as
+the model was trained. Every problem is reported as ``file:line: reason``.
 """
 from __future__ import annotations
 
@@ -22,13 +32,15 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from smm.checks import iana_timezones, variation_roots
 from smm.errors import SmmError
+from smm.formality import FORMS
 from smm.io import read_jsonl
 from smm.tasks import LANGUAGES, PLATFORMS, TASKS
 
 BUILTIN_CASES = Path(__file__).with_name("cases.jsonl")
 REQUIRED_KEYS = ("id", "task", "language", "platform", "prompt")
-OPTIONAL_KEYS = ("min_chars", "max_chars", "expect")
+OPTIONAL_KEYS = ("min_chars", "max_chars", "expect", "required_facts", "variations", "formality", "hashtag_count", "timezone")
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,12 @@ class EvalCase:
     min_chars: int | None = None
     max_chars: int | None = None
     expect: dict[str, Any] = field(default_factory=dict)
+    required_facts: tuple[str, ...] = ()
+    variations: int | None = None
+    formality: str | None = None
+    hashtag_count: tuple[int | None, int | None] | None = None
+    """``(min, max)`` hashtags (``None`` = unbounded); an exact count has min == max."""
+    timezone: str | None = None
     source: str = ""
     """Where the case was read (``file:line``)."""
 
@@ -93,6 +111,62 @@ def _expect(row: dict, task: str) -> dict[str, Any]:
     return expect
 
 
+def _for_tasks(row: dict, key: str, task: str, ok: bool, which: str) -> None:
+    if key in row and not ok:
+        raise ValueError(f"{key!r} applies only to {which}, not to {task}")
+
+
+def _whole(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _required_facts(row: dict) -> tuple[str, ...]:
+    facts = row.get("required_facts", [])
+    if not isinstance(facts, list) or not all(isinstance(f, str) and f.strip() for f in facts):
+        raise ValueError("'required_facts' must be a list of non-empty strings")
+    return tuple(f.strip() for f in facts)
+
+
+def _variations(row: dict) -> int | None:
+    value = row.get("variations")
+    if value is not None and not _whole(value, 2):
+        raise ValueError("'variations' must be a whole number >= 2 (the exact number of A/B variations)")
+    return value
+
+
+def _formality(row: dict, language: str) -> str | None:
+    value = row.get("formality")
+    if value is None:
+        return None
+    if language not in FORMS:
+        raise ValueError(f"'formality' is not used for {LANGUAGES[language]} (only for {', '.join(FORMS)})")
+    if value not in FORMS[language]:
+        raise ValueError(f"formality {value!r} is not one of {', '.join(FORMS[language])} (for {LANGUAGES[language]})")
+    return value
+
+
+def _hashtag_count(row: dict) -> tuple[int | None, int | None] | None:
+    value = row.get("hashtag_count")
+    if value is None:
+        return None
+    if _whole(value, 0):
+        return value, value
+    bounds = value if isinstance(value, dict) and value and set(value) <= {"min", "max"} else None
+    if bounds is None or not all(_whole(v, 0) for v in bounds.values()):
+        raise ValueError("'hashtag_count' must be a whole number >= 0 or {\"min\": n, \"max\": m}")
+    low, high = bounds.get("min"), bounds.get("max")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"hashtag_count min {low} is larger than max {high}")
+    return low, high
+
+
+def _timezone(row: dict) -> str | None:
+    value = row.get("timezone")
+    if value is not None and (not isinstance(value, str) or value.casefold() not in iana_timezones()):
+        raise ValueError(f"timezone {value!r} is not an IANA time zone name (such as Europe/Berlin)")
+    return value
+
+
 def parse_case(row: Any, source: str = "") -> EvalCase:
     """Validate one parsed JSONL row; ``ValueError`` with the reason if it is not a valid case."""
     if not isinstance(row, dict):
@@ -108,15 +182,26 @@ def parse_case(row: Any, source: str = "") -> EvalCase:
     min_chars, max_chars = _bound(row, "min_chars"), _bound(row, "max_chars")
     if min_chars is not None and max_chars is not None and min_chars > max_chars:
         raise ValueError(f"min_chars {min_chars} is larger than max_chars {max_chars}")
+    language = _choice(row, "language", tuple(LANGUAGES))
+    spec = TASKS[task]
+    _for_tasks(row, "variations", task, bool(variation_roots(spec)), "ab_variations")
+    _for_tasks(row, "formality", task, bool(spec.addressed_fields), "tasks with texts for the audience")
+    _for_tasks(row, "hashtag_count", task, bool(spec.hashtag_fields), "tasks with hashtags")
+    _for_tasks(row, "timezone", task, "timezone" in spec.keys, "posting_times")
     return EvalCase(
         id=case_id.strip(),
         task=task,
-        language=_choice(row, "language", tuple(LANGUAGES)),
+        language=language,
         platform=_choice(row, "platform", PLATFORMS),
         prompt=_non_empty_str(row, "prompt"),
         min_chars=min_chars,
         max_chars=max_chars,
         expect=_expect(row, task),
+        required_facts=_required_facts(row),
+        variations=_variations(row),
+        formality=_formality(row, language),
+        hashtag_count=_hashtag_count(row),
+        timezone=_timezone(row),
         source=source,
     )
 

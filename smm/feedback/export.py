@@ -2,15 +2,22 @@
 
 Steps, all inside one read-only snapshot of the database:
 
-1. the window: ratings after the state's mark (all with ``full``), from ``since`` on, at most
-   ``limit`` of them; its last rating is the cutoff that becomes the next mark;
-2. generations rated in the window that earlier exports already covered (their old lines are
-   dropped: the latest rating wins, across exports too);
-3. each generation's latest rating in the window, streamed through a server-side cursor in
-   batches of ``batch_size`` (read ahead by a thread) → SFT examples and DPO pairs of edits;
-4. thumbs-down answers paired with approved answers to the same prompt → DPO pairs. The server
-   computes the pairs on a second connection that shares the snapshot while step 3 runs;
-5. both files renamed into place, then the state saved. An interruption before that leaves the
+1. the window: ratings no earlier export read (all with ``full``), from ``feedback.overlap_minutes``
+   before the state's mark on (a rating committed late is still read), from ``since`` on, none
+   dated in the future, at most ``limit`` of them; its last rating is the cutoff that becomes
+   the next mark;
+2. deletions: when the ratings (with their generations) up to the mark are not as many as the
+   state counted, some were deleted (or appeared too late for the overlap): the export becomes
+   a full one, so no line of a deleted rating or generation is left;
+3. an incremental export drops the earlier lines of the generations it writes anew (the latest
+   rating wins, across exports too) and of the thumbs-downs it pairs anew;
+4. each generation's latest rating, streamed through a server-side cursor in batches of
+   ``batch_size`` (read ahead by a thread) → SFT examples and DPO pairs of edits;
+5. thumbs-down answers paired with the newest approved answer to the same prompt → DPO pairs.
+   A full export computes them on a second connection that shares the snapshot while step 4
+   runs; an incremental one re-pairs every thumbs-down of a prompt that changed, so the files
+   hold what a full export would write;
+6. both files renamed into place, then the state saved. An interruption before that leaves the
    previous files and state as they were.
 """
 from __future__ import annotations
@@ -19,7 +26,7 @@ import contextlib
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +80,11 @@ class ExportResult:
     no_pair: Reasons = field(default_factory=Reasons)
     """EDITED ratings without a DPO pair and thumbs-down pairs dropped, by reason (feedback ids)."""
     dropped: int = 0
-    """Lines of earlier exports removed because their generation was rated again."""
+    """Lines of earlier exports removed: their generation was rated again or lost a rating, or is gone."""
+    covered: int = 0
+    """Ratings (with their generation) up to the cutoff."""
+    covered_before: int = 0
+    """Of those, the ones earlier exports covered (incremental exports)."""
     mark: tuple | None = None
     files: dict[str, FileState] = field(default_factory=dict)
 
@@ -136,32 +147,48 @@ def export_feedback(cfg, url: str, progress: bool = True) -> ExportResult:
     names = sql.Names.from_config(cfg.tables, cfg.columns)
     mapper = Mapper(Scrubber(cfg.keep_handles) if cfg.scrub_pii else None)
     result = ExportResult(full=full)
-    flags = {"since": since is not None, "after_mark": not full}
-    params = {"since": since, "mark_at": state.mark[0] if state.mark else None,
-              "mark_id": state.mark[1] if state.mark else None, "offset": cfg.limit - 1,
-              "registry_prompts": sql.registry_prompts()}
+    overlap = timedelta(minutes=cfg.overlap_minutes)
+    flags = {"since": since is not None, "incremental": not full}
+    params = {"since": since, "seen": state.seen, "offset": cfg.limit - 1, "registry_prompts": sql.registry_prompts()}
+    if not full:
+        params["low"] = (datetime.fromisoformat(state.mark[0]) - overlap).isoformat()
 
     with read_only_session(url) as conn:
         check_schema(conn, url, cfg.tables, cfg.columns)
-        cutoff, drop = _open_window(conn, names, flags, params, cfg.limit, full, result)
-        if cutoff is None and not full:
+        _tune(conn)
+        _warn_future(conn, names)
+        cutoff = _open_window(conn, names, flags, params, cfg.limit, state, result)
+        if not full and result.covered_before != state.covered:
+            _explain_change(state.covered, result.covered_before)
+            full, result, flags["incremental"] = True, ExportResult(full=True), False
+            cutoff = _open_window(conn, names, flags, params, cfg.limit, state, result)
+        if not full and not result.in_window:
             log.info("no new feedback since %s (id %s)", *state.mark)
             result.mark, result.files = state.mark, state.files
             return result
+        drop, pairs = set(), None
+        if not full:  # the generations written anew and the thumbs-downs paired anew lose their lines
+            drop = _fetch_column(conn, sql.fresh_query(names, since=flags["since"]), params)
+            pairs = _fetch_all(conn, sql.pairs_query(names, **flags), params, cfg.batch_size)
+            drop |= {d_gid for batch in pairs for _, _, d_gid in batch}
         with contextlib.ExitStack() as stack:
             outputs = stack.enter_context(open_outputs(out_dir, None if full else state.files, drop))
             if cutoff is not None:
-                # the pairs query runs on a twin connection from now on, while the ratings stream here
-                twin = stack.enter_context(snapshot_twin(conn, url))
-                _tune(twin)
-                pairs = stack.enter_context(BatchStream(twin, "smm_feedback_pairs", sql.pairs_query(names, **flags),
-                                                        params, cfg.batch_size))
+                if pairs is None:  # the pairs query runs on a twin connection while the ratings stream here
+                    twin = stack.enter_context(snapshot_twin(conn, url))
+                    _tune(twin)
+                    pairs = stack.enter_context(BatchStream(twin, "smm_feedback_pairs", sql.pairs_query(names, **flags),
+                                                            params, cfg.batch_size))
                 _write_ratings(conn, names, flags, params, cfg.batch_size, mapper, outputs, result, progress)
                 _write_pairs(conn, names, pairs, params, mapper, outputs, result)
         result.dropped = sum(o.dropped for o in outputs.values())
+        seen = []
+        if cutoff is not None:
+            params["new_low"] = cutoff[0] - overlap
+            seen = sorted(_fetch_column(conn, sql.seen_query(names), params))
     result.files = {name: o.state() for name, o in outputs.items()}
     result.mark = (cutoff[0].isoformat(), cutoff[1]) if cutoff else None
-    save(state_path, State(mark=result.mark, files=result.files, source=source))
+    save(state_path, State(mark=result.mark, files=result.files, source=source, seen=seen, covered=result.covered))
     return result
 
 
@@ -172,24 +199,63 @@ def _tune(conn) -> None:
         cur.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL cursor_tuple_fraction = 1.0; SET LOCAL jit = off")
 
 
-def _open_window(conn, names, flags, params, limit, full, result) -> tuple[tuple | None, set]:
-    """The cutoff (None: no ratings in the window) and the re-rated generations; fills ``params``."""
-    _tune(conn)
+def _fetch_column(conn, query, params) -> set:
     with conn.cursor() as cur:
-        cur.execute(sql.cutoff_query(names, limit=limit > 0, **flags), params)
+        cur.execute(query, params)
+        return {row[0] for row in cur}
+
+
+def _fetch_all(conn, query, params, batch_size: int) -> list[list[tuple]]:
+    """All rows of ``query``, in batches (for the few pairs of an incremental export)."""
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        rows = cur.fetchall()
+    return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+
+
+def _explain_change(expected: int, found: int) -> None:
+    """Log why an incremental export turned into a full one: the ratings it covered changed."""
+    if found < expected:
+        log.warning("%d ratings that earlier exports covered were deleted, or their generations (e.g. on an "
+                    "erasure request): exporting everything again, so that no line of them is left", expected - found)
+    else:
+        log.warning("%d ratings older than the last export's overlap window appeared (committed very late, or "
+                    "their generation was added late; raise feedback.overlap_minutes): exporting everything again",
+                    found - expected)
+
+
+def _warn_future(conn, names) -> None:
+    """Warn about ratings dated after the database's now(): no export takes them before their time."""
+    with conn.cursor() as cur:
+        cur.execute(sql.future_query(names))
+        count, first_at, first_id = cur.fetchone()
+    if count:
+        log.warning("%d ratings are dated in the future (e.g. id %s at %s): they are left out until then; "
+                    "check the clock of the app that wrote them", count, first_id, first_at)
+
+
+def _open_window(conn, names, flags, params, limit, state, result) -> tuple | None:
+    """The cutoff (None: no ratings up to it) and the window's counts; fills ``params``."""
+    incremental = flags["incremental"]
+    with conn.cursor() as cur:
+        window = dict(since=flags["since"], incremental=incremental)
+        cur.execute(sql.cutoff_query(names, limit=limit > 0, **window), params)
         cutoff = cur.fetchone()
         if cutoff is None and limit > 0:
-            cur.execute(sql.cutoff_query(names, limit=False, **flags), params)
+            cur.execute(sql.cutoff_query(names, limit=False, **window), params)
             cutoff = cur.fetchone()
+        if incremental:  # never behind the mark: late ratings below it are read, whatever the limit
+            mark = (datetime.fromisoformat(state.mark[0]), state.mark[1])
+            if cutoff is None or tuple(cutoff) < mark:
+                cutoff = mark
         if cutoff is None:
-            return None, set()
+            return None
         params.update(cut_at=cutoff[0], cut_id=cutoff[1])
-        cur.execute(sql.count_query(names, **flags), params)
-        result.in_window = cur.fetchone()[0]
-        if full:
-            return cutoff, set()
-        cur.execute(sql.rerated_query(names, since=flags["since"]), params)
-        return cutoff, {row[0] for row in cur.fetchall()}
+        cur.execute(sql.count_query(names, **window), params)
+        result.in_window, new_covered, result.covered = cur.fetchone()
+        if incremental:
+            result.covered_before = result.covered - new_covered
+    return cutoff
 
 
 def _write_ratings(conn, names, flags, params, batch_size, mapper, outputs, result, progress) -> None:
@@ -226,6 +292,9 @@ def _write_pairs(conn, names, pairs, params, mapper, outputs, result) -> None:
     rows_query = sql.pair_rows_query(names)
     with conn.cursor() as fetch:
         for batch in pairs:
+            batch = [(d_fid, a_fid) for d_fid, a_fid, _ in batch if a_fid is not None]
+            if not batch:
+                continue
             fetch.execute(rows_query, {**params, "ids": tuple({fid for pair in batch for fid in pair})})
             rows = {row[0]: row for row in fetch}
             for d_fid, a_fid in batch:

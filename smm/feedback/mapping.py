@@ -44,6 +44,7 @@ INVALID_EDIT = "edit not valid for its task"
 # Why an EDITED rating or a thumbs-down gives no DPO pair (``Examples.no_pair``).
 NO_ORIGINAL = "edit without an original output"
 UNCHANGED_EDIT = "edit leaves the answer unchanged"
+SAME_ANSWER = "approved and thumbs-down answers are the same"
 INVALID_CHOSEN = "approved answer not valid for its task"
 OTHER_PROMPT = "prompts differ (hash collision)"
 
@@ -127,13 +128,17 @@ class Mapper:
         return Prompt(task, language, platform, system, self.scrub(user))
 
     def _scrub_json(self, text: str, value: Any) -> tuple[str, Any]:
-        """``(text, value)`` with every string in the value scrubbed (text re-serialized if changed)."""
-        if not self._may_hold(text):
-            return text, value
-        if "\\u" not in text:  # cheap probe: the raw text with escaped line breaks as blanks
+        """``(text, value)`` with every string in the value scrubbed (text re-serialized if changed).
+
+        A cheap probe of the raw text (escaped line breaks as blanks) skips answers without
+        personal data; any other escape (``\\/``, ``\\u0040``, ``\\"``) could hide some from it, so
+        such answers are always scrubbed string by string.
+        """
+        probe = text
+        if "\\" in text:
             probe = text.replace("\\n", "  ").replace("\\r", "  ").replace("\\t", "  ")
-            if self.scrub(probe) == probe:
-                return text, value
+        if "\\" not in probe and (not self._may_hold(probe) or self.scrub(probe) == probe):
+            return text, value
         scrubbed = _map_strings(value, self.scrub)
         return (text, value) if scrubbed == value else (canonical(scrubbed), scrubbed)
 
@@ -149,6 +154,8 @@ class Mapper:
             value, errors = parse_answer(task, text)  # the registry has the last word (e.g. fenced JSON)
             if errors:
                 raise Skip(invalid, errors[0]) from None
+            if (error := _not_strict(value)) is not None:
+                raise Skip(invalid, error) from None
             text = canonical(value)
         text, scrubbed = self._scrub_json(text, value)
         if scrubbed is not value:  # placeholders change lengths: check what is written
@@ -168,6 +175,27 @@ class Mapper:
         except orjson.JSONDecodeError:
             return self.scrub(text)
         return canonical(self._scrub_json(text, value)[1])
+
+
+def _not_strict(value: Any) -> str | None:
+    """Why ``value`` from a lenient JSON parser is not strict JSON (NaN, Infinity, a lone
+    surrogate such as ``\\ud800``, an integer beyond 64 bits), or None when it is."""
+    try:
+        if orjson.loads(orjson.dumps(value)) == value:  # orjson writes NaN and Infinity as null
+            return None
+        return "not valid JSON (NaN or Infinity is not a JSON number)"
+    except orjson.JSONEncodeError as exc:
+        return f"not valid JSON ({exc})"
+
+
+def same_json(value: Any, text: str) -> bool:
+    """Whether the JSON ``text`` holds ``value`` (keys in any order); plain text never does."""
+    try:
+        other = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    option = orjson.OPT_SORT_KEYS
+    return orjson.dumps(other, option=option) == orjson.dumps(value, option=option)
 
 
 def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
@@ -248,7 +276,7 @@ def map_rating(mapper: Mapper, row: tuple) -> Examples:
     if not (output or "").strip():
         return Examples(rating, sft=sft, no_pair=NO_ORIGINAL)
     chosen, rejected = canonical(value), mapper.rejected(output)
-    if chosen == rejected:
+    if same_json(value, rejected):
         return Examples(rating, sft=sft, no_pair=UNCHANGED_EDIT)
     pair = dpo_pair(prompt, chosen, rejected, {
         "pair": "edited", "chosen_generation_id": gid, "rejected_generation_id": gid,
@@ -267,7 +295,10 @@ def map_pair(mapper: Mapper, down: tuple, approved: tuple) -> dict:
         raise Skip(EMPTY_OUTPUT, f"thumbs-down generation {d_gid}")
     prompt = mapper.prompt(*a_prompt)
     _, value = mapper.answer(prompt.task, a_edited if a_rating == EDITED else output, INVALID_CHOSEN, INVALID_CHOSEN)
-    return dpo_pair(prompt, canonical(value), mapper.rejected(rejected), {
+    rejected = mapper.rejected(rejected)
+    if same_json(value, rejected):
+        raise Skip(SAME_ANSWER, f"generations {a_gid} and {d_gid}")
+    return dpo_pair(prompt, canonical(value), rejected, {
         "pair": "thumbs_down", "chosen_generation_id": a_gid, "rejected_generation_id": d_gid,
         "chosen_feedback_id": a_fid, "rejected_feedback_id": d_fid, "model_name": model_name,
         "comment": mapper.scrub(d_comment) if d_comment else None, "rated_at": max(d_created_at, a_created_at)})

@@ -4,9 +4,9 @@ Names enter only as quoted identifiers (``psycopg2.sql.Identifier``) and values 
 parameters, so nothing in the config or the data can change a statement. ``schema.table`` names
 are split into schema and table.
 
-An export covers the ratings whose ``(created_at, id)`` lies after the previous export's mark
-and at or before this export's cutoff (``window``). Of all ratings of a generation up to the
-cutoff, the latest wins; older ones are superseded.
+An export covers the ratings up to this export's cutoff that earlier exports did not read
+(``window``). Of all ratings of a generation up to the cutoff, the latest wins; older ones are
+superseded.
 """
 from __future__ import annotations
 
@@ -62,53 +62,75 @@ class Names:
         return sql.SQL(template).format(feedback=self.feedback, generations=self.generations, **self.columns, **extra)
 
 
-def window(names: Names, alias: str, *, since: bool, after_mark: bool, cutoff: bool = True) -> sql.Composed:
-    """The condition that puts a rating of ``alias`` inside the export window (params by name)."""
-    parts = []
+def window(names: Names, alias: str, *, since: bool, incremental: bool, cutoff: bool = True) -> sql.Composed:
+    """The condition that puts a rating of ``alias`` inside the export window (params by name).
+
+    Ratings dated in the future never are (their time has not come). An incremental window
+    starts ``feedback.overlap_minutes`` before the previous mark (``low``) and leaves out the
+    ratings that earlier exports already read there (``seen``, ids as text): a rating whose
+    transaction committed after that export began is picked up now.
+    """
+    parts = ["{a}.{created_at} <= now()"]
     if cutoff:
         parts.append("({a}.{created_at}, {a}.{feedback_id}) <= (%(cut_at)s, %(cut_id)s)")
-    if after_mark:
-        parts.append("({a}.{created_at}, {a}.{feedback_id}) > (%(mark_at)s, %(mark_id)s)")
+    if incremental:
+        parts.append("{a}.{created_at} >= %(low)s AND NOT {a}.{feedback_id}::text = ANY(%(seen)s::text[])")
     if since:
         parts.append("{a}.{created_at} >= %(since)s")
-    return names.sql(" AND ".join(parts) or "TRUE", a=sql.Identifier(alias))
+    return names.sql(" AND ".join(parts), a=sql.Identifier(alias))
 
 
-def cutoff_query(names: Names, *, since: bool, after_mark: bool, limit: bool) -> sql.Composed:
+def future_query(names: Names) -> sql.Composed:
+    """How many ratings are dated after the database's now(), and the first of them."""
+    return names.sql("SELECT count(*), min(f.{created_at})::text, min(f.{feedback_id}::text) FROM {feedback} AS f "
+                     "WHERE f.{created_at} > now()")
+
+
+def cutoff_query(names: Names, *, since: bool, incremental: bool, limit: bool) -> sql.Composed:
     """The key of the last rating this export covers: the ``limit``-th new one, or the newest."""
-    where = window(names, "f", since=since, after_mark=after_mark, cutoff=False)
+    where = window(names, "f", since=since, incremental=incremental, cutoff=False)
     order = "ORDER BY f.{created_at}, f.{feedback_id} OFFSET %(offset)s LIMIT 1" if limit else \
         "ORDER BY f.{created_at} DESC, f.{feedback_id} DESC LIMIT 1"
     return names.sql("SELECT f.{created_at}, f.{feedback_id} FROM {feedback} AS f WHERE {where} " + order, where=where)
 
 
-def count_query(names: Names, *, since: bool, after_mark: bool) -> sql.Composed:
-    """How many ratings (superseded ones included) the window holds."""
-    where = window(names, "f", since=since, after_mark=after_mark)
-    return names.sql("SELECT count(*) FROM {feedback} AS f WHERE {where}", where=where)
-
-
-def rerated_query(names: Names, *, since: bool) -> sql.Composed:
-    """Generations rated in this window that were already rated before the mark (earlier exports)."""
-    new = window(names, "f", since=since, after_mark=True)
+def count_query(names: Names, *, since: bool, incremental: bool) -> sql.Composed:
+    """``(new, new with their generation, all with their generation)``: ratings in the window and
+    ratings up to the cutoff. The last count, kept in the state, tells the next export whether
+    ratings or generations it covered were deleted since."""
+    new = window(names, "f", since=since, incremental=True, cutoff=False) if incremental else sql.SQL("TRUE")
     return names.sql(
-        "SELECT DISTINCT f.{feedback_generation_id} FROM {feedback} AS f WHERE {new} AND EXISTS ("
-        "SELECT 1 FROM {feedback} AS o WHERE o.{feedback_generation_id} = f.{feedback_generation_id} "
-        "AND (o.{created_at}, o.{feedback_id}) <= (%(mark_at)s, %(mark_id)s))",
-        new=new,
+        "SELECT count(*) FILTER (WHERE {new}), count(*) FILTER (WHERE {new} AND g.{generation_id} IS NOT NULL), "
+        "count(g.{generation_id}) FROM {feedback} AS f LEFT JOIN {generations} AS g "
+        "ON g.{generation_id} = f.{feedback_generation_id} WHERE {upto}",
+        new=new, upto=window(names, "f", since=since, incremental=False),
+    )
+
+
+def seen_query(names: Names) -> sql.Composed:
+    """Ids (as text) of the ratings from ``%(new_low)s`` on that this export or earlier ones read."""
+    return names.sql(
+        "SELECT f.{feedback_id}::text FROM {feedback} AS f WHERE f.{created_at} >= %(new_low)s "
+        "AND f.{created_at} <= now() AND ((f.{created_at}, f.{feedback_id}) <= (%(cut_at)s, %(cut_id)s) "
+        "OR f.{feedback_id}::text = ANY(%(seen)s::text[]))"
     )
 
 
 def _fresh_generations(names: Names, since: bool) -> sql.Composed:
     """Subquery: the generations with a rating new in this window."""
-    fresh = window(names, "n", since=since, after_mark=True)
+    fresh = window(names, "n", since=since, incremental=True)
     return names.sql("SELECT n.{feedback_generation_id} FROM {feedback} AS n WHERE {fresh}", fresh=fresh)
+
+
+def fresh_query(names: Names, *, since: bool) -> sql.Composed:
+    """The generations an incremental export writes anew (their earlier lines are dropped)."""
+    return names.sql("SELECT DISTINCT x.id FROM ({fresh}) AS x(id)", fresh=_fresh_generations(names, since))
 
 
 def _latest(names: Names, *, since: bool, narrow: bool, generations: sql.Composable | None = None) -> sql.Composed:
     """CTE ``latest``: each generation's latest rating in the window (up to the cutoff), for all
     generations or those of the subquery ``generations``."""
-    scope = window(names, "f", since=since, after_mark=False)
+    scope = window(names, "f", since=since, incremental=False)
     if generations is not None:
         scope = names.sql("{scope} AND f.{feedback_generation_id} IN ({subquery})", scope=scope,
                           subquery=generations)
@@ -122,7 +144,7 @@ def _latest(names: Names, *, since: bool, narrow: bool, generations: sql.Composa
     )
 
 
-def ratings_query(names: Names, *, since: bool, after_mark: bool) -> sql.Composed:
+def ratings_query(names: Names, *, since: bool, incremental: bool) -> sql.Composed:
     """Each generation's latest rating in the window with its generation.
 
     Columns: feedback id, generation id, rating (upper case), edited output, comment, rated at (ISO
@@ -132,7 +154,7 @@ def ratings_query(names: Names, *, since: bool, after_mark: bool) -> sql.Compose
     lets PostgreSQL merge-join the two tables without a sort.
     """
     latest = _latest(names, since=since, narrow=False,
-                     generations=_fresh_generations(names, since) if after_mark else None)
+                     generations=_fresh_generations(names, since) if incremental else None)
     return names.sql(
         "WITH {latest} SELECT n.fid, n.gid, n.rating, n.edited, n.comment, " + _ISO.format(col="n.created_at") + ", "
         "g.{generation_id} IS NOT NULL, g.{task}::text, g.{language}::text, g.{platform}::text, "
@@ -162,37 +184,36 @@ def _same_prompt_generations(names: Names, since: bool) -> sql.Composed:
     )
 
 
-def pairs_query(names: Names, *, since: bool, after_mark: bool) -> sql.Composed:
-    """``(thumbs-down feedback id, approved feedback id)`` for each new pair, by the first id.
+def pairs_query(names: Names, *, since: bool, incremental: bool) -> sql.Composed:
+    """``(thumbs-down feedback id, approved feedback id, thumbs-down generation id)``, by the first id.
 
     A thumbs-down answer pairs with the newest approved or edited answer to the same prompt
-    (same task, language, platform, system prompt and user input, as stored); only pairs with at
-    least one rating new in this window: a thumbs-down rated now pairs with the newest approved
-    answer of any time, an older thumbs-down with the newest one rated now. Prompts are grouped
-    by task and a 64-bit hash (a sort or hash aggregate, never a quadratic join); the caller
-    compares the two prompts in full (``pair_rows_query``).
+    (same task, language, platform, system prompt and user input, as stored). A full export pairs
+    every thumbs-down that has one. An incremental export re-pairs every thumbs-down of each
+    prompt that got a new rating, with an approved id of NULL where the prompt has
+    no approved answer any more: the caller drops these thumbs-downs' earlier pairs, so the
+    files hold what a full export would. Prompts are grouped by task and a 64-bit hash (a sort or
+    hash aggregate, never a quadratic join); the caller compares the two prompts in full
+    (``pair_rows_query``).
     """
     latest = _latest(names, since=since, narrow=True,
-                     generations=_same_prompt_generations(names, since) if after_mark else None)
-    is_new = sql.SQL("(l.created_at, l.fid) > (%(mark_at)s, %(mark_id)s)" if after_mark else "TRUE")
+                     generations=_same_prompt_generations(names, since) if incremental else None)
     down, approved = sql.Literal(THUMBS_DOWN), sql.Literal(tuple(sorted(APPROVED)))
+    having = "bool_or(is_down)" if incremental else "bool_or(is_down) AND bool_or(is_approved)"
     return names.sql(
         # no WHERE on the rating here: a filter the planner cannot estimate would turn the join
         # with generations into a million index lookups; other ratings fall out in the aggregates
         "WITH {latest}, "
-        "keyed AS (SELECT l.fid, l.created_at, l.rating = {down} AS is_down, l.rating IN {approved} AS is_approved, "
-        "{is_new} AS is_new, g.{task}::text AS task, " + _PROMPT_HASH.format(g="g") + " AS h "
+        "keyed AS (SELECT l.fid, l.gid, l.created_at, l.rating = {down} AS is_down, l.rating IN {approved} AS is_approved, "
+        "g.{task}::text AS task, " + _PROMPT_HASH.format(g="g") + " AS h "
         "FROM latest AS l JOIN {generations} AS g ON g.{generation_id} = l.gid), "
         "groups AS (SELECT "
         "array_agg(fid ORDER BY created_at DESC, fid DESC) FILTER (WHERE is_approved) AS approved, "
-        "array_agg(fid ORDER BY created_at DESC, fid DESC) FILTER (WHERE is_approved AND is_new) AS new_approved, "
-        "array_agg(fid) FILTER (WHERE is_down AND is_new) AS new_downs, "
-        "array_agg(fid) FILTER (WHERE is_down AND NOT is_new) AS old_downs "
-        "FROM keyed GROUP BY task, h HAVING bool_or(is_down) AND bool_or(is_approved) AND bool_or(is_new)) "
-        "SELECT unnest(new_downs) AS d_fid, approved[1] AS a_fid FROM groups "
-        "UNION ALL SELECT unnest(old_downs), new_approved[1] FROM groups WHERE new_approved IS NOT NULL "
-        "ORDER BY 1",
-        latest=latest, is_new=is_new, down=down, approved=approved,
+        # the same filter in one pass keeps the two arrays aligned
+        "array_agg(fid) FILTER (WHERE is_down) AS downs, array_agg(gid) FILTER (WHERE is_down) AS down_gids "
+        "FROM keyed GROUP BY task, h HAVING " + having + ") "
+        "SELECT unnest(downs) AS d_fid, approved[1] AS a_fid, unnest(down_gids) AS d_gid FROM groups ORDER BY 1",
+        latest=latest, down=down, approved=approved,
     )
 
 

@@ -7,7 +7,9 @@
 4. Optional baseline (``eval.baseline``: a model on the same server, a .gguf or a report.json),
    judged by the same checks on the same cases; ``eval.gate_min_delta`` turns the score delta into
    the exit code (3 = gate failed).
-5. ``<eval.output_dir>/<timestamp>/``: report.json, report.md, report.html, manifest.json — written
+5. Optional LLM judge (``eval.judge.url``, smm/judge.py): a tone/brand-fit rating per answer,
+   reported beside the checks, never part of the score or the gate.
+6. ``<eval.output_dir>/<timestamp>/``: report.json, report.md, report.html, manifest.json — written
    to a temporary folder that is renamed into place only when complete.
 
 Returns the score (0-1) for sweeps.
@@ -30,6 +32,7 @@ from smm.config import to_plain
 from smm.errors import ConfigError, GateFailed, SmmError
 from smm.evalset.loader import BUILTIN_CASES, EvalCase, select_cases
 from smm.io import write_json, write_manifest, write_text
+from smm.judge import judge_records, judge_url
 from smm.report import build_report, make_record, recheck, render_markdown, signed
 from smm.secrets import mask_url
 
@@ -189,6 +192,11 @@ def print_summary(report: dict, run_dir: Path) -> None:
     timing = f"latency p50 {latency['p50']:.2f} s, p95 {latency['p95']:.2f} s; " if latency["p50"] is not None else ""
     console.print(f"{timing}"
                   f"reply formats: {', '.join(f'{k} {v}' for k, v in sorted(s['formats'].items()))}")
+    judge = report["judge"]
+    if judge:
+        said = f"not available ({judge['error']})" if "error" in judge else (
+            f"mean {judge['mean'] * 100:.0f}% over {judge['judged']} answers" if judge["mean"] is not None else "no readable judgement")
+        console.print(f"Judge {judge['url']} (tone and brand fit, not in the score): {said}")
     if report["gate"]:
         g = report["gate"]
         console.print(f"Gate (delta ≥ {g['min_delta']:+.3f}): " + ("[green]passed[/green]" if g["passed"] else "[red]FAILED[/red]"))
@@ -212,10 +220,12 @@ def run(cfg: DictConfig) -> float:
             label_b, records_b = _run_backend(baseline_plan.make, cases, "Baseline")
         baseline = {"model": {**baseline_plan.model, "label": label_b}, "source": baseline_plan.source, "records": records_b}
 
+    judge = judge_records(records, cases, e.judge, e) if judge_url(e.judge) else None
+
     report = build_report(
         model={**describe_model(e.backend, e), "label": label},
         settings={k: e[k] for k in ("temperature", "max_tokens", "seed", "timeout_s", "retries", "concurrency")},
-        records=records, case_files=inputs, baseline=baseline, gate_min_delta=e.gate_min_delta,
+        records=records, case_files=inputs, baseline=baseline, gate_min_delta=e.gate_min_delta, judge=judge,
     )
     run_dir = write_reports(report, cfg, inputs)
     print_summary(report, run_dir)
