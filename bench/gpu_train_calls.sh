@@ -12,14 +12,31 @@
 #   STEPS=6 bash bench/gpu_train_calls.sh H   # cold compile caches: per-step times; the low-VRAM preset
 #   bash bench/gpu_train_calls.sh I           # Unsloth's bare loop vs smm's Unsloth path, 14 steps, medians
 #   bash bench/gpu_train_calls.sh J           # the packed mix after 8 warm-up steps vs the padded baseline
+#   bash bench/gpu_train_calls.sh K           # 2+ GPUs: 1 GPU vs 2 GPUs data-parallel (full rows, mix), then
+#                                             # the train stage with training.devices=2 on a tiny-shaped model
+#   DATA=.data bash bench/gpu_train_calls.sh L  # the stage with training.devices=2 again; the mix on 1 vs 2 GPUs after 14 warm-up steps
 set -uo pipefail
 export PYTHONPATH=$PWD/.site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# No NVLink multicast (the lent multi-GPU machines require it off).
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/tok
 cp .bench_tok/* /tmp/tok/ && gunzip -f /tmp/tok/tokenizer.json.gz
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 bench/train_throughput.py make --out /tmp/m7b --tokenizer /tmp/tok
 STEPS=${STEPS:-8}
+ddp() { python3 -m torch.distributed.run --standalone --nproc_per_node 2 bench/train_throughput.py run --model /tmp/m7b \
+          --json "$OUT/train_$1.jsonl" --steps "$STEPS" --warmup 3 "${@:2}" 2>&1 | grep -vE "it/s\]|s/it\]" | tail -25; }
 run() { python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_$1.jsonl" --steps "$STEPS" --warmup 3 "${@:2}" 2>&1 | grep -vE "it/s\]|s/it\]" | tail -25; }
+# The train stage with training.devices=2 on a tiny-shaped model (DATA: prepared data, else prepared here).
+stage_ddp() {
+  python3 bench/train_throughput.py make --tiny --out /tmp/mtiny --tokenizer /tmp/tok
+  [ -n "${DATA:-}" ] || { DATA=/tmp/data; python3 run.py stage=prepare data.output_dir=$DATA hydra.run.dir=/tmp/run_prepare 2>&1 | tail -2; }
+  python3 run.py stage=train model.base_model=/tmp/mtiny training.devices=2 training.max_steps=8 training.eval_steps=4 \
+    training.gradient_accumulation_steps=1 training.save_steps=4 data.output_dir=$DATA training.output_dir=/tmp/adapter_ddp \
+    training.checkpoint_dir=/tmp/ckpt_ddp hydra.run.dir=/tmp/run_ddp 2>&1 | grep -vE "it/s\]|s/it\]" | tail -30
+  mkdir -p "$OUT/adapter_ddp" && cp /tmp/adapter_ddp/{adapter_model.safetensors,adapter_config.json,metrics.json} "$OUT/adapter_ddp/"
+  ls /tmp/ckpt_ddp; grep -c "Effective batch" /tmp/run_ddp/*.log
+}
 case "${1:-A}" in
   A) run A --backend unsloth --shapes rows4096,mix_packed,mix_padded,rows1024
      run A --backend bare --shapes rows4096,rows1024,mix ;;
@@ -56,5 +73,14 @@ case "${1:-A}" in
      run I --backend unsloth --shapes rows4096,mix_packed --steps 14 ;;
   J) run J --backend unsloth --shapes mix_packed --warmup 8 --steps 12
      run J --backend bare --shapes mix --warmup 2 --steps 5 ;;
+  K) run K --backend unsloth --shapes rows4096,mix_packed --warmup 8
+     ddp K --backend unsloth --shapes rows4096,mix_packed --warmup 8 || {
+       echo "Unsloth under DDP failed: transformers + PEFT, 1 GPU vs 2"
+       run K --backend hf --shapes rows4096,mix_packed --warmup 8
+       ddp K --backend hf --shapes rows4096,mix_packed --warmup 8; }
+     stage_ddp ;;
+  L) stage_ddp
+     run L --backend unsloth --shapes mix_packed --warmup 14 --steps 12
+     ddp L --backend unsloth --shapes mix_packed --warmup 14 --steps 12 ;;
 esac
 python3 bench/train_throughput.py table "$OUT"/train_*.jsonl

@@ -11,6 +11,7 @@ from the tiny model's folder. Each ``run`` is one process and one model load:
     python bench/train_throughput.py run --model /tmp/m7b --backend hf      --shapes rows4096,mix_packed,mix_padded
     python bench/train_throughput.py run --model /tmp/m7b --backend unsloth --preset low_vram_8gb --shapes mix_packed
     python bench/train_throughput.py run --model /tmp/m7b --backend unsloth --set training.optimizer=adamw_torch
+    torchrun --standalone --nproc_per_node 2 bench/train_throughput.py run --model /tmp/m7b --backend unsloth --shapes rows4096
     python bench/train_throughput.py table $OUT/*.jsonl
 
 ``bare`` is the baseline: transformers + PEFT + bitsandbytes nf4, a hand-written loop over padded
@@ -22,10 +23,14 @@ N tokens; ``mix`` = conversations of 120-1500 tokens (log-uniform, like the seed
 ``mix_packed`` / ``mix_padded`` = that mix with training.packing on / off. Every run also checks
 packed attention boundaries: per-token log-probs of conversations packed into one row must equal
 those of each conversation alone. ``--tiny`` uses the tiny model shape for a CPU dry run.
+Under ``torchrun`` smm's path trains data-parallel (DDP, one process per GPU, batch 2 on each):
+real tokens/s counts the tokens of all GPUs, peak VRAM is given per GPU, and ``table`` adds the
+scaling over the 1-GPU run of the same backend and shape.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -94,6 +99,25 @@ def shape_lengths(shape: str, n: int, seed: int) -> list[int]:
         return [int(shape[4:]) + 64] * n  # a little over: truncation makes every row exactly N tokens
     lo, hi = MIX_RANGE
     return [int(math.exp(rng.uniform(math.log(lo), math.log(hi)))) for _ in range(n)]
+
+
+RESULTS_FILE: Path | None = None  # --json: results are appended as they come, so a later failure keeps them
+
+
+def emit(result: dict) -> dict:
+    """Print one result and append it (after the environment, the first time) to ``--json``."""
+    global _ENV_WRITTEN
+    print(json.dumps(result), flush=True)
+    if RESULTS_FILE:
+        with open(RESULTS_FILE, "a") as fh:
+            if not _ENV_WRITTEN:
+                fh.write(json.dumps(environment()) + "\n")
+                _ENV_WRITTEN = True
+            fh.write(json.dumps(result) + "\n")
+    return result
+
+
+_ENV_WRITTEN = False
 
 
 def _result(backend: str, shape: str, steps: list[tuple[float, int]], warmup: int, extra: dict) -> dict:
@@ -188,8 +212,7 @@ def bare(model_dir: Path, shapes: list[str], n_steps: int, warmup: int, batch: i
             if cuda:
                 torch.cuda.synchronize()
             steps.append((time.perf_counter() - started, int(mask.sum())))
-        results.append(_result(name, shape, steps, warmup, {"padded": True, "loss": round(float(loss), 3)}))
-        print(json.dumps(results[-1]), flush=True)
+        results.append(emit(_result(name, shape, steps, warmup, {"padded": True, "loss": round(float(loss), 3)})))
     return results
 
 
@@ -286,6 +309,12 @@ def time_training_steps(trainer) -> list[float]:
 def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warmup: int, preset: str | None,
             workdir: Path, tiny: bool, overrides: list[str]) -> list[dict]:
     """smm's own train path: load once, then one SmmSFTTrainer per shape."""
+    from smm.distributed import gather, quiet_replicas, ranks
+
+    world = ranks()
+    if world.distributed:
+        quiet_replicas()
+        workdir = workdir / f"rank{world.rank}"  # each rank's own (unused) checkpoint folder
     cfg = smm_config(model_dir, backend, preset, workdir, tiny, overrides)
     from smm.train_model import load_for_training  # imports Unsloth first when it runs
 
@@ -315,22 +344,26 @@ def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warm
         started = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - started
-        peak = throughput.peak_memory_gib()  # of training alone, before the checks below
+        peaks = gather(throughput.peak_memory_gib())  # of training alone, before the checks below; every GPU
+        peak = {key: max(p[key] for p in peaks) for key in peaks[0]}
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         sample = [{"input_ids": i, "labels": l} for i, l in zip(data.input_ids[:4], data.labels[:4])]
         extra = {
             "packed": packing, "preset": preset, "batch_size": batch, "max_seq_length": seq, "lora_rank": cfg.lora.rank,
             "backend_ran": loaded.backend, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "wall_s": round(wall, 1), "overrides": overrides, **peak,
+            "wall_s": round(wall, 1), "overrides": overrides, **peak, "gpus": world.world_size,
+            "global_batch": batch * cfg.training.gradient_accumulation_steps * world.world_size,
+            "peak_vram_allocated_gib_per_gpu": [p.get("peak_vram_allocated_gib") for p in peaks],
             "step_s": [round(seconds, 3) for seconds, _ in throughput.steps],
             "training_step_s": round(sum(step_seconds[warmup:]) / len(step_seconds[warmup:]), 3) if step_seconds[warmup:] else None,
         }
-        if packing:
+        if packing and not world.distributed:  # checks of the packed rows, not of data parallelism
             extra["boundary_max_abs_diff"], extra["naive_concat_max_abs_diff"] = boundary_check(trainer, loaded.model, sample)
             extra["trainer_loss"], extra["assistant_nll"] = loss_check(trainer, loaded.model, sample)
-        results.append(_result(backend, shape, throughput.steps, warmup, extra))
-        print(json.dumps(results[-1]), flush=True)
+        result = _result(backend, shape, throughput.steps, warmup, extra)
+        results.append(emit(result) if world.main else result)
         del trainer
+        gc.collect()  # the trainer's DDP wrapper goes with it, before the next one wraps the model
     return results
 
 
@@ -340,7 +373,8 @@ def environment() -> dict:
     import torch
 
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "python": sys.version.split()[0]}
+           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+           "gpus_visible": torch.cuda.device_count(), "python": sys.version.split()[0]}
     for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "unsloth", "datasets", "accelerate"):
         try:
             env[name] = md.version(name)
@@ -364,17 +398,33 @@ def table(files: list[Path]) -> str:
     rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.startswith("{")]
     results = [r for r in rows if "shape" in r]
     base = {r["shape"]: r["real_tokens_per_s"] for r in results if r["backend"] == "bare"}
-    lines = ["| backend | preset | shape | packing | real tok/s | median step tok/s | × bare (same shape) | × bare padded mix | s/step | peak VRAM alloc / reserved GiB | boundary Δ packed / naive |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| backend | GPUs | preset | shape | packing | real tok/s | median step tok/s | × bare (same shape) | × bare padded mix | s/step | peak VRAM alloc / reserved GiB | boundary Δ packed / naive |",
+             "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         shape = r["shape"].split("_")[0]
         ratio = lambda b: f"{r['real_tokens_per_s'] / b:.2f}" if b and r["real_tokens_per_s"] else "–"
         lines.append(
-            f"| {r['backend']} | {r.get('preset') or '-'} | {r['shape']} | {'on' if r.get('packed') else 'off'} | "
+            f"| {r['backend']} | {r.get('gpus', 1)} | {r.get('preset') or '-'} | {r['shape']} | {'on' if r.get('packed') else 'off'} | "
             f"{r['real_tokens_per_s']:,.0f} | {_number(r.get('median_step_tokens_per_s'))} | {ratio(base.get(shape))} | {ratio(base.get('mix'))} | {r['seconds_per_step']} | "
             f"{r['peak_vram_allocated_gib']} / {r['peak_vram_reserved_gib']} | {_delta(r)} |")
     envs = [r for r in rows if "date" in r]
-    return "\n".join(lines + ([f"\nEnvironment: {json.dumps(envs[0])}"] if envs else []))
+    return "\n".join(lines + scaling(results) + ([f"\nEnvironment: {json.dumps(envs[0])}"] if envs else []))
+
+
+def scaling(results: list[dict]) -> list[str]:
+    """Data-parallel scaling: tokens/s on N GPUs over 1 GPU, same backend, preset and shape."""
+    single = {(r["backend"], r.get("preset"), r["shape"]): r for r in results if r.get("gpus", 1) == 1}
+    lines = []
+    for r in results:
+        one = single.get((r["backend"], r.get("preset"), r["shape"]))
+        if r.get("gpus", 1) > 1 and one and one["real_tokens_per_s"]:
+            per_gpu = " / ".join(str(v) for v in r.get("peak_vram_allocated_gib_per_gpu") or [])
+            lines.append(f"| {r['backend']} | {r['shape']} | {r['gpus']} | {one['real_tokens_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | "
+                         f"{r['real_tokens_per_s'] / one['real_tokens_per_s']:.2f} | {_number(one.get('median_step_tokens_per_s'))} / "
+                         f"{_number(r.get('median_step_tokens_per_s'))} | {one['peak_vram_allocated_gib']} | {per_gpu} |")
+    header = ["", "| backend | shape | GPUs | tok/s on 1 GPU | tok/s on N GPUs | scaling × | median step tok/s 1 / N | peak VRAM alloc GiB, 1 GPU | per GPU, N GPUs |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    return header + lines if lines else []
 
 
 def main() -> None:
@@ -403,16 +453,16 @@ def main() -> None:
     elif args.command == "table":
         print(table(args.files))
     else:
+        global RESULTS_FILE
+        RESULTS_FILE = args.json
         shapes = args.shapes.split(",")
         if args.backend.startswith("bare"):
-            results = bare(args.model, shapes, args.steps, args.warmup, batch=2, unsloth=args.backend == "bare_unsloth")
+            bare(args.model, shapes, args.steps, args.warmup, batch=2, unsloth=args.backend == "bare_unsloth")
         else:
-            results = smm_run(args.model, args.backend, shapes, args.steps, args.warmup, args.preset, args.workdir, args.tiny, args.set)
-        if args.json:
-            with open(args.json, "a") as fh:
-                fh.write(json.dumps(environment()) + "\n")
-                for r in results:
-                    fh.write(json.dumps(r) + "\n")
+            smm_run(args.model, args.backend, shapes, args.steps, args.warmup, args.preset, args.workdir, args.tiny, args.set)
+            from smm.train_worker import leave_process_group
+
+            leave_process_group()
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from smm.config import GROUPS, STAGE_NAMES, validate
 from smm.errors import SmmError, StageNotAvailable
 
 # Overrides that hold secrets: taken off the command line before Hydra records it, and handed
-# to the stage through the environment variable it reads anyway.
-SECRET_OVERRIDES = {"feedback.database_url": "DATABASE_URL", "eval.judge.url": "SMM_JUDGE_URL"}
+# to the stage (or the sweeper) through the environment variable it reads anyway.
+SECRET_OVERRIDES = {"feedback.database_url": "DATABASE_URL", "eval.judge.url": "SMM_JUDGE_URL",
+                    "hydra.sweeper.storage": "SMM_SWEEP_STORAGE"}
 
 # Module a missing import belongs to → the extra that installs it.
 EXTRA_FOR_MODULE = {
@@ -58,9 +59,14 @@ def load_stage(name: str):
 def run_stage(cfg: DictConfig) -> float:
     """Validate the config, run the chosen stage and return its float result (for sweeps).
 
-    A user error ends the process here with one line, before Hydra adds its own report.
+    A user error ends the process here with one line, before Hydra adds its own report. In a
+    multirun the job's outputs move into its own folder first (:mod:`smm.sweep.job_outputs`).
     """
     try:
+        if _in_multirun():
+            from smm.sweep.job_outputs import use_job_folder
+
+            use_job_folder(cfg)
         validate(cfg)
         return float(load_stage(cfg.stage).run(cfg))
     except SmmError as exc:
@@ -90,7 +96,8 @@ def describe_config_error(exc: BaseException) -> str:
 
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options is not None:
         options = ", ".join(o for o in exc.options if not o.startswith("base_"))
-        return f"{exc.missing_cfg_file.replace('/', '=', 1)}: no such option (available: {options})"
+        group, _, option = exc.missing_cfg_file.rpartition("/")
+        return f"{group}={option}: no such option (available: {options})"
     cause = exc.__cause__ or exc
     full_key = getattr(cause, "full_key", None) or getattr(exc, "full_key", None)
     message = getattr(cause, "msg", None) or str(cause)

@@ -18,7 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from smm.errors import ConfigError
 from smm.secrets import mask_url
 
-STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "pipeline", "loop", "rollback")
+STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "pipeline", "sweep_report", "loop", "rollback")
 PIPELINE_STAGES = STAGE_NAMES[:5]
 LOOP_STEPS = ("feedback", "prepare", "train", "export", "evaluate", "promote")
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "apo_zero", "apo_down")
@@ -77,6 +77,7 @@ class DpoConfig:
 class TrainingConfig:
     method: str = _f("auto", "sft, dpo (preference pairs only, continuing from an SFT adapter) or sft_then_dpo; auto = sft_then_dpo when prepare wrote preference pairs, else sft.", choices=("auto", "sft", "dpo", "sft_then_dpo"))
     backend: str = _f("auto", "auto = Unsloth when it imports and CUDA is there, else transformers + PEFT.", choices=("auto", "unsloth", "hf"))
+    devices: int = _f(1, "Train data-parallel on this many GPUs of this host, one process each (torch DDP; 0 = every visible GPU; without CUDA: CPU processes). Under torchrun / accelerate launch the launcher's process count is used instead.", ge=0)
     epochs: int = _f(3, "Passes over the training data.", ge=1)
     max_steps: int = _f(0, "Stop after this many optimizer steps (0 = run all epochs).", ge=0)
     batch_size: int = _f(2, "Conversations per device batch (with packing: the token budget is batch_size x max_seq_length).", ge=1)
@@ -200,6 +201,13 @@ class PipelineConfig:
 
 
 @dataclass
+class SweepConfig:
+    objective: str = _f("val_loss", "What an Optuna trial returns: val_loss (minimised; the trial trains) or eval_score (maximised; the trial runs train, export and evaluate).", choices=("val_loss", "eval_score"))
+    dir: str = _f("output/sweeps", "Sweeps live here: <study>.db (the SQLite study, unless hydra.sweeper.storage names another URL) and <study>/ (one folder per trial, summary.md, summary.html).")
+    trial: Optional[int] = _f(None, "Set by the sweeper: the Optuna trial number of this job (names its folder). Leave unset.")
+
+
+@dataclass
 class LoopConfig:
     runs_dir: str = _f("output/runs", "Where each loop run gets its folder <run-id>/ (data, adapter, gguf, eval, manifest.json) and the promotion history.")
     current: str = _f("output/current", "Symlink to the promoted (deployed) run; moved atomically by promote and rollback.")
@@ -216,6 +224,7 @@ class LoopConfig:
 @dataclass
 class Config:
     stage: str = _f("prepare", "Stage to run.", choices=STAGE_NAMES)
+    study: str = _f("smm_lora", "Optuna study: the one hparams_search=optuna adds trials to and stage=sweep_report summarises.")
     model: ModelConfig = MISSING
     lora: LoraConfig = MISSING
     data: DataConfig = MISSING
@@ -225,6 +234,7 @@ class Config:
     feedback: FeedbackConfig = MISSING
     logger: LoggerConfig = MISSING
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
 
 

@@ -97,6 +97,9 @@ def sft_config(cfg, device: str, dtype: Any, backend: str, has_val: bool, packin
         report_to=["wandb"] if cfg.logger.name == "wandb" else "none",
         dataloader_pin_memory=device == "cuda",
         include_num_input_tokens_seen="non_padding",
+        # Every LoRA weight gets a gradient each step: DDP need not search for unused ones (and
+        # must not under reentrant gradient checkpointing).
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -109,7 +112,7 @@ class SmmSFTTrainer(SFTTrainer):
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.args.device.type != "cpu":
+        if self.args.device.type != "cpu" or self.args.world_size > 1:  # under DDP the forward must go through its wrapper
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         backbone_inputs = {k: v for k, v in inputs.items() if k != "labels"}
@@ -185,9 +188,13 @@ def build_trainer(cfg, loaded, train: Tokenized, val: Tokenized) -> tuple[SmmSFT
         log.info("Not packing: the conversations already fill %.0f%% of model.max_seq_length", 100 * row_fill(lengths, max_len))
     if cfg.training.early_stopping_patience and has_val:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
+    args = sft_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val, packing)
+    if args.n_gpu > 1:  # one process on a host with several GPUs: train on the one the model is on
+        log.info("%d GPUs visible to one process: training on GPU 0 (training.devices=0 uses them all)", args.n_gpu)
+        args._n_gpu = 1  # what Trainer itself sets for a model placed with device_map; else it wraps nn.DataParallel
     trainer = SmmSFTTrainer(
         model=loaded.model, processing_class=loaded.tokenizer,
-        args=sft_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val, packing),
+        args=args,
         train_dataset=to_dataset(train), eval_dataset=to_dataset(val) if has_val else None,
         callbacks=callbacks,
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from smm.chat import CHAT_TEMPLATE
+from smm.distributed import ranks
 from smm.errors import SmmError
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,15 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def check_quantization(quantization: str, cuda: bool) -> None:
+    if quantization != "none" and not cuda:
+        raise SmmError(f"model.quantization={quantization} needs a CUDA GPU; on CPU or Mac use preset=cpu")
+
+
 def choose_backend(requested: str, quantization: str) -> str:
     """The backend that will run: Unsloth only with CUDA and an importable unsloth."""
     cuda = _cuda_available()
-    if quantization != "none" and not cuda:
-        raise SmmError(f"model.quantization={quantization} needs a CUDA GPU; on CPU or Mac use preset=cpu")
+    check_quantization(quantization, cuda)
     if requested == "hf":
         return "hf"
     has_unsloth = importlib.util.find_spec("unsloth") is not None
@@ -81,7 +86,7 @@ def _attn_implementation(requested: str, device: str, dtype) -> str:
     return "flash_attention_2" if installed and device == "cuda" and sixteen_bit else "sdpa"
 
 
-def _load_hf(path: str, model_cfg, lora_cfg, dtype, device: str, attn: str, gradient_checkpointing: bool):
+def _load_hf(path: str, model_cfg, lora_cfg, dtype, device: str, attn: str, gradient_checkpointing: bool, gpu: int):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -94,7 +99,7 @@ def _load_hf(path: str, model_cfg, lora_cfg, dtype, device: str, attn: str, grad
         quantization = BitsAndBytesConfig(load_in_8bit=True)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, quantization_config=quantization,
-        device_map={"": 0} if device == "cuda" else None,
+        device_map={"": gpu} if device == "cuda" else None,
         attn_implementation=attn,
     )
     if quantization is not None:
@@ -109,12 +114,13 @@ def _load_hf(path: str, model_cfg, lora_cfg, dtype, device: str, attn: str, grad
     return get_peft_model(model, lora), AutoTokenizer.from_pretrained(path)
 
 
-def _load_unsloth(path: str, model_cfg, lora_cfg, dtype, seed: int, gradient_checkpointing: bool):
+def _load_unsloth(path: str, model_cfg, lora_cfg, dtype, seed: int, gradient_checkpointing: bool, gpu: int | None):
     from unsloth import FastLanguageModel
 
+    placement = {} if gpu is None else {"device_map": {"": gpu}}  # one rank's own copy under DDP
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=path, max_seq_length=model_cfg.max_seq_length, dtype=dtype,
-        load_in_4bit=model_cfg.quantization == "4bit", load_in_8bit=model_cfg.quantization == "8bit",
+        load_in_4bit=model_cfg.quantization == "4bit", load_in_8bit=model_cfg.quantization == "8bit", **placement,
     )
     model = FastLanguageModel.get_peft_model(
         model, r=lora_cfg.rank, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
@@ -139,6 +145,11 @@ def load_for_training(path: str, cfg, backend: str | None = None) -> LoadedModel
     backend = backend or choose_backend(cfg.training.backend, cfg.model.quantization)
     check_local_path(path)
     device = "cuda" if _cuda_available() else "cpu"
+    world = ranks()
+    if device == "cuda" and world.distributed:  # each rank trains its own copy on its own GPU
+        import torch
+
+        torch.cuda.set_device(world.local_rank)
     dtype = compute_dtype(cfg.model.dtype, device)
     attn = _attn_implementation(cfg.model.attn_implementation, device, dtype)
     log.info("Loading %s for training: backend %s, %s, %s weights", path, backend, device, cfg.model.quantization)
@@ -147,9 +158,11 @@ def load_for_training(path: str, cfg, backend: str | None = None) -> LoadedModel
     set_seed(cfg.training.seed)  # the adapter's initial weights are drawn here, before the trainer seeds anything
     try:
         if backend == "unsloth":
-            model, tokenizer = _load_unsloth(path, cfg.model, cfg.lora, dtype, cfg.training.seed, cfg.training.gradient_checkpointing)
+            model, tokenizer = _load_unsloth(path, cfg.model, cfg.lora, dtype, cfg.training.seed, cfg.training.gradient_checkpointing,
+                                             world.local_rank if world.distributed else None)
         else:
-            model, tokenizer = _load_hf(path, cfg.model, cfg.lora, dtype, device, attn, cfg.training.gradient_checkpointing)
+            model, tokenizer = _load_hf(path, cfg.model, cfg.lora, dtype, device, attn, cfg.training.gradient_checkpointing,
+                                        world.local_rank)
     except OSError as exc:
         raise SmmError(
             f"model.base_model {path!r} could not be loaded ({str(exc).splitlines()[0]}): give a local folder or a "

@@ -65,8 +65,9 @@ def test_presets():
     ("data.train_split=1.5", "error: data.train_split: 1.5 must be less than 1.0"),
     ("training.learning_rate=-1e-4", "error: training.learning_rate: -0.0001 must be greater than 0.0"),
     ("model.quantization=3bit", "error: model.quantization: '3bit' is not one of 4bit, 8bit, none"),
-    ("model=llama", "error: model=llama: no such option (available: qwen2_5_7b_instruct, tiny_qwen2)"),
-    ("stage=deploy", "error: stage: 'deploy' is not one of prepare, train, export, evaluate, feedback, pipeline, loop, rollback"),
+    ("model=llama", "error: model=llama: no such option (available: qwen2_5_7b_instruct, smollm2_135m_instruct, tiny_qwen2)"),
+    ("stage=deploy", "error: stage: 'deploy' is not one of prepare, train, export, evaluate, feedback, pipeline, sweep_report, loop, rollback"),
+    ("sweep.objective=bleu", "error: sweep.objective: 'bleu' is not one of val_loss, eval_score"),
     ("training.method=ppo", "error: training.method: 'ppo' is not one of auto, sft, dpo, sft_then_dpo"),
     ("training.dpo.beta=0", "error: training.dpo.beta: 0.0 must be greater than 0.0"),
     ("loop.from_step=deploy", "error: loop.from_step: 'deploy' is not one of null, feedback, prepare, train, export, evaluate, promote"),
@@ -78,6 +79,36 @@ def test_config_mistakes_stop_in_one_line(tmp_path: Path, override: str, message
     assert result.returncode == 2
     assert result.stderr.strip() == message
     assert not (tmp_path / "data").exists()  # nothing ran
+
+
+def test_the_optuna_search_uses_smm_s_sweeper():
+    from hydra import compose, initialize_config_dir
+
+    from smm.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["hparams_search=optuna", "study=exp", "sweep.objective=eval_score",
+                                           "hydra.sweeper.heartbeat_interval=5"],
+                      return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.smm_sweeper.smm_sweeper.SmmOptunaSweeper"
+    assert sweeper.sampler._target_ == "smm.sweep.sampler.TrialSeededTPESampler" and sweeper.sampler.seed == 42
+    assert (sweeper.study_name, sweeper.storage, sweeper.heartbeat_interval, sweeper.max_retry) == ("exp", None, 5, 1)
+    assert dict(sweeper.params) == {
+        "lora.rank": "choice(8, 16, 32)", "lora.alpha": "choice(16, 32, 64)", "lora.dropout": "interval(0.0, 0.1)",
+        "training.learning_rate": "tag(log, interval(5e-5, 5e-4))", "training.epochs": "choice(1, 2, 3)",
+        "training.warmup_ratio": "interval(0.0, 0.1)",
+    }
+    assert cfg.hydra.sweep.dir == "output/sweeps/exp"
+    assert (cfg.stage, cfg.sweep.objective, cfg.sweep.trial) == ("train", "eval_score", None)
+
+
+def test_a_sweep_storage_url_on_the_command_line_goes_to_the_environment(monkeypatch):
+    monkeypatch.setenv("SMM_SWEEP_STORAGE", "restored after the test")
+    args = ["-m", "hparams_search=optuna", "hydra.sweeper.storage=postgresql://u:p@h/db"]
+    assert move_secrets_to_env(args) == args[:2]
+    assert os.environ["SMM_SWEEP_STORAGE"] == "postgresql://u:p@h/db"
 
 
 def test_help_lists_groups_and_cfg_job_prints_the_composition(tmp_path: Path):

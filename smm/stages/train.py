@@ -4,14 +4,17 @@ Reads ``data.output_dir``/train.jsonl and val.jsonl, formats them with smm's Cha
 trains a LoRA adapter with TRL's SFTTrainer (loss on assistant tokens only, packed padding-free
 batches) on Unsloth or transformers + PEFT, and writes ``training.output_dir``: the adapter, the
 tokenizer with its chat template, ``metrics.json`` and ``manifest.json``. Returns the final
-validation loss (the Optuna objective).
+validation loss (the Optuna objective). With ``training.devices=N``, or started by torchrun /
+accelerate launch, it trains data-parallel on N processes (smm.distributed); rank 0 alone logs and
+writes.
 
 ``training.method``: ``sft_then_dpo`` (``auto``'s choice when prepare wrote preference pairs)
 continues the adapter SFT just trained with DPO on ``train_pairs.jsonl`` (smm/dpo.py); ``dpo``
-skips SFT and continues a saved adapter; ``sft`` ignores the pairs.
+skips SFT and continues a saved adapter (in one process); ``sft`` ignores the pairs.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -21,12 +24,17 @@ from omegaconf import DictConfig
 
 from smm.checkpoints import clear_checkpoints, resolve_resume, save_schedule
 from smm.config import to_plain
+from smm.distributed import device_count, gather, launch, quiet_replicas, ranks
 from smm.dpo import resolve_method
 from smm.errors import SmmError
 from smm.io import atomic_directory, read_jsonl, write_json, write_manifest
 from smm.tiny_model import resolve_base_model
 
 log = logging.getLogger(__name__)
+
+# Unsloth 2026.10 runs under torchrun as DDP (its loader maps each rank to LOCAL_RANK, its trainer
+# patches set DDP's defaults for LoRA), so a multi-GPU run keeps the backend that `auto` picks.
+UNSLOTH_DDP = " (Unsloth's own DDP support: each rank loads its 4-bit copy on its GPU)"
 
 
 def read_processed(path: Path) -> list[dict]:
@@ -81,13 +89,26 @@ def run(cfg: DictConfig) -> float:
     # Checked before the model loads: a bad checkpoint schedule or resume fails fast.
     save_schedule(cfg.training.save_steps, cfg.training.eval_steps, bool(cfg.training.early_stopping_patience and val_rows))
     resume = resolve_resume(cfg.training.resume, cfg.training.checkpoint_dir)
-    if not val_rows:
+    world = ranks()
+    if world.distributed:
+        quiet_replicas()
+        if cfg.training.devices not in (0, 1, world.world_size):
+            log.warning("training.devices=%s is ignored: the launcher started %d processes", cfg.training.devices, world.world_size)
+    elif cfg.training.devices != 1 and (processes := _processes(cfg)) > 1:
+        # This process only launches; the ranks train and rank 0 writes metrics.json.
+        launch(to_plain(cfg), processes)
+        return _objective(json.loads((Path(cfg.training.output_dir) / "metrics.json").read_text(encoding="utf-8")))
+    if not val_rows and world.main:
         log.warning("No validation data (%s is missing or empty): the stage returns the training loss%s", val_file,
                     "; training.early_stopping_patience is ignored" if cfg.training.early_stopping_patience else "")
 
     from smm.train_model import choose_backend, load_for_training
 
     backend = choose_backend(cfg.training.backend, cfg.model.quantization)  # imports Unsloth before transformers
+    effective_batch = cfg.training.batch_size * cfg.training.gradient_accumulation_steps * world.world_size
+    log.info("Effective batch: %d = batch_size %d x gradient_accumulation_steps %d x %d process(es)%s",
+             effective_batch, cfg.training.batch_size, cfg.training.gradient_accumulation_steps, world.world_size,
+             f"; data-parallel (DDP) on backend {backend}{UNSLOTH_DDP if backend == 'unsloth' else ''}" if world.distributed else "")
     base = resolve_base_model(cfg.model)  # may build the tiny model, with transformers
     loaded = load_for_training(base, cfg, backend)
     from smm.sft import build_trainer
@@ -107,10 +128,11 @@ def run(cfg: DictConfig) -> float:
     log.info("Training on %d conversations (%d tokens), validating on %d", len(train_tok.input_ids), train_tok.tokens, len(val_tok.input_ids))
 
     if resume is None:
-        clear_checkpoints(cfg.training.checkpoint_dir)
+        if world.main:
+            clear_checkpoints(cfg.training.checkpoint_dir)
     else:
         log.info("Resuming from %s", resume)
-    if cfg.logger.name == "wandb":
+    if cfg.logger.name == "wandb" and world.main:
         start_wandb(cfg)
 
     trainer, throughput = build_trainer(cfg, loaded, train_tok, val_tok)
@@ -120,9 +142,12 @@ def run(cfg: DictConfig) -> float:
     val_loss = final.get("eval_loss")
     epochs_done = trainer.state.epoch or 0.0
     tokens_per_s = throughput.tokens_per_second(skip=1)  # the first step warms up
+    peaks = gather(throughput.peak_memory_gib())  # every rank takes part
     metrics = {
         "backend": loaded.backend,
-        "device": _device_name(loaded.device),
+        "device": _device_name(loaded.device, world.world_size),
+        "processes": world.world_size,
+        "effective_batch_size": effective_batch,
         "train_loss": result.metrics.get("train_loss"),
         "eval_loss": val_loss,
         "epochs": round(epochs_done, 3),
@@ -137,27 +162,54 @@ def run(cfg: DictConfig) -> float:
         "step_seconds": round(throughput.step_seconds, 2),
         "real_tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None,
         "runtime_s": result.metrics.get("train_runtime"),
-        **throughput.peak_memory_gib(),
+        **_peak_memory(peaks),
         "loss_history": [
             {k: h[k] for k in ("step", "loss", "eval_loss") if k in h}
             for h in trainer.state.log_history if "loss" in h or "eval_loss" in h
         ],
     }
     inputs = [train_file, val_file] if val_rows else [train_file]
-    if method == "sft_then_dpo":
+    if method == "sft_then_dpo":  # every rank trains, rank 0 writes
         from smm.dpo import train_dpo
 
         metrics["dpo"] = train_dpo(cfg, loaded, data_dir)
         inputs += pair_files(data_dir)
     metrics["method"] = method
-    _save(cfg, loaded, base, metrics, inputs)
-    if cfg.logger.name == "wandb":
-        import wandb
+    if world.main:  # the adapter, metrics and manifest are written once
+        _save(cfg, loaded, base, metrics, inputs)
+        if cfg.logger.name == "wandb":
+            import wandb
 
-        wandb.finish()
+            wandb.finish()
     log.info("Adapter saved to %s (backend %s, eval loss %s, %s real tokens/s)",
              cfg.training.output_dir, loaded.backend, val_loss, metrics["real_tokens_per_s"])
-    return float(val_loss if val_loss is not None else metrics["train_loss"])
+    return _objective(metrics)
+
+
+def _objective(metrics: dict) -> float:
+    """The stage's result: the final validation loss, else the training loss."""
+    return float(metrics["eval_loss"] if metrics.get("eval_loss") is not None else metrics["train_loss"])
+
+
+def _processes(cfg: DictConfig) -> int:
+    """How many training processes ``training.devices`` asks for on this host."""
+    import torch
+
+    from smm.train_model import check_quantization
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    check_quantization(cfg.model.quantization, bool(gpus))
+    return device_count(cfg.training.devices, gpus)
+
+
+def _peak_memory(peaks: list[dict]) -> dict:
+    """Peak VRAM of the busiest GPU, and of each GPU when there are several."""
+    if not peaks[0]:
+        return {}
+    merged = {key: max(p[key] for p in peaks) for key in peaks[0]}
+    if len(peaks) > 1:
+        merged.update({f"{key}_per_gpu": [p[key] for p in peaks] for key in peaks[0]})
+    return merged
 
 
 def pair_files(data_dir: Path) -> list[Path]:
@@ -205,12 +257,13 @@ def _train(trainer, resume: str | None, cfg: DictConfig):
         ) from None
 
 
-def _device_name(device: str) -> str:
+def _device_name(device: str, processes: int) -> str:
     if device != "cuda":
-        return "cpu"
+        return "cpu" if processes == 1 else f"{processes} x cpu"
     import torch
 
-    return torch.cuda.get_device_name(0)
+    name = torch.cuda.get_device_name()
+    return name if processes == 1 else f"{processes} x {name}"
 
 
 def _save(cfg: DictConfig, loaded, base: str, metrics: dict, inputs: list[Path]) -> None:

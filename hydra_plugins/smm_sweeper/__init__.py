@@ -1,0 +1,1 @@
+"""smm's Hydra sweeper plugin (see smm_sweeper.py)."""
