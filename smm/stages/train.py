@@ -234,7 +234,7 @@ def _run_dpo_only(cfg: DictConfig, data_dir: Path) -> float:
     if cfg.logger.name == "wandb":
         start_wandb(cfg)
     dpo = train_dpo(cfg, loaded, data_dir)
-    metrics = {"method": "dpo", "backend": loaded.backend, XX
+    metrics = {"method": "dpo", "backend": loaded.backend, "device": _device_name(loaded.device, 1),
                "continued_from": str(adapter), "dpo": dpo}
     _save(cfg, loaded, base, metrics, pair_files(data_dir))
     if cfg.logger.name == "wandb":
