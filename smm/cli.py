@@ -96,7 +96,7 @@ def run_stage(cfg: DictConfig) -> float:
             raise
         if _in_multirun():  # the sweeper records the failed trial (Optuna goes on up to max_failure_rate)
             raise
-        _fail(str(exc), exc.exit_code)
+        _fail(str(exc), exc.exit_code, exc.label)
     except ModuleNotFoundError as exc:  # here, before Hydra prints "Error executing job ..."
         if os.environ.get(_USER_FULL_ERROR) or _in_multirun() or not missing_extra(exc):
             raise
@@ -173,8 +173,8 @@ def _raised_by_hydra(exc: BaseException) -> bool:
     return any(f"{os.sep}{package}{os.sep}" in tb.tb_frame.f_code.co_filename for package in ("hydra", "optuna"))
 
 
-def _fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr)
+def _fail(message: str, code: int, label: str = "error") -> None:
+    print(f"{label}: {message}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -198,7 +198,7 @@ def guarded(main: Callable[[], object], config_dir: str | None = None) -> None:
     except SmmError as exc:
         if full_error:
             raise
-        _fail(str(exc), exc.exit_code)
+        _fail(str(exc), exc.exit_code, exc.label)
     except (HydraException, OmegaConfBaseException) as exc:
         if full_error:
             raise

@@ -19,10 +19,13 @@ from smm.errors import ConfigError
 from smm.secrets import mask_url
 from smm.tasks import LANGUAGES, PLATFORMS, TASKS
 
-STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "chat", "pipeline", "sweep_report")
-NOT_IN_PIPELINE = ("chat", "pipeline", "sweep_report")
-"""Stages a pipeline cannot contain (chat reads stdin, a pipeline does not nest, sweep_report reads a study)."""
+STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "chat", "pipeline", "sweep_report", "loop", "rollback")
+NOT_IN_PIPELINE = ("chat", "pipeline", "sweep_report", "loop", "rollback")
+"""Stages a pipeline cannot contain (chat reads stdin, a pipeline does not nest, sweep_report reads a
+study, loop and rollback run pipelines of their own)."""
 CONSTRAINED = ("off", "on", "both")
+LOOP_STEPS = ("feedback", "prepare", "train", "export", "evaluate", "promote")
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "apo_zero", "apo_down")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -66,7 +69,18 @@ class DataConfig:
 
 
 @dataclass
+class DpoConfig:
+    beta: float = _f(0.1, "DPO beta: how far the model may move from the reference (the SFT adapter); higher = closer.", gt=0.0)
+    loss_type: str = _f("sigmoid", "DPO loss (TRL's loss_type): sigmoid is the paper's DPO; ipo, hinge, robust, ... its variants.", choices=DPO_LOSSES)
+    epochs: int = _f(1, "Passes over the preference pairs.", ge=1)
+    max_steps: int = _f(0, "Stop DPO after this many optimizer steps (0 = run all its epochs).", ge=0)
+    learning_rate: float = _f(5e-6, "Peak learning rate of the DPO phase.", gt=0.0)
+    adapter: Optional[str] = _f(None, "The SFT adapter that training.method=dpo continues from (null = the adapter already in training.output_dir).")
+
+
+@dataclass
 class TrainingConfig:
+    method: str = _f("auto", "sft, dpo (preference pairs only, continuing from an SFT adapter) or sft_then_dpo; auto = sft_then_dpo when prepare wrote preference pairs, else sft.", choices=("auto", "sft", "dpo", "sft_then_dpo"))
     backend: str = _f("auto", "auto = Unsloth when it imports and CUDA is there, else transformers + PEFT.", choices=("auto", "unsloth", "hf"))
     devices: int = _f(1, "Train data-parallel on this many GPUs of this host, one process each (torch DDP; 0 = every visible GPU; without CUDA: CPU processes). Under torchrun / accelerate launch the launcher's process count is used instead.", ge=0)
     epochs: int = _f(3, "Passes over the training data.", ge=1)
@@ -90,6 +104,7 @@ class TrainingConfig:
     seed: int = _f(42, "Seed for weights of the adapter, data order and dropout.")
     output_dir: str = _f("output/lora_adapter", "Where the trained adapter, tokenizer, metrics.json and manifest.json go.")
     checkpoint_dir: str = _f("output/checkpoints", "Where training checkpoints go.")
+    dpo: DpoConfig = field(default_factory=DpoConfig, metadata={"help": "Preference training (DPO) on the pairs from feedback edits."})
 
 
 @dataclass
@@ -209,6 +224,20 @@ class SweepConfig:
 
 
 @dataclass
+class LoopConfig:
+    runs_dir: str = _f("output/runs", "Where each loop run gets its folder <run-id>/ (data, adapter, gguf, eval, manifest.json) and the promotion history.")
+    current: str = _f("output/current", "Symlink to the promoted (deployed) run; moved atomically by promote and rollback.")
+    feedback: bool = _f(True, "Export new ratings from PostgreSQL (DATABASE_URL) first; false = train on the feedback files as they are.")
+    force: bool = _f(False, "Run even when there is no new feedback or data since the last finished run.")
+    dry_run: bool = _f(False, "Print each step with its inputs and outputs, and do nothing.")
+    from_step: Optional[str] = _f(None, "Resume a run from this step, reusing its finished steps (the run: loop.run_id, else the latest unfinished one).", choices=(None, *LOOP_STEPS))
+    run_id: Optional[str] = _f(None, "The run loop.from_step resumes (default: the latest run that did not finish).")
+    min_delta: float = _f(0.01, "Promote only if the score beats the deployed model's by at least this much.")
+    max_regression: float = _f(0.05, "Refuse if a check that passed before loses more than this share of its pass rate.", ge=0.0)
+    baseline: Optional[str] = _f(None, "What the first run is compared with while nothing is deployed: a .gguf, a report.json or a model on eval's server (null = promote the first run that completes).")
+
+
+@dataclass
 class Config:
     stage: str = _f("prepare", "Stage to run.", choices=STAGE_NAMES)
     study: str = _f("smm_lora", "Optuna study: the one hparams_search=optuna adds trials to and stage=sweep_report summarises.")
@@ -223,6 +252,7 @@ class Config:
     chat: ChatConfig = field(default_factory=ChatConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
 
 
 GROUPS = {

@@ -41,6 +41,16 @@ def test_defaults_are_the_seeds():
     assert cfg.eval.model_path == "output/gguf/social-media-marketer-q4_k_m.gguf"
 
 
+def test_dpo_and_loop_defaults():
+    cfg = compose_config()
+    d = cfg.training.dpo
+    assert cfg.training.method == "auto" and (d.beta, d.loss_type, d.epochs, d.max_steps, d.learning_rate, d.adapter) == (0.1, "sigmoid", 1, 0, 5e-6, None)
+    loop = cfg.loop
+    assert (loop.runs_dir, loop.current, loop.min_delta, loop.max_regression) == ("output/runs", "output/current", 0.01, 0.05)
+    assert (loop.feedback, loop.force, loop.dry_run, loop.from_step, loop.run_id, loop.baseline) == (True, False, False, None, None, None)
+    assert compose_config("training.dpo.loss_type=ipo", "loop.from_step=export").loop.from_step == "export"
+
+
 def test_presets():
     low = compose_config("preset=low_vram_8gb")
     assert (low.training.batch_size, low.training.gradient_accumulation_steps, low.model.max_seq_length, low.lora.rank) == (1, 8, 2048, 8)
@@ -57,8 +67,12 @@ def test_presets():
     ("training.learning_rate=-1e-4", "error: training.learning_rate: -0.0001 must be greater than 0.0"),
     ("model.quantization=3bit", "error: model.quantization: '3bit' is not one of 4bit, 8bit, none"),
     ("model=llama", "error: model=llama: no such option (available: qwen2_5_7b_instruct, smollm2_135m_instruct, tiny_qwen2)"),
-    ("stage=deploy", "error: stage: 'deploy' is not one of prepare, train, export, evaluate, feedback, chat, pipeline, sweep_report"),
+    ("stage=deploy", "error: stage: 'deploy' is not one of prepare, train, export, evaluate, feedback, chat, pipeline, sweep_report, loop, rollback"),
     ("sweep.objective=bleu", "error: sweep.objective: 'bleu' is not one of val_loss, eval_score"),
+    ("training.method=ppo", "error: training.method: 'ppo' is not one of auto, sft, dpo, sft_then_dpo"),
+    ("training.dpo.beta=0", "error: training.dpo.beta: 0.0 must be greater than 0.0"),
+    ("loop.from_step=deploy", "error: loop.from_step: 'deploy' is not one of null, feedback, prepare, train, export, evaluate, promote"),
+    ("pipeline.stages=[loop]", "error: pipeline.stages: 'loop' is not a stage (use prepare, train, export, evaluate, feedback)"),
     ("pipeline.stages=[]", "error: pipeline.stages: empty; name the stages to run, e.g. [prepare, train]"),
 ])
 def test_config_mistakes_stop_in_one_line(tmp_path: Path, override: str, message: str):

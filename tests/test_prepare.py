@@ -235,7 +235,10 @@ def test_outputs_stats_chart_and_manifest(tmp_path: Path):
     assert set(stats["train"]["conversation_chars"]) == {"p50", "p90", "p99", "p100"}
     assert (out / "distribution.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["inputs"] == {str(src): __import__("smm.io").io.sha256_file(src)}
+    pairs = tmp_path / "src" / "feedback_dpo.jsonl"  # read for preference training: its one pair is invalid
+    sha256_file = __import__("smm.io").io.sha256_file
+    assert manifest["inputs"] == {str(src): sha256_file(src), str(pairs): sha256_file(pairs)}
+    assert stats["pairs"]["rejected"]["total"] == 1 and manifest["metrics"]["train_pairs"] == 0
     assert manifest["metrics"]["train"] == 16 and manifest["config"]["data"]["output_dir"] == str(out)
     assert not list(out.glob(".*.tmp"))
 

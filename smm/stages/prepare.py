@@ -1,7 +1,8 @@
 """Stage prepare: seed + feedback JSONL → validated, normalized, de-duplicated train/val split.
 
-Reads every ``*.jsonl`` under ``data.sources`` (files named ``*_dpo.jsonl`` hold preference pairs
-and are left to preference training). Bad lines are skipped and reported as ``file:line: reason``
+Reads every ``*.jsonl`` under ``data.sources`` (files named ``*_dpo.jsonl`` hold preference pairs:
+smm/preferences.py splits them into ``train_pairs.jsonl`` and ``val_pairs.jsonl``, no prompt on
+both sides). Bad lines are skipped and reported as ``file:line: reason``
 (in the log the first few of each file and reason, in ``stats.json`` all); valid lines are always
 kept. The input is streamed: chunks of lines are checked in ``data.workers`` processes, each valid
 example goes straight to a spool file, and only a compact record per example (hash, task,
@@ -28,7 +29,7 @@ import numpy as np
 from omegaconf import DictConfig
 from rich.console import Console
 
-from smm import dedup, outdir, split
+from smm import dedup, outdir, preferences, split
 from smm.config import to_plain
 from smm.data_stats import conversation_chars, print_summary, save_chart, split_stats
 from smm.errors import SmmError
@@ -363,11 +364,14 @@ def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) ->
         "train": split_stats(train),
         "val": split_stats(val),
     }
+    stats["pairs"] = preferences.prepare_pairs(list(data.sources), staging / "train.jsonl", staging / "val.jsonl",
+                                               data.train_split, data.seed, staging)
     write_json(staging / "stats.json", stats)
     save_chart(stats["task_language"], staging / "distribution.png")
     write_manifest(
-        staging, "prepare", to_plain(cfg), inputs=files,
-        metrics={"train": len(train), "val": len(val), "rejected": len(rejected), "duplicates": duplicates},
+        staging, "prepare", to_plain(cfg), inputs=files + [Path(f) for f in stats["pairs"]["files"]],
+        metrics={"train": len(train), "val": len(val), "rejected": len(rejected), "duplicates": duplicates,
+                 "train_pairs": stats["pairs"]["train"], "val_pairs": stats["pairs"]["val"]},
     )
     print_summary(stats, Console())
     log.info("Wrote %s (train %d, val %d)", data.output_dir, len(train), len(val))

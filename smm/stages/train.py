@@ -7,6 +7,10 @@ tokenizer with its chat template, ``metrics.json`` and ``manifest.json``. Return
 validation loss (the Optuna objective). With ``training.devices=N``, or started by torchrun /
 accelerate launch, it trains data-parallel on N processes (smm.distributed); rank 0 alone logs and
 writes.
+
+``training.method``: ``sft_then_dpo`` (``auto``'s choice when prepare wrote preference pairs)
+continues the adapter SFT just trained with DPO on ``train_pairs.jsonl`` (smm/dpo.py); ``dpo``
+skips SFT and continues a saved adapter (in one process); ``sft`` ignores the pairs.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from omegaconf import DictConfig
 from smm.checkpoints import clear_checkpoints, resolve_resume, save_schedule
 from smm.config import to_plain
 from smm.distributed import device_count, gather, launch, quiet_replicas, ranks
+from smm.dpo import resolve_method
 from smm.errors import SmmError
 from smm.io import atomic_directory, read_jsonl, write_json, write_manifest
 from smm.tiny_model import resolve_base_model
@@ -56,6 +61,9 @@ def run(cfg: DictConfig) -> float:
     validation data, with a warning)."""
     data_dir = Path(cfg.data.output_dir)
     train_file, val_file = data_dir / "train.jsonl", data_dir / "val.jsonl"
+    method = resolve_method(cfg.training.method, data_dir)
+    if method == "dpo":
+        return _run_dpo_only(cfg, data_dir)
     if not train_file.is_file():
         raise SmmError(f"no prepared data at {train_file}: run `python run.py stage=prepare` first")
     train_rows = read_processed(train_file)
@@ -144,8 +152,15 @@ def run(cfg: DictConfig) -> float:
             for h in trainer.state.log_history if "loss" in h or "eval_loss" in h
         ],
     }
+    inputs = [train_file, val_file] if val_rows else [train_file]
+    if method == "sft_then_dpo":  # every rank trains, rank 0 writes
+        from smm.dpo import train_dpo
+
+        metrics["dpo"] = train_dpo(cfg, loaded, data_dir)
+        inputs += pair_files(data_dir)
+    metrics["method"] = method
     if world.main:  # the adapter, metrics and manifest are written once
-        _save(cfg, loaded, base, metrics, [train_file, val_file] if val_rows else [train_file])
+        _save(cfg, loaded, base, metrics, inputs)
         if cfg.logger.name == "wandb":
             import wandb
 
@@ -179,6 +194,39 @@ def _peak_memory(peaks: list[dict]) -> dict:
     if len(peaks) > 1:
         merged.update({f"{key}_per_gpu": [p[key] for p in peaks] for key in peaks[0]})
     return merged
+
+
+def pair_files(data_dir: Path) -> list[Path]:
+    from smm.preferences import TRAIN_FILE, VAL_FILE
+
+    return [data_dir / name for name in (TRAIN_FILE, VAL_FILE) if (data_dir / name).is_file()]
+
+
+def _run_dpo_only(cfg: DictConfig, data_dir: Path) -> float:
+    """``training.method=dpo``: continue a saved SFT adapter with DPO; returns the held-out DPO loss."""
+    from smm.dpo import load_adapter_weights, saved_adapter_config, train_dpo
+    from smm.train_model import choose_backend, load_for_training
+
+    ensure_writable(cfg.training.output_dir, cfg.training.checkpoint_dir)
+    adapter = cfg.training.dpo.adapter or cfg.training.output_dir
+    saved = saved_adapter_config(adapter)  # before the (slow) model load
+    backend = choose_backend(cfg.training.backend, cfg.model.quantization)
+    base = resolve_base_model(cfg.model)
+    loaded = load_for_training(base, cfg, backend)
+    load_adapter_weights(loaded.model, adapter, saved)
+    log.info("Continuing the adapter in %s with DPO", adapter)
+    if cfg.logger.name == "wandb":
+        start_wandb(cfg)
+    dpo = train_dpo(cfg, loaded, data_dir)
+    metrics = {"method": "dpo", "backend": loaded.backend, "device": _device_name(loaded.device, 1),
+               "continued_from": str(adapter), "dpo": dpo}
+    _save(cfg, loaded, base, metrics, pair_files(data_dir))
+    if cfg.logger.name == "wandb":
+        import wandb
+
+        wandb.finish()
+    after = dpo["val_after"]
+    return float(after["loss"] if after else dpo["train_loss"])
 
 
 def _train(trainer, resume: str | None, cfg: DictConfig):
