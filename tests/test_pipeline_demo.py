@@ -17,7 +17,7 @@ def test_pipeline_runs_the_four_stages_in_order(demo_run):
 
 def test_pipeline_exports_a_gguf_with_its_modelfile(demo_run):
     gguf = demo_run.root / "gguf"
-    assert sorted(p.name for p in gguf.iterdir()) == ["Modelfile", "manifest.json", "social-media-marketer-q4_k_m.gguf"]
+    assert sorted(p.name for p in gguf.iterdir()) == ["Modelfile", "manifest.json", "schemas", "social-media-marketer-q4_k_m.gguf"]
     assert (gguf / "Modelfile").read_text() == render_modelfile("./social-media-marketer-q4_k_m.gguf")
     manifest = json.loads((gguf / "manifest.json").read_text())
     assert manifest["stage"] == "export" and manifest["inputs"]  # the adapter the train stage wrote

@@ -39,7 +39,8 @@ from smm.language import detect_language
 
 log = logging.getLogger(__name__)
 PREFERENCE_SUFFIX = "_dpo.jsonl"
-OUTPUTS = frozenset({"train.jsonl", "val.jsonl", "stats.json", "distribution.png", "manifest.json"})
+OUTPUTS = frozenset({"train.jsonl", "val.jsonl", preferences.TRAIN_FILE, preferences.VAL_FILE, "stats.json",
+                     "distribution.png", "manifest.json"})
 CHUNK_LINES = 1000
 PARALLEL_FROM_BYTES = 4 << 20  # smaller inputs are checked in this process (no start-up cost)
 SHOWN_PER_REASON = 5

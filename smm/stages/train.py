@@ -207,7 +207,6 @@ def _run_dpo_only(cfg: DictConfig, data_dir: Path) -> float:
     from smm.dpo import load_adapter_weights, saved_adapter_config, train_dpo
     from smm.train_model import choose_backend, load_for_training
 
-    ensure_writable(cfg.training.output_dir, cfg.training.checkpoint_dir)
     adapter = cfg.training.dpo.adapter or cfg.training.output_dir
     saved = saved_adapter_config(adapter)  # before the (slow) model load
     backend = choose_backend(cfg.training.backend, cfg.model.quantization)
