@@ -100,3 +100,18 @@ def test_source_record_is_json(own_cache, tmp_path):
     assert gguf_base.source_gguf(folder) is None
     (folder / gguf_base.RECORD).write_text(json.dumps({"gguf": "/x.gguf", "sha256": "ab", "conversion_version": 1}))
     assert gguf_base.source_gguf(folder) == {"gguf": "/x.gguf", "sha256": "ab"}
+
+
+def test_byte_level_vocabulary_gets_the_byte_level_decoder_back(tiny_model_dir):
+    """transformers 5.17 rebuilt a GGUF's byte-level vocabulary with SentencePiece's decoder; llama.cpp's
+    converter then wrote a GGUF that llama.cpp aborted on. The conversion puts the right decoder back."""
+    from tokenizers import decoders
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.backend_tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse(), decoders.Replace("▁", " ")])
+    text = "Hallo Bäckerei, neues Brot für 3,50 € 🍞!"
+    assert tok.decode(tok(text)["input_ids"]) != text
+    gguf_base._byte_level_decoding(tok)
+    assert isinstance(tok.backend_tokenizer.decoder, decoders.ByteLevel)
+    assert tok.decode(tok(text)["input_ids"]) == text
