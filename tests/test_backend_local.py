@@ -65,6 +65,24 @@ def test_hf_base_plus_adapter(tiny_model_dir, tiny_adapter):
     assert 1 <= first.output_tokens <= 12 and first.text == second.text
 
 
+def test_hf_batched_answers_equal_one_at_a_time(tiny_adapter):
+    from smm.backends import generate_all
+
+    cases = [CASE, EvalCase("d", "hashtags", "de", "instagram", "Neue Kollektion: Sneaker aus recyceltem Plastik, ab 89 €"),
+             EvalCase("e", "post_generation", "fr", "linkedin", "lancement, logiciel")]
+    conversations = [c.messages() for c in cases]
+    single = HFBackend(str(tiny_adapter), _ModelCfg, SETTINGS)
+    batched = HFBackend(str(tiny_adapter), _ModelCfg, SETTINGS, batch_size=2)
+    done: list[int] = []
+    one_by_one = [single.generate(m) for m in conversations]
+    together = generate_all(batched, conversations, lambda i, g: done.append(i))
+    assert sorted(done) == [0, 1, 2]
+    assert [g.text for g in together] == [g.text for g in one_by_one]
+    assert [(g.output_tokens, g.truncated) for g in together] == [(g.output_tokens, g.truncated) for g in one_by_one]
+    with pytest.raises(SmmError, match="cannot constrain"):
+        batched.generate_batch(conversations[:1], [{"type": "object"}])
+
+
 def test_hf_base_from_the_config_when_the_recorded_base_is_not_local(tiny_model_dir, tiny_adapter, tmp_path):
     adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
     config = json.loads((adapter / "adapter_config.json").read_text())

@@ -220,6 +220,22 @@ def test_the_eval_score_objective_runs_train_export_evaluate_per_trial_and_maxim
     assert "eval_score" in (sweep / "summary.md").read_text()
 
 
+def test_the_eval_score_objective_with_the_hf_backend_evaluates_the_adapter_without_export(small_data, tmp_path):
+    result = run_smm("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", "sweep.objective=eval_score", *SMALL,
+                     "training.max_steps=1", f"data.output_dir={small_data}", "eval.backend=hf", "eval.batch_size=2",
+                     "eval.max_cases=2", "eval.max_tokens=16", f"sweep.dir={tmp_path / 'sweeps'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import optuna
+
+    (trial,) = optuna.load_study(study_name="smm_lora", storage=f"sqlite:///{tmp_path / 'sweeps' / 'smm_lora.db'}").trials
+    job = tmp_path / "sweeps" / "smm_lora" / "0"
+    assert not (job / "gguf").exists()
+    (report_dir,) = [p for p in (job / "eval").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    report = json.loads((report_dir / "report.json").read_text())
+    assert trial.value == report["score"] and report["model"]["backend"] == "hf"
+    assert "'pipeline.stages=[train,evaluate]'" in trial.user_attrs["command"]
+
+
 def test_an_interrupted_sweep_queues_its_trial_and_the_rerun_finishes_it(tmp_path, small_data):
     url = f"sqlite:///{tmp_path / 'sweeps' / 'smm_lora.db'}"
     interrupted = worker(tmp_path, url, "hydra.sweeper.n_trials=1", *SMALL, "training.max_steps=50", f"data.output_dir={small_data}")

@@ -87,13 +87,15 @@ def timed(fn: Callable[[], tuple[str, int | None, bool]]) -> Generation:
 
 def generate_all(backend: Backend, conversations: Sequence[Messages], on_done: Callable[[int, Generation], None] = lambda i, g: None,
                  schemas: Sequence[Schema | None] | None = None) -> list[Generation]:
-    """Answers to every conversation, in order, with up to ``backend.max_workers`` in flight;
-    ``schemas[i]`` constrains answer ``i``; ``on_done(i, generation)`` is called as each one ends."""
+    """Answers to every conversation, in order, with up to ``backend.max_workers`` in flight (or
+    ``backend.batch_size`` at once, for a backend with ``generate_batch``); ``schemas[i]`` constrains answer ``i``; ``on_done(i, generation)`` is called as each one ends."""
     def one(i: int) -> Generation:
         generation = backend.generate(conversations[i], schemas[i] if schemas else None)
         on_done(i, generation)
         return generation
 
+    if getattr(backend, "batch_size", 1) > 1:
+        return _generate_batched(backend, conversations, on_done, schemas)
     if backend.max_workers <= 1:
         return [one(i) for i in range(len(conversations))]
     with ThreadPoolExecutor(max_workers=backend.max_workers, thread_name_prefix="smm-eval") as pool:
@@ -104,6 +106,22 @@ def generate_all(backend: Backend, conversations: Sequence[Messages], on_done: C
             for f in futures:
                 f.cancel()
             raise
+
+
+def _generate_batched(backend: Backend, conversations: Sequence[Messages], on_done: Callable[[int, Generation], None],
+                      schemas: Sequence[Schema | None] | None) -> list[Generation]:
+    """:func:`generate_all` for a backend that answers ``backend.batch_size`` conversations at once:
+    conversations of similar length are batched together, so little of a batch is padding."""
+    size = backend.batch_size
+    order = sorted(range(len(conversations)), key=lambda i: sum(len(m["content"]) for m in conversations[i]))
+    answers: list[Generation | None] = [None] * len(conversations)
+    for start in range(0, len(order), size):
+        batch = order[start:start + size]
+        generations = backend.generate_batch([conversations[i] for i in batch], [schemas[i] if schemas else None for i in batch])
+        for i, generation in zip(batch, generations):
+            answers[i] = generation
+            on_done(i, generation)
+    return answers
 
 
 def check_can_constrain(kind: str, constrained: str, key: str = "eval.constrained") -> None:
@@ -137,5 +155,5 @@ def make_backend(kind: str, eval_cfg, *, model: str | None = None, model_path: s
     if kind == "hf":
         from smm.backends.hf import HFBackend
 
-        return HFBackend(eval_cfg.adapter_dir, model_cfg, settings)
+        return HFBackend(eval_cfg.adapter_dir, model_cfg, settings, eval_cfg.batch_size)
     raise SmmError(f"eval.backend: unknown backend {kind!r} (use ollama, openai, llama_cpp or hf)")

@@ -1,4 +1,5 @@
-"""A base model plus a LoRA adapter through transformers + PEFT (one request at a time).
+"""A base model plus a LoRA adapter through transformers + PEFT, ``eval.batch_size`` conversations
+generated together (left-padded, shortest prompts batched together).
 
 The base is chosen as the export stage chooses it (:func:`smm.merge.choose_base`: the one the
 adapter was trained on unless ``model.recipe`` or ``model.base_model`` says otherwise), from a
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smm.backends import Generation, GenerationSettings, Messages, Schema, timed
+from smm.backends import Generation, GenerationSettings, Messages, Schema
 from smm.errors import SmmError
 from smm.merge import Adapter, check_fits, choose_base, locate_base, read_adapter
 
@@ -47,7 +48,7 @@ class HFBackend:
     max_workers = 1
     can_constrain = False
 
-    def __init__(self, adapter_dir: str, model_cfg, settings: GenerationSettings) -> None:
+    def __init__(self, adapter_dir: str, model_cfg, settings: GenerationSettings, batch_size: int = 1) -> None:
         adapter = Path(adapter_dir)
         if not (adapter / "adapter_config.json").is_file():
             raise SmmError(
@@ -65,33 +66,45 @@ class HFBackend:
         except OSError as exc:
             raise SmmError(f"cannot load the base model from {base} ({' '.join(str(exc).split())[:200]})") from None
         self.model = PeftModel.from_pretrained(model, adapter).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.settings = settings
+        self.batch_size = batch_size
         self.label = f"hf:{adapter.name}"
 
     def generate(self, messages: Messages, schema: Schema | None = None) -> Generation:
+        return self.generate_batch([messages], [schema])[0]
+
+    def generate_batch(self, conversations: list[Messages], schemas: list[Schema | None]) -> list[Generation]:
+        """Answers to ``conversations``, generated together; each carries the whole batch's latency."""
+        import time
+
         import torch
 
-        if schema is not None:
+        if any(s is not None for s in schemas):
             raise SmmError("the hf backend cannot constrain answers to a JSON schema")
         inputs = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            conversations, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
         ).to(self.model.device)
         sampling = {"do_sample": True, "temperature": self.settings.temperature} if self.settings.temperature > 0 else {"do_sample": False}
+        started = time.perf_counter()
+        torch.manual_seed(self.settings.seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs, max_new_tokens=self.settings.max_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling,
+            )
+        latency = time.perf_counter() - started
+        eos = self.model.generation_config.eos_token_id
+        stops = set(eos if isinstance(eos, list) else [eos])
+        return [self._answer(row.tolist(), stops, latency) for row in out[:, inputs["input_ids"].shape[1]:]]
 
-        def run() -> tuple[str, int, bool]:
-            torch.manual_seed(self.settings.seed)
-            with torch.inference_mode():
-                out = self.model.generate(
-                    **inputs, max_new_tokens=self.settings.max_tokens,
-                    pad_token_id=self.tokenizer.pad_token_id, **sampling,
-                )
-            new = out[0, inputs["input_ids"].shape[1]:]
-            eos = self.model.generation_config.eos_token_id
-            stops = eos if isinstance(eos, list) else [eos]
-            truncated = int(new.shape[0]) >= self.settings.max_tokens and int(new[-1]) not in stops
-            return self.tokenizer.decode(new, skip_special_tokens=True), int(new.shape[0]), truncated
-
-        return timed(run)
+    def _answer(self, new: list[int], stops: set[int], latency: float) -> Generation:
+        """One row of a batch: its tokens up to and including the first end-of-turn token."""
+        end = next((i + 1 for i, token in enumerate(new) if token in stops), None)
+        tokens = new[:end] if end else new
+        truncated = end is None and len(new) >= self.settings.max_tokens
+        return Generation(self.tokenizer.decode(tokens, skip_special_tokens=True), latency, len(tokens), truncated=truncated)
 
     def close(self) -> None:
         self.model = None

@@ -36,7 +36,13 @@ from smm.sweep.summary import write_summary
 log = logging.getLogger(__name__)
 
 TARGET_ATTR = "smm_target_trials"  # study attribute: the trial count the current sweep runs up to
-EVAL_SCORE_STAGES = ("stage=pipeline", "pipeline.stages=[train,export,evaluate]")
+
+
+def eval_score_stages(eval_backend: str) -> tuple[str, ...]:
+    """A trial's stages under ``sweep.objective=eval_score``: train, export and evaluate the GGUF, or
+    with ``eval.backend=hf`` train and evaluate the adapter directly (no GGUF needed, e.g. on a GPU box)."""
+    stages = "train,evaluate" if eval_backend == "hf" else "train,export,evaluate"
+    return ("stage=pipeline", f"pipeline.stages=[{stages}]")
 
 
 def slots_used(trials) -> int:
@@ -84,7 +90,7 @@ class StudySweeper(OptunaSweeperImpl):
         target = self._claim(self.n_trials)
         log.info("Study %s in %s: the sweep runs up to %d trials (%s, %s)", self.study_name, mask_url(self.url),
                  target, objective, direction)
-        extra = EVAL_SCORE_STAGES if objective == "eval_score" else ()
+        extra = eval_score_stages(self.config.eval.backend) if objective == "eval_score" else ()
         batch = []
         try:
             while batch := self._next_batch(study, target):
