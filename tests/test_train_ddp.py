@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from fixtures_train import SMALL, run_train, train_args
+from fixtures_train import SMALL, run_train, train_args, write_rows
 from lora_hash import lora_hash
 
 from smm.distributed import device_count
@@ -125,3 +125,22 @@ def test_a_data_parallel_run_resumes_from_its_checkpoint(small_data, tmp_path):
                       "training.resume=true").check()
     assert again.metrics()["resumed_from"] == str(first.checkpoints / "checkpoint-1")
     assert again.metrics()["steps"] == 2 and again.metrics()["processes"] == 2
+
+
+def test_sft_then_dpo_runs_data_parallel_and_rank_0_writes_the_dpo_adapter(small_data, tmp_path):
+    import shutil
+
+    from test_dpo import PAIRS
+
+    from smm.preferences import TRAIN_FILE, VAL_FILE
+
+    data = shutil.copytree(small_data, tmp_path / "data")
+    write_rows(data / TRAIN_FILE, PAIRS * 2)  # 4 pairs: one per rank and step
+    write_rows(data / VAL_FILE, PAIRS)
+    run = run_train(tmp_path / "run", data, "preset=demo", "model.max_seq_length=320", "training.max_steps=1",
+                    "training.devices=2", "training.dpo.max_steps=2", "training.dpo.learning_rate=5e-3").check()
+    metrics = run.metrics()
+    assert metrics["method"] == "sft_then_dpo" and metrics["processes"] == 2
+    assert metrics["dpo"]["steps"] == 2 and metrics["dpo"]["val_pairs"] == 2
+    assert run.log.count("DPO on 4 preference pairs") == 1  # logged by rank 0 only
+    assert (run.adapter / "adapter_model.safetensors").is_file()
