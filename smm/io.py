@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -99,16 +100,39 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         raise
 
 
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Fill a fresh temp folder beside ``path``; on success it replaces ``path`` whole, on failure it is removed."""
+    """Fill a fresh temp folder beside ``path``; on success it replaces ``path`` whole, on failure it is removed.
+
+    The replacement is one atomic swap where the system allows it, so a reader sees either the old
+    folder or the new one, never a missing or half-moved one."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     staging.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private; give it the permissions mkdir would
     try:
         yield staging
-        if target.exists():
+        if target.exists() and exchange(staging, target):
+            pass  # staging now holds the previous outputs, removed below
+        elif target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)

@@ -426,3 +426,24 @@ def test_minhash_finds_the_similar_pairs_among_many_texts():
         assert similarity == round(dedup.jaccard(dedup.shingles(texts[i]), dedup.shingles(texts[j])), 3) >= 0.7
         sketch = dedup.sketches([texts[i], texts[j]])
         assert abs((sketch[0] == sketch[1]).mean() - similarity) < 0.15
+
+
+def test_publishing_swaps_the_output_folder_in_one_step(tmp_path: Path, monkeypatch):
+    """Readers of data.output_dir never find it missing while a new run's outputs replace it."""
+    import os
+
+    src = write_jsonl(tmp_path / "src" / "a.jsonl", synthetic(2))
+    run_prepare(tmp_path, f"data.sources=[{src}]")
+    out = tmp_path / "out"
+    seen, real_replace = [], os.replace
+
+    def watched_replace(a, b):
+        real_replace(a, b)
+        seen.append((out / "manifest.json").is_file())
+
+    monkeypatch.setattr(os, "replace", watched_replace)
+    write_jsonl(src, synthetic(4))
+    run_prepare(tmp_path, f"data.sources=[{src}]")
+    assert all(seen)
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["train"] + len(read_split(out)[1]) == 4 * len(TASKS)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
