@@ -43,6 +43,9 @@ def parse_line(raw: bytes) -> tuple[Any, str | None]:
     """``(value, None)`` for one JSONL line's bytes, or ``(None, why it is not valid)``."""
     if len(raw) > MAX_LINE_BYTES:
         return None, f"line too long ({len(raw):,} bytes > {MAX_LINE_BYTES:,})"
+    value = strict_json.fast_loads(raw)  # valid JSON (so valid UTF-8, no NUL byte) in one pass
+    if value is not strict_json.SLOW:
+        return value, None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -193,9 +196,12 @@ def write_manifest(
     config: dict,
     inputs: Iterable[str | os.PathLike] = (),
     metrics: dict | None = None,
+    hashes: dict[str, str] | None = None,
     **extra: Any,
 ) -> Path:
-    """Write ``manifest.json`` (config without secrets, input hashes, metrics, versions) into ``directory``."""
+    """Write ``manifest.json`` (config without secrets, input hashes, metrics, versions) into ``directory``;
+    ``hashes`` holds SHA-256s already computed (by path), the other inputs are hashed here."""
+    hashes = hashes or {}
     path = Path(directory) / "manifest.json"
     write_json(
         path,
@@ -203,7 +209,7 @@ def write_manifest(
             "stage": stage,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name, *mask_command_line(sys.argv[1:])]),
-            "inputs": {str(p): sha256_file(p) for p in inputs},
+            "inputs": {str(p): hashes.get(str(p)) or sha256_file(p) for p in inputs},
             "metrics": metrics or {},
             "versions": versions(),
             **extra,
