@@ -104,29 +104,43 @@ def sketches(texts: Sequence[str]) -> np.ndarray:
     return (signatures(texts) & np.uint64(0xFFFF)).astype(np.uint16)
 
 
-def candidate_pairs(sketch: np.ndarray, threshold: float) -> np.ndarray:
+def _bucket_pairs(order: np.ndarray, starts: np.ndarray, sizes: np.ndarray, n: int) -> list[np.ndarray]:
+    """Pairs of members of each bucket (``order[start:start + size]``, ascending), coded ``i * n + j``:
+    all pairs in a bucket of up to MAX_BUCKET members, else each member with the first."""
+    codes = []
+    small = sizes <= MAX_BUCKET
+    for size in np.unique(sizes[small]).tolist():  # all buckets of one size at once
+        members = order[starts[small & (sizes == size)][:, None] + np.arange(size)]
+        i, j = np.triu_indices(size, 1)
+        codes.append(np.unique(members[:, i].ravel() * n + members[:, j].ravel()))
+    for start, size in zip(starts[~small].tolist(), sizes[~small].tolist()):
+        codes.append(order[start] * n + order[start + 1:start + size])
+    return codes
+
+
+def candidate_pairs(sketch: np.ndarray, threshold: float, batch: int = 1 << 18) -> np.ndarray:
     """Sorted unique index pairs ``(i, j)``, i < j, that share a bucket in some band and whose
     sketches estimate a similarity of at least ``threshold - MARGIN``."""
+    n = len(sketch)
     keys = np.ascontiguousarray(sketch).view(np.uint64)  # (n, BANDS): 4 uint16 per key
-    found = []
+    codes = []
     for band in range(keys.shape[1]):
         column = keys[:, band]
-        order = np.argsort(column, kind="stable")
+        order = np.argsort(column, kind="stable")  # stable: a bucket's members in ascending order
         ordered = column[order]
         starts = np.nonzero(np.r_[True, ordered[1:] != ordered[:-1]])[0]
-        sizes = np.diff(np.r_[starts, len(ordered)])
-        for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
-            members = np.sort(order[start:start + size])
-            if size <= MAX_BUCKET:
-                i, j = np.triu_indices(size, 1)
-                a, b = members[i], members[j]
-            else:
-                a, b = np.full(size - 1, members[0]), members[1:]
-            close = (sketch[a] == sketch[b]).mean(axis=1) >= threshold - MARGIN
-            found.append(np.stack([a[close], b[close]], axis=1))
-    if not found:
+        sizes = np.diff(np.r_[starts, n])
+        shared = sizes > 1
+        codes += _bucket_pairs(order, starts[shared], sizes[shared], n)
+    if not codes:
         return np.zeros((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(found).astype(np.int64), axis=0)
+    codes = np.unique(np.concatenate(codes))
+    first, second = codes // n, codes % n
+    close = np.zeros(len(codes), dtype=bool)
+    for at in range(0, len(codes), batch):  # bounded memory: batch x BINS comparisons at a time
+        a, b = first[at:at + batch], second[at:at + batch]
+        close[at:at + batch] = (sketch[a] == sketch[b]).mean(axis=1) >= threshold - MARGIN
+    return np.stack([first[close], second[close]], axis=1).astype(np.int64)
 
 
 def verified_pairs(candidates: np.ndarray, text_of: Callable[[int], str], threshold: float) -> list[tuple[int, int, float]]:

@@ -117,9 +117,9 @@ def normalize_example(obj: Any) -> dict:
         answer, errors = parse_answer(task, message["content"])
         if errors:
             raise InvalidExample(f"messages[{i}] is not a valid {task_name} answer: {errors[0]}")
-        answer = _normalize_json(answer)
-        message["content"] = json.dumps(answer, ensure_ascii=False)
-        errors = schema_errors(task, answer)  # normalizing can empty a field
+        normalized = _normalize_json(answer)
+        message["content"] = json.dumps(normalized, ensure_ascii=False)
+        errors = [] if normalized == answer else schema_errors(task, normalized)  # normalizing can empty a field
         if errors:
             raise InvalidExample(f"messages[{i}] is not a valid {task_name} answer once normalized: {errors[0]}")
     example = {"messages": messages, "task": task_name, "language": language, "platform": platform}

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import stat
+import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -392,7 +393,9 @@ def run(cfg: DictConfig) -> float:
 def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) -> float:
     data = cfg.data
     spool = staging / SPOOL
+    started = time.perf_counter()
     spooled = spool_examples(files, spool, data.language_check, workers)
+    log.info("Read and checked %d lines in %.1f s (%d workers)", spooled.lines_read, time.perf_counter() - started, workers)
     rejected = spooled.rejected
     if rejected:
         log.warning("Rejected %d of %d lines", len(rejected), spooled.lines_read)
@@ -401,6 +404,7 @@ def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) ->
     if not spooled.records:
         raise SmmError(f"no valid examples in {len(files)} files ({len(rejected)} lines rejected); previous output left untouched")
 
+    started = time.perf_counter()
     unique = first_occurrences(spooled.ids)
     duplicates = len(spooled.records) - len(unique)
     examples = split.sample([spooled.records[i] for i in unique], data.max_samples, data.seed)
@@ -409,8 +413,10 @@ def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) ->
         pairs = near_duplicates(examples, spooled, reader, data.near_duplicate_threshold)
     finally:
         reader.close()
+    log.info("Near-duplicate search over %d examples: %d pairs, %.1f s", len(examples), len(pairs), time.perf_counter() - started)
     for p in pairs[:10]:
         log.info("near-duplicates (%.2f): %s ~ %s", p["similarity"], p["a"], p["b"])
+    started = time.perf_counter()
     groups = dedup.groups(len(examples), [(p["i"], p["j"], p["similarity"]) for p in pairs])
     train, val = split.split(examples, groups, data.train_split, data.seed)
 
@@ -419,6 +425,7 @@ def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) ->
     destination[[e.row for e in val]] = 2
     write_split(spool, spooled.offsets, destination, staging / "train.jsonl", staging / "val.jsonl")
     spool.unlink()
+    log.info("Split and wrote train/val in %.1f s", time.perf_counter() - started)
 
     grid: dict[str, Counter] = defaultdict(Counter)
     for example in examples:
