@@ -68,6 +68,7 @@ FUNCTION_WORDS = {
     ).split(),
 }
 _LANGUAGE_OF = {word: language for language, words in FUNCTION_WORDS.items() for word in words}
+_ALL_FUNCTION_WORDS = frozenset(_LANGUAGE_OF)
 _WORD = re.compile(r"[^\W\d_]+")
 
 
@@ -105,11 +106,8 @@ def function_words_confirm(text: str, declared: str) -> bool:
     """True when ``text``'s function words are clearly those of ``declared``: at least
     :data:`MIN_WORDS` different ones, and :data:`DOMINANCE` times as many as of any other language."""
     counts = dict.fromkeys(FUNCTION_WORDS, 0)
-    language_of = _LANGUAGE_OF.get
-    for word in set(_WORD.findall(text.lower())):
-        language = language_of(word)
-        if language:
-            counts[language] += 1
+    for word in _ALL_FUNCTION_WORDS.intersection(_WORD.findall(text.lower())):  # each different word once
+        counts[_LANGUAGE_OF[word]] += 1
     own = counts.pop(declared, 0)
     return own >= MIN_WORDS and own >= DOMINANCE * max(counts.values())
 
