@@ -7,7 +7,9 @@ a seed example's answer with its prose and hashtags rewritten from words of the 
 texts differ as real ones do; 1% exact and 0.2% near duplicates), then times
 ``python run.py stage=prepare`` on them while sampling the resident memory of the whole process
 tree (the sum over the main process and its workers: shared pages are counted once per process,
-so this is an upper bound). Extra arguments are passed to run.py as overrides.
+so this is an upper bound) and, as the machine may be shared, the CPU time the tree used (on an
+idle machine the wall time is about that divided by the cores, plus the serial part that the log's
+phase timings show). Extra arguments are passed to run.py as overrides.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import os
 import random
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -137,7 +140,8 @@ def main() -> None:
     out = args.workdir / "out"
     command = [sys.executable, str(REPO / "run.py"), "stage=prepare", f"data.sources=[{inputs}]",
                f"data.output_dir={out}", f"hydra.run.dir={args.workdir / 'run'}", *overrides]
-    started = time.perf_counter()
+    load_before = os.getloadavg()
+    started, cpu_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0]
 
@@ -151,17 +155,20 @@ def main() -> None:
     output = process.communicate()[0]
     seconds = time.perf_counter() - started
     sampler.join()
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
     if process.returncode:
         sys.exit(f"prepare failed ({process.returncode}):\n{output[-3000:]}")
     print(output[-2500:])
     stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
     print(json.dumps({
         "examples": args.examples, "input_mb": round(size / 1e6), "seconds": round(seconds, 1),
+        "cpu_seconds_process_tree": round(cpu, 1),
         "peak_rss_mib_process_tree": round(peak[0] / 2**20), "train": stats["train"]["examples"],
         "val": stats["val"]["examples"], "duplicates_dropped": stats["duplicates_dropped"],
         "near_duplicate_pairs": len(stats["near_duplicates"]), "rejected": stats["rejected"]["total"],
         "language_mismatches": stats["language_mismatches"], "cpus": os.cpu_count(),
-        "load_average_after": os.getloadavg(), "overrides": overrides,
+        "load_average_before": load_before, "load_average_after": os.getloadavg(), "overrides": overrides,
     }, indent=2))
 
 

@@ -5,18 +5,22 @@ import importlib
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Callable
 
 from omegaconf import DictConfig
 
 from smm.config import GROUPS, STAGE_NAMES, unknown_key_error, validate
 from smm.errors import SmmError, StageNotAvailable
-from smm.secrets import url_secrets
+from smm.io import atomic_writer
+from smm.secrets import mask_url, url_secrets
 
 # Overrides that hold secrets: taken off the command line before Hydra records it, and handed
 # to the stage (or the sweeper) through the environment variable it reads anyway.
 SECRET_OVERRIDES = {"feedback.database_url": "DATABASE_URL", "eval.judge.url": "SMM_JUDGE_URL",
                     "hydra.sweeper.storage": "SMM_SWEEP_STORAGE"}
+# Keys whose value is a secret even without "://" (a libpq "host=… password=…" string).
+SECRET_KEY_NAMES = frozenset(name.rsplit(".", 1)[-1] for name in SECRET_OVERRIDES)
 # Any other key given a URL with credentials (eval.url=http://user:pw@host) keeps its value in this
 # variable; Hydra records only the interpolation ${oc.env:SMM_SECRET_EVAL_URL}.
 SECRET_ENV_PREFIX = "SMM_SECRET_"
@@ -89,6 +93,7 @@ def run_stage(cfg: DictConfig) -> float:
             from smm.sweep.job_outputs import use_job_folder
 
             use_job_folder(cfg)
+        mask_hydra_records()
         validate(cfg)
         return run_one(cfg.stage, cfg)
     except SmmError as exc:
@@ -101,6 +106,41 @@ def run_stage(cfg: DictConfig) -> float:
         if os.environ.get(_USER_FULL_ERROR) or _in_multirun() or not missing_extra(exc):
             raise
         _fail(missing_extra(exc), 1)
+
+
+def _masked(value, key: str = ""):
+    """``value`` (plain YAML data) with the password of every URL-like string masked."""
+    if isinstance(value, dict):
+        return {k: _masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, key) for v in value]
+    if isinstance(value, str) and ("://" in value or key in SECRET_KEY_NAMES) and url_secrets(value):
+        return mask_url(value)
+    return value
+
+
+def mask_hydra_records() -> None:
+    """Mask passwords that a config *file* put into Hydra's records of this job (``.hydra/*.yaml``,
+    a multirun's ``multirun.yaml``): Hydra writes them just before the job starts. Passwords given
+    on the command line never get there (:func:`move_secrets_to_env`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    hydra = HydraConfig.get()
+    records = [Path(hydra.sweep.dir) / "multirun.yaml"] if _in_multirun() else []
+    if hydra.output_subdir is not None:
+        records += [Path(hydra.runtime.output_dir) / hydra.output_subdir / name
+                    for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+    for path in records:
+        if not path.is_file():
+            continue
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        masked = _masked(data)
+        if masked != data:
+            with atomic_writer(path) as fh:
+                fh.write(OmegaConf.to_yaml(OmegaConf.create(masked)))
 
 
 def missing_extra(exc: ModuleNotFoundError) -> str | None:

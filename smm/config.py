@@ -62,7 +62,7 @@ class DataConfig:
     train_split: float = _f(0.9, "Share of examples that go to training; the rest is validation.", gt=0.0, lt=1.0)
     max_samples: int = _f(0, "Use at most this many examples after de-duplication (0 = all).", ge=0)
     seed: int = _f(42, "Seed of the stratified split.")
-    language_check: str = _f("warn", "Check each example's declared language with lingua: warn, reject or off.", choices=("warn", "reject", "off"))
+    language_check: str = _f("warn", "Check each example's declared language (common function words, then lingua where they are not clear): warn, reject or off.", choices=("warn", "reject", "off"))
     strict: bool = _f(False, "Treat any rejected line as fatal: exit 1 and write nothing.")
     near_duplicate_threshold: float = _f(0.9, "Report pairs of examples at least this similar (0.7-1) as near-duplicates (kept on one side of the split); the search finds 99.9% of pairs from 0.7 up.", ge=0.7, le=1.0)
     workers: int = _f(0, "Processes that check input lines in parallel (0 = one per CPU core; inputs under 4 MiB are checked in one process).", ge=0)

@@ -10,7 +10,7 @@ shingle sets. Time is linear in the total text length for texts that are not ali
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -104,29 +104,44 @@ def sketches(texts: Sequence[str]) -> np.ndarray:
     return (signatures(texts) & np.uint64(0xFFFF)).astype(np.uint16)
 
 
-def candidate_pairs(sketch: np.ndarray, threshold: float) -> np.ndarray:
+def _bucket_pairs(order: np.ndarray, starts: np.ndarray, sizes: np.ndarray, limit: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pairs ``(a, b)`` of members of each bucket (``order[start:start + size]``, ascending), about
+    ``limit`` pairs at a time: all pairs in a bucket of up to MAX_BUCKET members, else each member
+    with the first."""
+    small = sizes <= MAX_BUCKET
+    for size in np.unique(sizes[small]).tolist():  # all buckets of one size at once
+        first = starts[small & (sizes == size)]
+        i, j = np.triu_indices(size, 1)
+        step = max(1, limit // len(i))
+        for at in range(0, len(first), step):
+            members = order[first[at:at + step, None] + np.arange(size)]
+            yield members[:, i].ravel(), members[:, j].ravel()
+    for start, size in zip(starts[~small].tolist(), sizes[~small].tolist()):
+        yield np.full(size - 1, order[start]), order[start + 1:start + size]
+
+
+def candidate_pairs(sketch: np.ndarray, threshold: float, batch: int = 1 << 18) -> np.ndarray:
     """Sorted unique index pairs ``(i, j)``, i < j, that share a bucket in some band and whose
-    sketches estimate a similarity of at least ``threshold - MARGIN``."""
+    sketches estimate a similarity of at least ``threshold - MARGIN``. Memory stays bounded:
+    ``batch`` pairs are compared at a time."""
+    n = len(sketch)
     keys = np.ascontiguousarray(sketch).view(np.uint64)  # (n, BANDS): 4 uint16 per key
+    needed = (threshold - MARGIN) * BINS  # agreeing values (exact: mean >= threshold - MARGIN)
     found = []
     for band in range(keys.shape[1]):
         column = keys[:, band]
-        order = np.argsort(column, kind="stable")
+        order = np.argsort(column, kind="stable")  # stable: a bucket's members in ascending order
         ordered = column[order]
         starts = np.nonzero(np.r_[True, ordered[1:] != ordered[:-1]])[0]
-        sizes = np.diff(np.r_[starts, len(ordered)])
-        for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
-            members = np.sort(order[start:start + size])
-            if size <= MAX_BUCKET:
-                i, j = np.triu_indices(size, 1)
-                a, b = members[i], members[j]
-            else:
-                a, b = np.full(size - 1, members[0]), members[1:]
-            close = (sketch[a] == sketch[b]).mean(axis=1) >= threshold - MARGIN
-            found.append(np.stack([a[close], b[close]], axis=1))
+        sizes = np.diff(np.r_[starts, n])
+        shared = sizes > 1
+        for a, b in _bucket_pairs(order, starts[shared], sizes[shared], batch):
+            close = (sketch[a] == sketch[b]).sum(axis=1) >= needed
+            found.append(a[close] * n + b[close])
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(found).astype(np.int64), axis=0)
+    codes = np.unique(np.concatenate(found))
+    return np.stack([codes // n, codes % n], axis=1).astype(np.int64)
 
 
 def verified_pairs(candidates: np.ndarray, text_of: Callable[[int], str], threshold: float) -> list[tuple[int, int, float]]:

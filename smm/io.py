@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -42,6 +43,9 @@ def parse_line(raw: bytes) -> tuple[Any, str | None]:
     """``(value, None)`` for one JSONL line's bytes, or ``(None, why it is not valid)``."""
     if len(raw) > MAX_LINE_BYTES:
         return None, f"line too long ({len(raw):,} bytes > {MAX_LINE_BYTES:,})"
+    value = strict_json.fast_loads(raw)  # valid JSON (so valid UTF-8, no NUL byte) in one pass
+    if value is not strict_json.SLOW:
+        return value, None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -99,16 +103,39 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         raise
 
 
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Fill a fresh temp folder beside ``path``; on success it replaces ``path`` whole, on failure it is removed."""
+    """Fill a fresh temp folder beside ``path``; on success it replaces ``path`` whole, on failure it is removed.
+
+    The replacement is one atomic swap where the system allows it, so a reader sees either the old
+    folder or the new one, never a missing or half-moved one."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     staging.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private; give it the permissions mkdir would
     try:
         yield staging
-        if target.exists():
+        if target.exists() and exchange(staging, target):
+            pass  # staging now holds the previous outputs, removed below
+        elif target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
@@ -169,9 +196,12 @@ def write_manifest(
     config: dict,
     inputs: Iterable[str | os.PathLike] = (),
     metrics: dict | None = None,
+    hashes: dict[str, str] | None = None,
     **extra: Any,
 ) -> Path:
-    """Write ``manifest.json`` (config without secrets, input hashes, metrics, versions) into ``directory``."""
+    """Write ``manifest.json`` (config without secrets, input hashes, metrics, versions) into ``directory``;
+    ``hashes`` holds SHA-256s already computed (by path), the other inputs are hashed here."""
+    hashes = hashes or {}
     path = Path(directory) / "manifest.json"
     write_json(
         path,
@@ -179,7 +209,7 @@ def write_manifest(
             "stage": stage,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name, *mask_command_line(sys.argv[1:])]),
-            "inputs": {str(p): sha256_file(p) for p in inputs},
+            "inputs": {str(p): hashes.get(str(p)) or sha256_file(p) for p in inputs},
             "metrics": metrics or {},
             "versions": versions(),
             **extra,

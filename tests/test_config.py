@@ -207,3 +207,25 @@ def test_url_credentials_do_not_silently_replace_the_api_key(monkeypatch):
     with pytest.raises(ConfigError, match=r"eval.url http://bob:\*\*\*@127.0.0.1:9/v1 carries credentials and "
                                           r"\$SMM_TEST_KEY holds an API key; give only one of them"):
         OpenAIBackend("http://bob:pw@127.0.0.1:9/v1", "m", GenerationSettings(), api_key_env="SMM_TEST_KEY")
+
+
+def test_url_credentials_in_a_config_file_never_reach_hydras_records(tmp_path: Path):
+    """A password written into a YAML config file (not given on the command line) is masked too."""
+    extra = tmp_path / "conf"
+    (extra / "eval").mkdir(parents=True)
+    (extra / "feedback").mkdir()
+    (extra / "eval" / "remote.yaml").write_text(
+        "defaults:\n  - base_eval\n  - _self_\nbackend: openai\nurl: http://bob:Pa55word@host:8080/v1?api_key=K3yK3y\n")
+    (extra / "feedback" / "prod.yaml").write_text(
+        "defaults:\n  - base_feedback\n  - _self_\ndatabase_url: postgresql://app:Db5ecret@db:5432/social\n")
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    result = run_smm("--config-dir", str(extra), "stage=prepare", "eval=remote", "feedback=prod",
+                     "data.language_check=off", f"data.output_dir={out}", f"hydra.run.dir={run_dir}", cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    written = [p for folder in (run_dir, out) for p in folder.rglob("*") if p.is_file()]
+    assert {"config.yaml", "hydra.yaml", "overrides.yaml", "manifest.json", "run.log"} <= {p.name for p in written}
+    for path in written:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        assert not [secret for secret in ("Pa55word", "K3yK3y", "Db5ecret") if secret in text], path
+    assert "bob:***@host:8080" in (run_dir / ".hydra" / "config.yaml").read_text(encoding="utf-8")
+    assert "Pa55word" not in result.stdout + result.stderr

@@ -32,3 +32,51 @@ def test_nan_and_infinity_are_not_json_answers():
     for reply in ('{"score": NaN}', '{"score": -Infinity}', '```json\n{"score": Infinity}\n```'):
         form, answer, problem = parse_reply(reply)
         assert (form, answer) == ("invalid", None) and "is not valid JSON" in problem
+
+
+def test_each_function_word_belongs_to_one_language():
+    from collections import Counter
+
+    from smm.language import FUNCTION_WORDS
+
+    counts = Counter(word for words in FUNCTION_WORDS.values() for word in words)
+    assert [word for word, n in counts.items() if n > 1] == []
+    assert all(word == word.lower() and word.isalpha() for word in counts)
+
+
+def test_the_function_word_pass_gives_linguas_decisions():
+    """prepare's check (function words first, lingua where they are not clear) decides as lingua
+    alone on the seeds and on realistic answers, wrong-language ones included."""
+    import json
+    import sys
+
+    from conftest import REPO
+
+    from smm.examples import answer_texts, normalize_example
+    from smm.language import function_words_confirm, mismatch
+    from smm.strict_json import loads
+    from smm.tasks import TASKS, texts
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import feedback_fixture
+
+    cases = []
+    for line in (REPO / "data" / "seed" / "social_media_examples.jsonl").read_text(encoding="utf-8").splitlines():
+        example = normalize_example(json.loads(line))
+        cases.append((example["language"], " ".join(answer_texts(example))))
+    for row in feedback_fixture.generate(1500, seed=3):
+        for reply in {row.good, row.model_output}:
+            try:
+                prose = " ".join(texts(TASKS[row.task], loads(reply)))
+            except (ValueError, TypeError, AttributeError):
+                continue  # the fixture's deliberately broken replies
+            if prose.strip():
+                cases.append((row.language[:2], prose))
+    wrong = 0
+    for declared, prose in cases:
+        found = detect_language(prose)
+        expected = found if found and found != declared else None
+        assert mismatch(prose, declared) == expected, (declared, prose)
+        wrong += expected is not None
+    confirmed = sum(function_words_confirm(prose, declared) for declared, prose in cases)
+    assert len(cases) > 2000 and wrong > 100 and confirmed > 0.8 * (len(cases) - wrong)

@@ -373,21 +373,41 @@ def test_an_output_folder_with_other_files_is_not_replaced(tmp_path: Path):
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
 
 
-def test_parallel_workers_give_the_same_split(tmp_path: Path, monkeypatch):
+def test_parallel_workers_and_blocks_give_the_same_outputs(tmp_path: Path, monkeypatch):
+    from smm.io import sha256_file
+
     rows = synthetic(40)
     twin = json.loads(json.dumps(rows[3]))
     twin["messages"][1]["content"] += "!"
-    src = write_jsonl(tmp_path / "src" / "a.jsonl", rows + [twin, rows[5]] + ["{broken"])
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows + [twin, rows[5]]] + ["{broken"]
+    lines[10:10] = ["", "   "]  # blank lines count for the line numbers
+    src = tmp_path / "src" / "a.jsonl"
+    src.parent.mkdir()
+    src.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8"))  # BOM, CRLF, no final newline
     monkeypatch.setattr(prepare, "PARALLEL_FROM_BYTES", 0)
-    monkeypatch.setattr(prepare, "CHUNK_LINES", 25)
     outputs = []
-    for workers in (1, 2):
+    for workers, block in ((1, prepare.BLOCK_BYTES), (1, 700), (2, 700)):
+        monkeypatch.setattr(prepare, "BLOCK_BYTES", block)  # 700: each block one or two lines
         run_prepare(tmp_path, f"data.sources=[{src}]", f"data.workers={workers}")
         stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+        manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
         outputs.append(((tmp_path / "out" / "train.jsonl").read_bytes(), (tmp_path / "out" / "val.jsonl").read_bytes(),
-                        stats["near_duplicates"], stats["rejected"], stats["duplicates_dropped"]))
-    assert outputs[0] == outputs[1]
-    assert outputs[0][2][0]["similarity"] >= 0.9 and outputs[0][4] == 1 and outputs[0][3]["total"] == 1
+                        stats["near_duplicates"], stats["rejected"], stats["duplicates_dropped"], manifest["inputs"]))
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert outputs[0][2][0]["similarity"] >= 0.9 and outputs[0][4] == 1
+    assert outputs[0][3] == {"total": 1, "lines": [f"{src}:{len(lines)}: invalid JSON: Expecting property name enclosed in double quotes at column 2"]}
+    assert outputs[0][5] == {str(src): sha256_file(src)}
+    train, val = read_split(tmp_path / "out")
+    kept = set(range(1, len(lines) - 1)) - {11, 12}  # not the blank lines, the duplicate, the broken line
+    assert sorted(e["source"] for e in train + val) == sorted(f"{src}:{n}" for n in kept)
+
+
+def test_spool_lines_are_json_dumps_of_the_example():
+    rows = synthetic(2) + [example("hashtags", 'Quotes " and \\ and \u2028 and emoji 😀', TASKS["hashtags"].example, platform=None)]
+    for i, row in enumerate(rows):
+        normalized = normalize_example(row)
+        normalized["source"] = f"/data/ä \"b\".jsonl:{i}"
+        assert prepare.spool_line(normalized) == json.dumps(normalized, ensure_ascii=False)
 
 
 def test_warnings_are_summarised_per_file_and_reason(tmp_path: Path, caplog):
@@ -426,3 +446,24 @@ def test_minhash_finds_the_similar_pairs_among_many_texts():
         assert similarity == round(dedup.jaccard(dedup.shingles(texts[i]), dedup.shingles(texts[j])), 3) >= 0.7
         sketch = dedup.sketches([texts[i], texts[j]])
         assert abs((sketch[0] == sketch[1]).mean() - similarity) < 0.15
+
+
+def test_publishing_swaps_the_output_folder_in_one_step(tmp_path: Path, monkeypatch):
+    """Readers of data.output_dir never find it missing while a new run's outputs replace it."""
+    import os
+
+    src = write_jsonl(tmp_path / "src" / "a.jsonl", synthetic(2))
+    run_prepare(tmp_path, f"data.sources=[{src}]")
+    out = tmp_path / "out"
+    seen, real_replace = [], os.replace
+
+    def watched_replace(a, b):
+        real_replace(a, b)
+        seen.append((out / "manifest.json").is_file())
+
+    monkeypatch.setattr(os, "replace", watched_replace)
+    write_jsonl(src, synthetic(4))
+    run_prepare(tmp_path, f"data.sources=[{src}]")
+    assert all(seen)
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["train"] + len(read_split(out)[1]) == 4 * len(TASKS)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []

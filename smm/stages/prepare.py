@@ -4,15 +4,18 @@ Reads every ``*.jsonl`` under ``data.sources`` (files named ``*_dpo.jsonl`` hold
 smm/preferences.py splits them into ``train_pairs.jsonl`` and ``val_pairs.jsonl``, no prompt on
 both sides). Bad lines are skipped and reported as ``file:line: reason``
 (in the log the first few of each file and reason, in ``stats.json`` all); valid lines are always
-kept. The input is streamed: chunks of lines are checked in ``data.workers`` processes, each valid
-example goes straight to a spool file, and only a compact record per example (hash, task,
-language, lengths, MinHash sketch) stays in memory until the split copies the spooled lines
-into ``train.jsonl`` and ``val.jsonl``. Everything (with ``stats.json``, ``distribution.png`` and
-``manifest.json``) is built in a staging folder that replaces ``data.output_dir`` whole (under
-the entrypoint's lock on it), so the files in it always come from one run.
+kept. The input is streamed: this process reads each file once in blocks of whole lines (hashing
+it for the manifest on the way) and hands their offsets to ``data.workers`` processes, which read
+and check the lines; each valid example goes straight to a spool file, and only a compact record
+per example (hash, task, language, lengths, MinHash sketch) stays in memory until the split copies
+the spooled lines, in ranges, into ``train.jsonl`` and ``val.jsonl``. Everything (with
+``stats.json``, ``distribution.png`` and ``manifest.json``) is built in a staging folder that
+replaces ``data.output_dir`` whole in one swap (under the entrypoint's lock on it), so the files in
+it always come from one run.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -20,6 +23,7 @@ import os
 import re
 import shutil
 import stat
+import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +38,15 @@ from smm.config import to_plain
 from smm.data_stats import conversation_chars, print_summary, save_chart, split_stats
 from smm.errors import SmmError
 from smm.examples import InvalidExample, answer_texts, normalize_example
-from smm.io import atomic_directory, parse_line, raw_lines, write_json, write_manifest
-from smm.language import detect_language
+from smm.io import BOM, atomic_directory, parse_line, write_json, write_manifest
+from smm.language import detect_language, mismatch
+from smm.tasks import LANGUAGES, PLATFORMS, TASKS
 
 log = logging.getLogger(__name__)
 PREFERENCE_SUFFIX = "_dpo.jsonl"
 OUTPUTS = frozenset({"train.jsonl", "val.jsonl", preferences.TRAIN_FILE, preferences.VAL_FILE, "stats.json",
                      "distribution.png", "manifest.json"})
-CHUNK_LINES = 1000
+BLOCK_BYTES = 2 << 20  # a block of whole lines checked in one go (about 1,400 examples)
 PARALLEL_FROM_BYTES = 4 << 20  # smaller inputs are checked in this process (no start-up cost)
 SHOWN_PER_REASON = 5
 MAX_SHOWN = 50
@@ -89,6 +94,17 @@ def _conversation_text(example: dict) -> str:
     return "\n".join(m["content"] for m in example["messages"] if m["role"] != "system")
 
 
+_string = json.encoder.encode_basestring  # a str as json.dumps(..., ensure_ascii=False) writes it
+
+
+def spool_line(example: dict) -> str:
+    """``json.dumps(example, ensure_ascii=False)`` of a normalized example with its id and source, faster."""
+    messages = ", ".join(f'{{"role": {_string(m["role"])}, "content": {_string(m["content"])}}}' for m in example["messages"])
+    platform = "null" if example["platform"] is None else _string(example["platform"])
+    return (f'{{"messages": [{messages}], "task": {_string(example["task"])}, "language": {_string(example["language"])}, '
+            f'"platform": {platform}, "id": {_string(example["id"])}, "source": {_string(example["source"])}}}')
+
+
 class Record:
     """What the split and the statistics need of one valid example; ``row`` is its spool line."""
 
@@ -98,32 +114,58 @@ class Record:
         self.task, self.language, self.platform = task, language, platform
         self.conversation_chars, self.answer_chars, self.row = conversation, answer, row
 
-    def __getitem__(self, key: str):
-        return getattr(self, key)
+    __getitem__ = object.__getattribute__  # record["task"] as for a dict, without a Python call
+
+
+TASK_NAMES = tuple(TASKS)
+LANGUAGE_NAMES = tuple(LANGUAGES)
+PLATFORM_NAMES = (None, *PLATFORMS)
 
 
 @dataclass
 class Checked:
-    """One chunk of lines, checked: the valid examples and what was wrong with the others."""
+    """One block of lines, checked: the valid examples (spool lines and compact columns) and what
+    was wrong with the others."""
 
-    kept: list[tuple]  # (spooled JSON line, id as int, task, language, platform, conversation chars, answer chars)
+    lines: int  # non-blank lines read
+    spooled: bytes  # the valid examples' spool lines, each ending in a newline
+    sizes: np.ndarray  # bytes of each spool line
+    ids: np.ndarray
+    columns: np.ndarray  # per example: task, language, platform (indexes), conversation and answer chars
     sketches: np.ndarray  # MinHash sketches of the kept examples
     rejected: list[tuple[int, str]]
     mismatches: list[tuple[int, str]]
 
 
-def check_chunk(path: str, lines: list[tuple[int, bytes]], language_check: str) -> Checked:
-    """Validate and normalize a chunk of ``(line number, bytes)`` of one file."""
-    kept, texts, rejected, mismatches = [], [], [], []
-    for number, raw in lines:
+def block_lines(data: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
+    """``(line number, bytes)`` of the non-blank lines of a block of whole lines (as :func:`smm.io.raw_lines` reads a file)."""
+    lines = data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines.pop()
+    for number, raw in enumerate(lines, start=first_line):
+        if number == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
+        raw = raw.rstrip(b"\r\n")
+        if raw.strip():
+            yield number, raw
+
+
+def check_block(path: str, offset: int, size: int, first_line: int, language_check: str) -> Checked:
+    """Validate and normalize the lines in ``size`` bytes at ``offset`` of ``path`` (whole lines)."""
+    with open(path, "rb") as fh:
+        data = os.pread(fh.fileno(), size, offset)
+    out, sizes, ids, columns, texts, rejected, mismatches = [], [], [], [], [], [], []
+    count = 0
+    for number, raw in block_lines(data, first_line):
+        count += 1
         value, error = parse_line(raw)
         try:
             if error:
                 raise InvalidExample(error)
             example = normalize_example(value)
             if language_check != "off":
-                detected = detect_language(" ".join(answer_texts(example)))
-                if detected and detected != example["language"]:
+                detected = mismatch(" ".join(answer_texts(example)), example["language"])
+                if detected:
                     message = f"declared language {example['language']} but the answer reads as {detected}"
                     if language_check == "reject":
                         raise InvalidExample(message)
@@ -132,46 +174,55 @@ def check_chunk(path: str, lines: list[tuple[int, bytes]], language_check: str) 
             rejected.append((number, str(exc)))
             continue
         example["source"] = f"{path}:{number}"
-        kept.append((json.dumps(example, ensure_ascii=False), int(example["id"], 16), example["task"],
-                     example["language"], example["platform"], conversation_chars(example),
-                     conversation_chars(example, "assistant")))
+        line = (spool_line(example) + "\n").encode("utf-8")
+        out.append(line)
+        sizes.append(len(line))
+        ids.append(int(example["id"], 16))
+        columns.append((TASK_NAMES.index(example["task"]), LANGUAGE_NAMES.index(example["language"]),
+                        PLATFORM_NAMES.index(example["platform"]), conversation_chars(example),
+                        conversation_chars(example, "assistant")))
         texts.append(_conversation_text(example))
     sketches = dedup.sketches(texts) if texts else np.zeros((0, dedup.BINS), dtype=np.uint16)
-    return Checked(kept, sketches, rejected, mismatches)
+    return Checked(count, b"".join(out), np.array(sizes, dtype=np.int64), np.array(ids, dtype=np.uint64),
+                   np.array(columns, dtype=np.int64).reshape(-1, 5), sketches, rejected, mismatches)
 
 
-def _chunks(files: list[Path]) -> Iterator[tuple[int, list[tuple[int, bytes]], int]]:
-    """``(file index, lines, bytes)`` in order; every file yields at least one (maybe empty) chunk."""
+def _blocks(files: list[Path], hashes: dict[str, str]) -> Iterator[tuple[int, int, int, int]]:
+    """``(file index, offset, size, first line number)`` of blocks of whole lines, in order; every
+    file yields at least one (maybe empty) block. Each file's SHA-256 goes into ``hashes`` on the way."""
     for index, path in enumerate(files):
-        lines, size = [], 0
-        for number, raw in raw_lines(path):
-            lines.append((number, raw))
-            size += len(raw) + 1
-            if len(lines) == CHUNK_LINES:
-                yield index, lines, size
-                lines, size = [], 0
-        yield index, lines, size
+        digest, offset, line, empty = hashlib.sha256(), 0, 1, True
+        with open(path, "rb") as fh:
+            while data := fh.read(BLOCK_BYTES):
+                if not data.endswith(b"\n"):
+                    data += fh.readline()  # up to the end of the last line
+                digest.update(data)
+                yield index, offset, len(data), line
+                offset, line, empty = offset + len(data), line + data.count(b"\n"), False
+        if empty:
+            yield index, 0, 0, 1
+        hashes[str(path)] = digest.hexdigest()
 
 
-def checked_chunks(files: list[Path], language_check: str, workers: int) -> Iterator[tuple[int, int, int, Checked]]:
-    """``(file index, lines, bytes, Checked)`` per chunk, in input order, checked by ``workers`` processes."""
+def checked_blocks(files: list[Path], language_check: str, workers: int, hashes: dict[str, str]) -> Iterator[tuple[int, int, Checked]]:
+    """``(file index, bytes, Checked)`` per block, in input order, checked by ``workers`` processes
+    (each reads its block itself: only offsets and results cross between processes)."""
     if workers <= 1:
-        for index, lines, size in _chunks(files):
-            yield index, len(lines), size, check_chunk(str(files[index]), lines, language_check)
+        for index, offset, size, line in _blocks(files, hashes):
+            yield index, size, check_block(str(files[index]), offset, size, line, language_check)
         return
     if language_check != "off":
         detect_language("warm up")  # load lingua's models once, before forking: the workers share them
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         pending: deque = deque()
-        for index, lines, size in _chunks(files):
-            job = pool.apply_async(check_chunk, (str(files[index]), lines, language_check))
-            pending.append((index, len(lines), size, job))
+        for index, offset, size, line in _blocks(files, hashes):
+            pending.append((index, size, pool.apply_async(check_block, (str(files[index]), offset, size, line, language_check))))
             if len(pending) >= 2 * workers + 2:  # bounded: the reader never runs far ahead
-                index, count, size, job = pending.popleft()
-                yield index, count, size, job.get()
+                index, size, job = pending.popleft()
+                yield index, size, job.get()
         while pending:
-            index, count, size, job = pending.popleft()
-            yield index, count, size, job.get()
+            index, size, job = pending.popleft()
+            yield index, size, job.get()
 
 
 def log_grouped(entries: list[tuple[str, int, str]], what: str) -> None:
@@ -200,32 +251,34 @@ class Spooled:
     rejected: list[str]
     mismatches: int
     lines_read: int
+    hashes: dict[str, str]  # SHA-256 of each input file
+
+
+def _records(columns: np.ndarray) -> list[Record]:
+    return [Record(TASK_NAMES[t], LANGUAGE_NAMES[lang], PLATFORM_NAMES[p], chars, answer, row)
+            for row, (t, lang, p, chars, answer) in enumerate(columns.tolist())]
 
 
 def spool_examples(files: list[Path], spool: Path, language_check: str, workers: int) -> Spooled:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    records, ids, sketches, offsets = [], [], [], [0]
+    sizes, ids, columns, sketches, hashes = [], [], [], [], {}
     rejected, mismatches, lines_per_file = [], [], Counter()
-    interned: dict = {}
     total = sum(p.stat().st_size for p in files)
     with open(spool, "wb") as out, Progress(
         TextColumn("prepare"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
         console=Console(stderr=True), transient=True, auto_refresh=False,  # no thread: the workers are forked
     ) as progress:
         bar = progress.add_task("reading", total=total)
-        for index, count, size, checked in checked_chunks(files, language_check, workers):
+        for index, size, checked in checked_blocks(files, language_check, workers, hashes):
             path = str(files[index])
-            lines_per_file[index] += count
+            lines_per_file[index] += checked.lines
             rejected += [(path, number, message) for number, message in checked.rejected]
             mismatches += [(path, number, message) for number, message in checked.mismatches]
-            for line, id_, task, language, platform, chars, answer in checked.kept:
-                data = line.encode("utf-8") + b"\n"
-                out.write(data)
-                offsets.append(offsets[-1] + len(data))
-                ids.append(id_)
-                task, language, platform = (interned.setdefault(v, v) for v in (task, language, platform))
-                records.append(Record(task, language, platform, chars, answer, len(records)))
+            out.write(checked.spooled)
+            sizes.append(checked.sizes)
+            ids.append(checked.ids)
+            columns.append(checked.columns)
             sketches.append(checked.sketches)
             progress.advance(bar, size)
             progress.refresh()
@@ -235,9 +288,10 @@ def spool_examples(files: list[Path], spool: Path, language_check: str, workers:
     log_grouped(rejected, "rejected")
     log_grouped(mismatches, "with a language warning")
     return Spooled(
-        records, np.array(ids, dtype=np.uint64), np.concatenate(sketches), np.array(offsets, dtype=np.int64),
+        _records(np.concatenate(columns)), np.concatenate(ids), np.concatenate(sketches),
+        np.concatenate([[0], np.cumsum(np.concatenate(sizes))]).astype(np.int64),
         [f"{path}:{number}: {message}" for path, number, message in rejected], len(mismatches),
-        sum(lines_per_file.values()),
+        sum(lines_per_file.values()), hashes,
     )
 
 
@@ -277,14 +331,29 @@ def near_duplicates(examples: list[Record], spooled: Spooled, reader: SpoolReade
     return [{"i": i, "j": j, "a": load(i)["source"], "b": load(j)["source"], "similarity": s} for i, j, s in pairs]
 
 
-def write_split(spool: Path, destination: np.ndarray, train_path: Path, val_path: Path) -> None:
-    """Copy spooled line ``row`` to train (``destination[row] == 1``) or val (2); others are dropped."""
+def write_split(spool: Path, offsets: np.ndarray, destination: np.ndarray, train_path: Path, val_path: Path) -> None:
+    """Copy spooled line ``row`` to train (``destination[row] == 1``) or val (2); others are dropped.
+    Consecutive lines bound for one file are copied as one range, inside the kernel."""
+    change = np.flatnonzero(np.diff(destination)) + 1
+    starts, ends = np.r_[0, change], np.r_[change, len(destination)]
     with open(spool, "rb") as src, open(train_path, "wb") as train, open(val_path, "wb") as val:
-        outputs = (None, train, val)
-        for row, line in enumerate(src):
-            target = outputs[destination[row]]
+        outputs = (None, train.fileno(), val.fileno())
+        for start, end in zip(starts.tolist(), ends.tolist()):
+            target = outputs[destination[start]]
             if target is not None:
-                target.write(line)
+                _copy_range(src.fileno(), target, int(offsets[start]), int(offsets[end] - offsets[start]))
+
+
+def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
+    """Append ``size`` bytes at ``offset`` of ``src`` to ``dst``."""
+    while size > 0:
+        try:
+            sent = os.sendfile(dst, src, offset, size)
+        except OSError:  # no file-to-file sendfile here: through memory
+            sent = os.write(dst, os.pread(src, min(size, 1 << 20), offset))
+        if sent == 0:
+            raise OSError(f"spool file ended early at byte {offset}")
+        offset, size = offset + sent, size - sent
 
 
 def _check_output_dir(folder: str) -> None:
@@ -323,7 +392,9 @@ def run(cfg: DictConfig) -> float:
 def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) -> float:
     data = cfg.data
     spool = staging / SPOOL
+    started = time.perf_counter()
     spooled = spool_examples(files, spool, data.language_check, workers)
+    log.info("Read and checked %d lines in %.1f s (%d workers)", spooled.lines_read, time.perf_counter() - started, workers)
     rejected = spooled.rejected
     if rejected:
         log.warning("Rejected %d of %d lines", len(rejected), spooled.lines_read)
@@ -332,6 +403,7 @@ def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) ->
     if not spooled.records:
         raise SmmError(f"no valid examples in {len(files)} files ({len(rejected)} lines rejected); previous output left untouched")
 
+    started = time.perf_counter()
     unique = first_occurrences(spooled.ids)
     duplicates = len(spooled.records) - len(unique)
     examples = split.sample([spooled.records[i] for i in unique], data.max_samples, data.seed)
@@ -340,16 +412,19 @@ def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) ->
         pairs = near_duplicates(examples, spooled, reader, data.near_duplicate_threshold)
     finally:
         reader.close()
+    log.info("Near-duplicate search over %d examples: %d pairs, %.1f s", len(examples), len(pairs), time.perf_counter() - started)
     for p in pairs[:10]:
         log.info("near-duplicates (%.2f): %s ~ %s", p["similarity"], p["a"], p["b"])
+    started = time.perf_counter()
     groups = dedup.groups(len(examples), [(p["i"], p["j"], p["similarity"]) for p in pairs])
     train, val = split.split(examples, groups, data.train_split, data.seed)
 
     destination = np.zeros(len(spooled.records), dtype=np.int8)
     destination[[e.row for e in train]] = 1
     destination[[e.row for e in val]] = 2
-    write_split(spool, destination, staging / "train.jsonl", staging / "val.jsonl")
+    write_split(spool, spooled.offsets, destination, staging / "train.jsonl", staging / "val.jsonl")
     spool.unlink()
+    log.info("Split and wrote train/val in %.1f s", time.perf_counter() - started)
 
     grid: dict[str, Counter] = defaultdict(Counter)
     for example in examples:
@@ -370,7 +445,7 @@ def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) ->
     write_json(staging / "stats.json", stats)
     save_chart(stats["task_language"], staging / "distribution.png")
     write_manifest(
-        staging, "prepare", to_plain(cfg), inputs=files + [Path(f) for f in stats["pairs"]["files"]],
+        staging, "prepare", to_plain(cfg), inputs=files + [Path(f) for f in stats["pairs"]["files"]], hashes=spooled.hashes,
         metrics={"train": len(train), "val": len(val), "rejected": len(rejected), "duplicates": duplicates,
                  "train_pairs": stats["pairs"]["train"], "val_pairs": stats["pairs"]["val"]},
     )
