@@ -504,6 +504,49 @@ def stage_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def accumulation(model_dir: Path, backend: str, tiny: bool, workdir: Path) -> dict:
+    """smm's train path with packing: the gradient of one optimizer step over two conversations of
+    different lengths taken as 2 micro-batches of 1 (gradient_accumulation_steps=2) against the same
+    two taken at once (batch 2); equal when the loss is the mean over all assistant tokens of the
+    accumulated batch (num_items_in_batch), not a mean of per-micro-batch means."""
+    import torch
+    from omegaconf import open_dict
+    from transformers import TrainerCallback
+
+    from smm.train_model import load_for_training
+
+    cfg = smm_config(model_dir, backend, None, workdir, tiny, ["training.learning_rate=1e-30", "training.max_grad_norm=1e9",
+                                                               "training.max_steps=1", "lora.dropout=0"])
+    loaded = load_for_training(str(model_dir), cfg)
+    from smm.sft import build_trainer
+    from smm.tokenize import IGNORE_INDEX, Tokenized, tokenize_examples
+
+    data = tokenize_examples(loaded.tokenizer, conversations(loaded.tokenizer, [300, 1200], 4), 4096)
+
+    class Grads(TrainerCallback):
+        grads: dict = {}
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            Grads.grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    runs = {}
+    for batch, steps in ((2, 1), (1, 2)):
+        with open_dict(cfg):
+            cfg.model.max_seq_length = max(map(len, data.input_ids))  # two packed rows, one conversation each
+            cfg.training.batch_size, cfg.training.gradient_accumulation_steps = batch, steps
+        trainer, _ = build_trainer(cfg, loaded, data, Tokenized())
+        trainer.add_callback(Grads())
+        trainer.train()
+        runs[(batch, steps)] = (Grads.grads, next(h["loss"] for h in trainer.state.log_history if "loss" in h))
+        del trainer
+        gc.collect()
+    (once, loss_once), (accumulated, loss_accumulated) = runs[(2, 1)], runs[(1, 2)]
+    diff = sum(float((accumulated[n] - g).norm() ** 2) for n, g in once.items()) ** 0.5
+    norm = sum(float(g.norm() ** 2) for g in once.values()) ** 0.5
+    return emit({"check": "accumulation", "backend": loaded.backend, "assistant_tokens": [sum(l != IGNORE_INDEX for l in ls) for ls in data.labels],
+                 "grad_rel_diff": diff / norm if norm else None, "loss_at_once": loss_once, "loss_accumulated": loss_accumulated})
+
+
 def kernels(tokens: int, repeats: int) -> list[dict]:
     """smm's packed attention kernels (smm.attention) on one packed row of the realistic mix with the
     7B's attention shape (28 heads, 4 KV heads, dim 128): forward + backward against per-conversation
@@ -659,6 +702,12 @@ def main() -> None:
     rc.add_argument("--model", type=Path, required=True)
     rc.add_argument("--data", type=Path, required=True)
     rc.add_argument("--out", type=Path, required=True)
+    ac = sub.add_parser("accumulation", help="one accumulated step vs the same batch at once (smm's path)")
+    ac.add_argument("--model", type=Path, required=True)
+    ac.add_argument("--backend", choices=("hf", "unsloth"), default="unsloth")
+    ac.add_argument("--tiny", action="store_true")
+    ac.add_argument("--workdir", type=Path, default=Path("/tmp/smm-acc"))
+    ac.add_argument("--json", type=Path)
     kn = sub.add_parser("kernels", help="packed attention kernels vs per-conversation SDPA: error and time")
     kn.add_argument("--tokens", type=int, default=8192)
     kn.add_argument("--repeats", type=int, default=10)
@@ -671,6 +720,9 @@ def main() -> None:
         make(args.out, args.tokenizer, args.tiny)
     elif args.command == "table":
         print(table(args.files))
+    elif args.command == "accumulation":
+        RESULTS_FILE = args.json
+        accumulation(args.model, args.backend, args.tiny, args.workdir)
     elif args.command == "kernels":
         RESULTS_FILE = args.json
         kernels(args.tokens, args.repeats)

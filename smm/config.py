@@ -331,9 +331,13 @@ def _check(node: Any, schema: type, prefix: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check choices and bounds of every key; raise ConfigError naming the first bad key."""
     _check(cfg, Config, "")
+    from smm.errors import SmmError
     from smm.memory_plan import budget_gib
 
-    budget_gib(cfg.training.memory_budget_gib, None)  # a number > 0, auto or null
+    try:
+        budget_gib(cfg.training.memory_budget_gib, None)  # a number > 0, auto or null
+    except SmmError as exc:
+        raise ConfigError(str(exc)) from None
     if not cfg.pipeline.stages:
         raise ConfigError("pipeline.stages: empty; name the stages to run, e.g. [prepare, train]")
     for stage in cfg.pipeline.stages:

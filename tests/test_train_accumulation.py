@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import compose_config
 from fixtures_train import read_rows
+from omegaconf import open_dict
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
@@ -35,8 +36,10 @@ def one_step(tmp_path, conversations, batch_size: int, accumulation: int):
     )
     loaded = load_for_training(resolve_base_model(cfg.model), cfg)
     train = tokenize_examples(loaded.tokenizer, conversations, cfg.model.max_seq_length)
+    with open_dict(cfg):  # rows as long as the longer conversation: packing gives two rows, not one
+        cfg.model.max_seq_length = max(map(len, train.input_ids))
     trainer, _ = build_trainer(cfg, loaded, train, tokenize_examples(loaded.tokenizer, [], 64))
-    assert trainer.args.packing
+    assert trainer.args.packing and len(trainer.train_dataset) == 2
     grads = GradientsBeforeStep()
     trainer.add_callback(grads)
     trainer.train()
