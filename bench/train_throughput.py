@@ -651,7 +651,11 @@ def table(files: list[Path]) -> str:
             f"{r['real_tokens_per_s']:,.0f} | {_number(r.get('median_step_tokens_per_s'))} | {ratio(base.get(shape))} | {ratio(base.get('mix'))} | {r['seconds_per_step']} | "
             f"{r['peak_vram_allocated_gib']} / {r['peak_vram_reserved_gib']} | {_delta(r)} |")
     envs = [r for r in rows if "date" in r]
-    return "\n".join(lines + scaling(results) + stage_table(e2e) + ([f"\nEnvironment: {json.dumps(envs[0])}"] if envs else []))
+    kernel_rows = [f"| {r['kernel']} | {r.get('tokens', '–')} | {r.get('rel_err_out_dq_dk_dv', r.get('error'))} | {r.get('median_fwd_bwd_ms', '–')} |"
+                   for r in rows if "kernel" in r]
+    kernel_lines = ["", "| packed kernel | tokens | rel. error out, dq, dk, dv | median fwd+bwd ms |", "|---|---:|---|---:|", *kernel_rows] if kernel_rows else []
+    checks = [f"\nCheck: {json.dumps(r)}" for r in rows if "check" in r]
+    return "\n".join(lines + scaling(results) + stage_table(e2e) + kernel_lines + checks + ([f"\nEnvironment: {json.dumps(envs[0])}"] if envs else []))
 
 
 def scaling(results: list[dict]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from smm.errors import ConfigError
+from smm.errors import ConfigError, SmmError
 from smm.secrets import mask_url
 from smm.tasks import LANGUAGES, PLATFORMS, TASKS
 
@@ -331,7 +331,6 @@ def _check(node: Any, schema: type, prefix: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check choices and bounds of every key; raise ConfigError naming the first bad key."""
     _check(cfg, Config, "")
-    from smm.errors import SmmError
     from smm.memory_plan import budget_gib
 
     try:

@@ -15,7 +15,8 @@ from conftest import compose_config
 from fixtures_train import read_rows
 
 from smm.attention import choose_attention, document_ids, flex_packed
-from smm.errors import SmmError
+from smm.config import validate
+from smm.errors import ConfigError, SmmError
 from smm.sft import build_trainer
 from smm.tiny_model import resolve_base_model
 from smm.tokenize import tokenize_examples
@@ -36,6 +37,13 @@ from smm.train_model import load_for_training
 def test_choice(requested, backend, device, flash_installed, kernel):
     choice = choose_attention(requested, backend, device, True, flash_installed)
     assert choice.kernel == kernel and choice.reason
+
+
+def test_the_key_composes_and_is_checked():
+    assert compose_config("stage=train").training.attention == "auto"
+    assert compose_config("stage=train", "training.attention=flex").training.attention == "flex"
+    with pytest.raises(ConfigError, match="training.attention"):
+        validate(compose_config("stage=train", "training.attention=xformers"))
 
 
 def test_auto_without_16_bit_compute_takes_sdpa():
