@@ -65,12 +65,16 @@ class Shape:
         return self.layers * sum(rank * (a + b) for name, (a, b) in sizes.items() if name in targets)
 
 
-def shape_of(model_path: str) -> Shape:
-    """The decoder shape from the model's config (a local folder or the Hugging Face cache)."""
+def shape_of(model_path: str) -> Shape | None:
+    """The decoder shape from the model's config (a local folder or the Hugging Face cache); None
+    for a config without the fields of a dense decoder."""
     from transformers import AutoConfig
 
     c = AutoConfig.from_pretrained(model_path)
     c = getattr(c, "text_config", c)
+    if not all(isinstance(getattr(c, key, None), int) for key in
+               ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")):
+        return None
     return Shape(c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
                  getattr(c, "num_key_value_heads", None) or c.num_attention_heads, c.vocab_size,
                  bool(getattr(c, "tie_word_embeddings", False)))
@@ -152,7 +156,11 @@ def plan_for_stage(cfg, model_path: str, backend: str) -> MemoryPlan | None:
     if budget is None:
         return None
     tokens = cfg.model.max_seq_length * t.batch_size
-    result = plan(budget, shape_of(model_path), tokens, cfg.model.quantization, cfg.lora.rank,
+    shape = shape_of(model_path)
+    if shape is None:
+        log.warning("Memory plan: %s's config does not give a dense decoder's shape; every layer is recomputed", model_path)
+        return None
+    result = plan(budget, shape, tokens, cfg.model.quantization, cfg.lora.rank,
                   list(cfg.lora.target_modules), offloaded_checkpoints=backend == "unsloth", strict=requested != "auto")
     log.info("Memory plan: budget %.1f GiB, %d tokens a step: %d of %d layers keep their activations "
              "(no recomputation), planned peak %.1f GiB (%.1f GiB base + %.2f GiB a layer)",
