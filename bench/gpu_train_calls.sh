@@ -90,7 +90,6 @@ case "${1:-A}" in
      LOG="$OUT/log_M.txt"
      keep() { grep -vE "it/s\]|s/it\]" | tee -a "$LOG" | grep -E '^\{|Packed attention|Memory plan|failed|rror' | cut -c1-700; }
      budget() { local t=$(( $(left) - $1 )); [ "$t" -gt 20 ] && echo "$t" || echo 20; }
-     timeout 90 python3 bench/train_throughput.py kernels --json "$OUT/kernels_M.jsonl" 2>&1 | keep
      B8=training.memory_budget_gib=8
      timeout "$(budget 190)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_M.jsonl" --backend unsloth \
        --warmup 5 --steps 6 --shapes "mix_packed+training.attention=flash+$B8,rows4096+$B8,rows4096+training.memory_budget_gib=24,rows4096+training.memory_budget_gib=48,mix_packed+training.attention=sdpa+$B8,mix_packed+training.attention=flex+$B8" 2>&1 | keep
@@ -100,6 +99,7 @@ case "${1:-A}" in
      python3 bench/train_throughput.py make --tiny --out /tmp/mtiny --tokenizer /tmp/tok >/dev/null 2>&1
      [ "$(left)" -gt 110 ] && timeout 50 python3 bench/train_throughput.py accumulation --model /tmp/mtiny --tiny --backend unsloth \
        --json "$OUT/acc_M.jsonl" 2>&1 | keep
+     [ "$(left)" -gt 120 ] && timeout 45 python3 bench/train_throughput.py kernels --repeats 5 --json "$OUT/kernels_M.jsonl" 2>&1 | keep
      echo "e2e starts at $(( $(date +%s) - START )) s"
      python3 bench/train_throughput.py e2e --model /tmp/m7b --tokenizer /tmp/tok --examples 300 --budget-s "$(budget 8)" \
        --json "$OUT/e2e_M.jsonl" 2>&1 | keep ;;
