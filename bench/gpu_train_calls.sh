@@ -20,9 +20,16 @@
 #                                     # (8 / 24 / 48 GiB); Unsloth's own loop; the accumulated-step check on Unsloth;
 #                                     # the train stage's wall time on 300 examples vs Unsloth's recipe and
 #                                     # transformers+PEFT+TRL (each step skipped when the call's time runs out)
+#   WHL=.whl bash bench/gpu_train_calls.sh M   # smm now imports jsonschema, which the GPU image lacks: carry the wheels
+#                                     # of jsonschema, jsonschema-specifications, referencing and rpds-py (cp312) in WHL;
+#                                     # CALL_S (default 515) is the seconds the call may take, start to last result
 set -uo pipefail
 START=$(date +%s); END=$((START + ${CALL_S:-515}))  # M: the call's own deadline
 left() { echo $((END - $(date +%s))); }
+if [ -n "${WHL:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/whl_site "$WHL"/*.whl || exit 1
+  SITE=/tmp/whl_site:${SITE:-$PWD/.site}
+fi
 export PYTHONPATH=${SITE:-$PWD/.site}:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # No NVLink multicast (the lent multi-GPU machines require it off).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
