@@ -109,7 +109,7 @@ case "${1:-A}" in
      [ "$(left)" -gt 120 ] && timeout 45 python3 bench/train_throughput.py kernels --repeats 5 --json "$OUT/kernels_M.jsonl" 2>&1 | keep
      echo "e2e starts at $(( $(date +%s) - START )) s"
      python3 bench/train_throughput.py e2e --model /tmp/m7b --tokenizer /tmp/tok --examples 300 --budget-s "$(budget 8)" \
-       --json "$OUT/e2e_M.jsonl" 2>&1 | keep ;;
+       --set training.memory_budget_gib=auto --json "$OUT/e2e_M.jsonl" 2>&1 | keep ;;
   L) stage_ddp
      run L --backend unsloth --shapes mix_packed --warmup 14 --steps 12
      ddp L --backend unsloth --shapes mix_packed --warmup 14 --steps 12 ;;

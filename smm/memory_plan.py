@@ -146,6 +146,8 @@ def plan_for_stage(cfg, model_path: str, backend: str) -> MemoryPlan | None:
 
     t = cfg.training
     requested = t.get("memory_budget_gib")
+    if requested is None:
+        return None
     if not torch.cuda.is_available() or not t.gradient_checkpointing:
         if requested not in (None, "auto"):
             budget_gib(requested, None)  # still a one-line error for a bad value

@@ -70,7 +70,8 @@ def test_budget_values():
 def test_a_bad_budget_stops_at_config_validation():
     with pytest.raises(ConfigError, match="training.memory_budget_gib='lots'"):
         validate(compose_config("stage=train", "training.memory_budget_gib=lots"))
-    assert compose_config("stage=train").training.memory_budget_gib == "auto"
+    assert compose_config("stage=train").training.memory_budget_gib is None
+    assert compose_config("stage=train", "training.memory_budget_gib=auto").training.memory_budget_gib == "auto"
     assert compose_config("stage=train", "preset=low_vram_8gb").training.memory_budget_gib == 7
 
 
