@@ -15,8 +15,22 @@
 #   bash bench/gpu_train_calls.sh K           # 2+ GPUs: 1 GPU vs 2 GPUs data-parallel (full rows, mix), then
 #                                             # the train stage with training.devices=2 on a tiny-shaped model
 #   DATA=.data bash bench/gpu_train_calls.sh L  # the stage with training.devices=2 again; the mix on 1 vs 2 GPUs after 14 warm-up steps
+#   bash bench/gpu_train_calls.sh M   # issue 15, one call of at most ~520 s: packed kernels (flash / flex / sdpa) vs
+#                                     # per-conversation SDPA; the packed mix per kernel and full rows per memory budget
+#                                     # (8 / 24 / 48 GiB); Unsloth's own loop; the accumulated-step check on Unsloth;
+#                                     # the train stage's wall time on 300 examples vs Unsloth's recipe and
+#                                     # transformers+PEFT+TRL (each step skipped when the call's time runs out)
+#   WHL=.whl bash bench/gpu_train_calls.sh M   # smm now imports jsonschema, which the GPU image lacks: carry the wheels
+#                                     # of jsonschema, jsonschema-specifications, referencing and rpds-py (cp312) in WHL;
+#                                     # CALL_S (default 515) is the seconds the call may take, start to last result
 set -uo pipefail
-export PYTHONPATH=$PWD/.site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+START=$(date +%s); END=$((START + ${CALL_S:-515}))  # M: the call's own deadline
+left() { echo $((END - $(date +%s))); }
+if [ -n "${WHL:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/whl_site "$WHL"/*.whl || exit 1
+  SITE=/tmp/whl_site:${SITE:-$PWD/.site}
+fi
+export PYTHONPATH=${SITE:-$PWD/.site}:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # No NVLink multicast (the lent multi-GPU machines require it off).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/tok
@@ -79,8 +93,25 @@ case "${1:-A}" in
        run K --backend hf --shapes rows4096,mix_packed --warmup 8
        ddp K --backend hf --shapes rows4096,mix_packed --warmup 8; }
      stage_ddp ;;
+  M) echo "model made at $(( $(date +%s) - START )) s"
+     LOG="$OUT/log_M.txt"
+     keep() { grep -vE "it/s\]|s/it\]" | tee -a "$LOG" | grep -E '^\{|Packed attention|Memory plan|failed|rror' | cut -c1-700; }
+     budget() { local t=$(( $(left) - $1 )); [ "$t" -gt 20 ] && echo "$t" || echo 20; }
+     B8=training.memory_budget_gib=8
+     timeout "$(budget 190)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_M.jsonl" --backend unsloth \
+       --warmup 5 --steps 6 --shapes "mix_packed+training.attention=flash+$B8,rows4096+$B8,rows4096+training.memory_budget_gib=24,rows4096+training.memory_budget_gib=48,mix_packed+training.attention=sdpa+$B8,mix_packed+training.attention=flex+$B8" 2>&1 | keep
+     echo "throughput done at $(( $(date +%s) - START )) s"
+     [ "$(left)" -gt 150 ] && timeout "$(budget 120)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_M.jsonl" \
+       --backend bare_unsloth --warmup 2 --steps 5 --shapes rows4096 2>&1 | keep
+     python3 bench/train_throughput.py make --tiny --out /tmp/mtiny --tokenizer /tmp/tok >/dev/null 2>&1
+     [ "$(left)" -gt 110 ] && timeout 50 python3 bench/train_throughput.py accumulation --model /tmp/mtiny --tiny --backend unsloth \
+       --json "$OUT/acc_M.jsonl" 2>&1 | keep
+     [ "$(left)" -gt 120 ] && timeout 45 python3 bench/train_throughput.py kernels --repeats 5 --json "$OUT/kernels_M.jsonl" 2>&1 | keep
+     echo "e2e starts at $(( $(date +%s) - START )) s"
+     python3 bench/train_throughput.py e2e --model /tmp/m7b --tokenizer /tmp/tok --examples 300 --budget-s "$(budget 8)" \
+       --set training.memory_budget_gib=auto --json "$OUT/e2e_M.jsonl" 2>&1 | keep ;;
   L) stage_ddp
      run L --backend unsloth --shapes mix_packed --warmup 14 --steps 12
      ddp L --backend unsloth --shapes mix_packed --warmup 14 --steps 12 ;;
 esac
-python3 bench/train_throughput.py table "$OUT"/train_*.jsonl
+python3 bench/train_throughput.py table "$OUT"/*.jsonl

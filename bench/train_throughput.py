@@ -30,6 +30,7 @@ scaling over the 1-GPU run of the same backend and shape.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import math
@@ -40,6 +41,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -320,50 +323,289 @@ def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warm
 
     loaded = load_for_training(str(model_dir), cfg)
     import torch
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
+    from smm import attention
+    from smm.memory_plan import decoder_layers, plan_for_stage, recomputed_layers
     from smm.sft import build_trainer
     from smm.tokenize import Tokenized, tokenize_examples
 
     batch, seq = cfg.training.batch_size, cfg.model.max_seq_length
+    checkpointing = [layer.gradient_checkpointing for layer in decoder_layers(loaded.model)]
+    composed, results = cfg, []
+    for spec in shapes:
+        try:
+            shape, *shape_overrides = spec.split("+")  # e.g. mix_packed+training.attention=flex
+            packing, base = not shape.endswith("_padded"), shape.split("_")[0]
+            cfg = copy.deepcopy(composed)  # each shape's overrides apply to it alone
+            with open_dict(cfg):
+                cfg.training.packing = packing
+                cfg.training.max_steps = n_steps + warmup
+                for override in shape_overrides:
+                    key, value = override.split("=", 1)
+                    OmegaConf.update(cfg, key, yaml.safe_load(value))
+            memory_plan = plan_for_stage(cfg, str(model_dir), loaded.backend)
+            calls_before = dict(attention.calls)
+            row = min(int(base[4:]), seq) if base.startswith("rows") else seq
+            per_step = max(1, (batch * seq) // (row if base.startswith("rows") else sum(MIX_RANGE) // 3)) if packing else batch
+            lengths = shape_lengths(base, per_step * (n_steps + warmup) * 2, 2)
+            data = tokenize_examples(loaded.tokenizer, conversations(loaded.tokenizer, lengths, 2), row)
+            trainer, throughput = build_trainer(cfg, loaded, data, Tokenized(), memory_plan)
+            packing = trainer.args.packing  # the stage skips packing where rows are already full
+            step_seconds = time_training_steps(trainer) if torch.cuda.is_available() else []
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            started = time.perf_counter()
+            trainer.train()
+            wall = time.perf_counter() - started
+            peaks = gather(throughput.peak_memory_gib())  # of training alone, before the checks below; every GPU
+            peak = {key: max(p[key] for p in peaks) for key in peaks[0]}
+            recomputed = recomputed_layers(loaded.model)
+            for layer, value in zip(decoder_layers(loaded.model), checkpointing):  # the next shape starts as loaded
+                layer.gradient_checkpointing = value
+            losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+            sample = [{"input_ids": i, "labels": l} for i, l in zip(data.input_ids[:4], data.labels[:4])]
+            extra = {
+                "packed": packing, "preset": preset, "batch_size": batch, "max_seq_length": seq, "lora_rank": cfg.lora.rank,
+                "backend_ran": loaded.backend, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+                "wall_s": round(wall, 1), "overrides": overrides + shape_overrides, **peak, "gpus": world.world_size,
+                "attention": cfg.training.attention, "memory_budget_gib": cfg.training.memory_budget_gib,
+                "memory_plan": memory_plan.as_dict() if memory_plan else None, "layers_recomputed_at_end": recomputed,
+                "packed_attention_calls": {k: attention.calls[k] - calls_before[k] for k in attention.calls},
+                "global_batch": batch * cfg.training.gradient_accumulation_steps * world.world_size,
+                "peak_vram_allocated_gib_per_gpu": [p.get("peak_vram_allocated_gib") for p in peaks],
+                "step_s": [round(seconds, 3) for seconds, _ in throughput.steps],
+                "training_step_s": round(sum(step_seconds[warmup:]) / len(step_seconds[warmup:]), 3) if step_seconds[warmup:] else None,
+            }
+            if packing and not world.distributed:  # checks of the packed rows, not of data parallelism
+                extra["boundary_max_abs_diff"], extra["naive_concat_max_abs_diff"] = boundary_check(trainer, loaded.model, sample)
+                extra["trainer_loss"], extra["assistant_nll"] = loss_check(trainer, loaded.model, sample)
+            result = _result(backend, spec, throughput.steps, warmup, extra)
+            results.append(emit(result) if world.main else result)
+            del trainer
+            gc.collect()  # the trainer's DDP wrapper goes with it, before the next one wraps the model
+        except Exception as exc:  # one failing shape (a kernel, a budget) must not lose the others
+            print(f"shape {spec} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            results.append(emit({"backend": backend, "shape": spec, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}))
+            for layer, value in zip(decoder_layers(loaded.model), checkpointing):
+                layer.gradient_checkpointing = value
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return results
+
+
+def write_examples(folder: Path, tokenizer_dir: Path, n: int) -> Path:
+    """``n`` realistic-mix conversations (120-1500 tokens) as the prepare stage's train.jsonl."""
+    from transformers import AutoTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    rows = conversations(tok, shape_lengths("mix", n, 3), 3)
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def recipe(name: str, model_dir: Path, data: Path, out: Path) -> dict:
+    """One baseline's whole train run, as its users write it, with the time of each phase:
+    ``unsloth`` = Unsloth's standard recipe (FastLanguageModel 4-bit + LoRA, TRL's SFTTrainer with
+    its defaults: no packing), ``hf`` = transformers + bitsandbytes nf4 + PEFT + TRL's SFTTrainer.
+    Both: LoRA r16 a16 on the 7 projections, batch 2 x 4 accumulation, lr 2e-4, 1 epoch, adamw_8bit."""
+    started = time.perf_counter()
+    phases = {}
+    if name == "unsloth":
+        from unsloth import FastLanguageModel
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from smm.config import LORA_TARGETS
+
+    if name == "unsloth":
+        model, tok = FastLanguageModel.from_pretrained(model_name=str(model_dir), max_seq_length=4096, load_in_4bit=True)
+        model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
+                                                 target_modules=list(LORA_TARGETS), use_gradient_checkpointing="unsloth",
+                                                 random_state=3407)
+    else:
+        model, tok = _bare_peft(model_dir, torch.cuda.is_available())
+    phases["load_s"] = time.perf_counter() - started
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    args = SFTConfig(output_dir=str(out / "checkpoints"), per_device_train_batch_size=2, gradient_accumulation_steps=4,
+                     num_train_epochs=1, learning_rate=2e-4, warmup_steps=5, logging_steps=10, optim="adamw_8bit",
+                     lr_scheduler_type="linear", seed=3407, report_to="none", max_length=4096, save_strategy="no",
+                     bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(), gradient_checkpointing=name == "hf",
+                     gradient_checkpointing_kwargs={"use_reentrant": False})
+    mark = time.perf_counter()
+    trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=dataset, args=args)
+    phases["tokenize_s"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    result = trainer.train()
+    phases["train_s"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    model.save_pretrained(out / "adapter")
+    phases["save_s"] = time.perf_counter() - mark
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+    return {**{k: round(v, 1) for k, v in phases.items()}, "steps": trainer.state.global_step,
+            "train_loss": result.metrics.get("train_loss"), "peak_vram_allocated_gib": peak}
+
+
+def e2e(model_dir: Path, tokenizer_dir: Path, examples: int, recipes: list[str], workdir: Path, budget_s: float,
+        stage_overrides: list[str]) -> list[dict]:
+    """The train stage's wall time, process start to saved adapter, on ``examples`` realistic-mix
+    conversations for 1 epoch: smm (``python run.py stage=train``) and the baselines' recipes, each
+    in its own process; a run that would pass ``budget_s`` is stopped and reported as such."""
+    import subprocess
+
+    data = write_examples(workdir / f"data_{examples}", tokenizer_dir, examples)
+    deadline = time.monotonic() + budget_s
     results = []
-    for shape in shapes:
-        packing, base = not shape.endswith("_padded"), shape.split("_")[0]
-        with open_dict(cfg):
-            cfg.training.packing = packing
-            cfg.training.max_steps = n_steps + warmup
-        row = min(int(base[4:]), seq) if base.startswith("rows") else seq
-        per_step = max(1, (batch * seq) // (row if base.startswith("rows") else sum(MIX_RANGE) // 3)) if packing else batch
-        lengths = shape_lengths(base, per_step * (n_steps + warmup) * 2, 2)
-        data = tokenize_examples(loaded.tokenizer, conversations(loaded.tokenizer, lengths, 2), row)
-        trainer, throughput = build_trainer(cfg, loaded, data, Tokenized())
-        packing = trainer.args.packing  # the stage skips packing where rows are already full
-        step_seconds = time_training_steps(trainer) if torch.cuda.is_available() else []
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    for name in recipes:
+        out = workdir / f"e2e_{name}_{examples}"
+        if name == "smm":
+            command = [sys.executable, str(REPO / "run.py"), "stage=train", f"model.base_model={model_dir}",
+                       f"data.output_dir={data}", "training.epochs=1", f"training.output_dir={out / 'adapter'}",
+                       f"training.checkpoint_dir={out / 'checkpoints'}", f"hydra.run.dir={out / 'run'}", *stage_overrides]
+        else:
+            command = [sys.executable, str(Path(__file__).resolve()), "recipe", "--recipe", name, "--model", str(model_dir),
+                       "--data", str(data / "train.jsonl"), "--out", str(out)]
+        left = deadline - time.monotonic()
+        if left < 30:
+            results.append(emit({"recipe": name, "examples": examples, "skipped": "no time left in the call"}))
+            continue
         started = time.perf_counter()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=left, cwd=REPO)
+            wall, error = time.perf_counter() - started, (None if done.returncode == 0 else done.stderr.strip().splitlines()[-1:])
+            log_text = done.stdout
+        except subprocess.TimeoutExpired:
+            wall, error, log_text = time.perf_counter() - started, f"stopped after {left:.0f} s", ""
+        result = {"recipe": name, "examples": examples, "wall_s": round(wall, 1), "error": error}
+        if name == "smm" and not error:
+            metrics = json.loads((out / "adapter" / "metrics.json").read_text())
+            result.update({k: metrics.get(k) for k in ("steps", "step_seconds", "real_tokens_per_s", "packing", "train_loss",
+                                                        "peak_vram_allocated_gib", "memory_plan", "train_tokens_per_epoch")})
+        elif not error:
+            phases = [json.loads(line) for line in log_text.splitlines() if line.startswith('{"recipe_phases"')]
+            result.update(phases[-1]["recipe_phases"] if phases else {})
+        results.append(emit(result))
+    return results
+
+
+def stage_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "| recipe | examples | stage wall s | train s (smm: optimizer steps) | steps | real tok/s | peak VRAM alloc GiB | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        train = r.get("step_seconds") or r.get("train_s")
+        lines.append(f"| {r['recipe']} | {r['examples']} | {r.get('wall_s', '–')} | {train or '–'} | {r.get('steps', '–')} | "
+                     f"{_number(r.get('real_tokens_per_s'))} | {r.get('peak_vram_allocated_gib', '–')} | {r.get('skipped') or r.get('error') or ''} |")
+    return lines
+
+
+def accumulation(model_dir: Path, backend: str, tiny: bool, workdir: Path) -> dict:
+    """smm's train path with packing: the gradient of one optimizer step over two conversations of
+    different lengths taken as 2 micro-batches of 1 (gradient_accumulation_steps=2) against the same
+    two taken at once (batch 2); equal when the loss is the mean over all assistant tokens of the
+    accumulated batch (num_items_in_batch), not a mean of per-micro-batch means."""
+    import torch
+    from omegaconf import open_dict
+    from transformers import TrainerCallback
+
+    from smm.train_model import load_for_training
+
+    cfg = smm_config(model_dir, backend, None, workdir, tiny, ["training.learning_rate=1e-30", "training.max_grad_norm=1e9",
+                                                               "training.max_steps=1", "lora.dropout=0"])
+    loaded = load_for_training(str(model_dir), cfg)
+    from smm.sft import build_trainer
+    from smm.tokenize import IGNORE_INDEX, Tokenized, tokenize_examples
+
+    data = tokenize_examples(loaded.tokenizer, conversations(loaded.tokenizer, [300, 1200], 4), 4096)
+
+    class Grads(TrainerCallback):
+        grads: dict = {}
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            Grads.grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    runs = {}
+    for batch, steps in ((2, 1), (1, 2)):
+        with open_dict(cfg):
+            cfg.model.max_seq_length = max(map(len, data.input_ids))  # two packed rows, one conversation each
+            cfg.training.batch_size, cfg.training.gradient_accumulation_steps = batch, steps
+        trainer, _ = build_trainer(cfg, loaded, data, Tokenized())
+        trainer.add_callback(Grads())
         trainer.train()
-        wall = time.perf_counter() - started
-        peaks = gather(throughput.peak_memory_gib())  # of training alone, before the checks below; every GPU
-        peak = {key: max(p[key] for p in peaks) for key in peaks[0]}
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        sample = [{"input_ids": i, "labels": l} for i, l in zip(data.input_ids[:4], data.labels[:4])]
-        extra = {
-            "packed": packing, "preset": preset, "batch_size": batch, "max_seq_length": seq, "lora_rank": cfg.lora.rank,
-            "backend_ran": loaded.backend, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "wall_s": round(wall, 1), "overrides": overrides, **peak, "gpus": world.world_size,
-            "global_batch": batch * cfg.training.gradient_accumulation_steps * world.world_size,
-            "peak_vram_allocated_gib_per_gpu": [p.get("peak_vram_allocated_gib") for p in peaks],
-            "step_s": [round(seconds, 3) for seconds, _ in throughput.steps],
-            "training_step_s": round(sum(step_seconds[warmup:]) / len(step_seconds[warmup:]), 3) if step_seconds[warmup:] else None,
-        }
-        if packing and not world.distributed:  # checks of the packed rows, not of data parallelism
-            extra["boundary_max_abs_diff"], extra["naive_concat_max_abs_diff"] = boundary_check(trainer, loaded.model, sample)
-            extra["trainer_loss"], extra["assistant_nll"] = loss_check(trainer, loaded.model, sample)
-        result = _result(backend, shape, throughput.steps, warmup, extra)
-        results.append(emit(result) if world.main else result)
+        runs[(batch, steps)] = (Grads.grads, next(h["loss"] for h in trainer.state.log_history if "loss" in h))
         del trainer
-        gc.collect()  # the trainer's DDP wrapper goes with it, before the next one wraps the model
+        gc.collect()
+    (once, loss_once), (accumulated, loss_accumulated) = runs[(2, 1)], runs[(1, 2)]
+    diff = sum(float((accumulated[n] - g).norm() ** 2) for n, g in once.items()) ** 0.5
+    norm = sum(float(g.norm() ** 2) for g in once.values()) ** 0.5
+    return emit({"check": "accumulation", "backend": loaded.backend, "assistant_tokens": [sum(l != IGNORE_INDEX for l in ls) for ls in data.labels],
+                 "grad_rel_diff": diff / norm if norm else None, "loss_at_once": loss_once, "loss_accumulated": loss_accumulated})
+
+
+def kernels(tokens: int, repeats: int) -> list[dict]:
+    """smm's packed attention kernels (smm.attention) on one packed row of the realistic mix with the
+    7B's attention shape (28 heads, 4 KV heads, dim 128): forward + backward against per-conversation
+    SDPA in float32 (relative error of output and gradients) and the median time of a call."""
+    import torch
+    import torch.nn.functional as F
+
+    from smm.attention import KERNELS
+
+    cuda = torch.cuda.is_available()
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    lengths, total = [], 0
+    for n in shape_lengths("mix", 64, 5):
+        n = min(n, tokens - total)
+        if n <= 0:
+            break
+        lengths.append(n)
+        total += n
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(1, h, total, 128, device=device, dtype=dtype, generator=gen) for h in (28, 4, 4))
+    grad = torch.randn(1, 28, total, 128, device=device, dtype=dtype, generator=gen)
+
+    def reference(q, k, v):
+        outs, start = [], 0
+        for n in lengths:
+            part = [x[:, :, start:start + n] for x in (q, k, v)]
+            outs.append(F.scaled_dot_product_attention(*part, is_causal=True, enable_gqa=True))
+            start += n
+        return torch.cat(outs, 2)
+
+    def run(fn, inputs):
+        inputs = [x.detach().requires_grad_(True) for x in inputs]
+        out = fn(*inputs)
+        out.backward(grad.to(out.dtype))
+        return [out.detach(), *(x.grad for x in inputs)]
+
+    expected = run(reference, [x.float() for x in (q, k, v)])
+    results = []
+    for name, fn in [("sdpa_segments", reference), *KERNELS.items()]:
+        if name == "flash" and not cuda:
+            continue
+        kernel = fn if name == "sdpa_segments" else (lambda q, k, v, fn=fn: fn(q, k, v, lengths))
+        try:
+            got = run(kernel, [q, k, v])
+            errors = [float((g.float() - e).norm() / e.norm()) for g, e in zip(got, expected)]
+            times = []
+            for _ in range(repeats):
+                if cuda:
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                run(kernel, [q, k, v])
+                if cuda:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - started)
+            results.append(emit({"kernel": name, "tokens": total, "conversations": len(lengths), "dtype": str(dtype),
+                                 "rel_err_out_dq_dk_dv": [round(e, 5) for e in errors],
+                                 "median_fwd_bwd_ms": round(1000 * statistics.median(times), 3)}))
+        except Exception as exc:
+            results.append(emit({"kernel": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}))
     return results
 
 
@@ -396,19 +638,24 @@ def _number(value) -> str:
 def table(files: list[Path]) -> str:
     """A Markdown table of every result, with ratios to the bare baseline on the same shape."""
     rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.startswith("{")]
-    results = [r for r in rows if "shape" in r]
+    results = [r for r in rows if "shape" in r and "error" not in r]
     base = {r["shape"]: r["real_tokens_per_s"] for r in results if r["backend"] == "bare"}
+    e2e = [r for r in rows if "recipe" in r]
     lines = ["| backend | GPUs | preset | shape | packing | real tok/s | median step tok/s | × bare (same shape) | × bare padded mix | s/step | peak VRAM alloc / reserved GiB | boundary Δ packed / naive |",
              "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        shape = r["shape"].split("_")[0]
+        shape = r["shape"].split("+")[0].split("_")[0]
         ratio = lambda b: f"{r['real_tokens_per_s'] / b:.2f}" if b and r["real_tokens_per_s"] else "–"
         lines.append(
             f"| {r['backend']} | {r.get('gpus', 1)} | {r.get('preset') or '-'} | {r['shape']} | {'on' if r.get('packed') else 'off'} | "
             f"{r['real_tokens_per_s']:,.0f} | {_number(r.get('median_step_tokens_per_s'))} | {ratio(base.get(shape))} | {ratio(base.get('mix'))} | {r['seconds_per_step']} | "
             f"{r['peak_vram_allocated_gib']} / {r['peak_vram_reserved_gib']} | {_delta(r)} |")
     envs = [r for r in rows if "date" in r]
-    return "\n".join(lines + scaling(results) + ([f"\nEnvironment: {json.dumps(envs[0])}"] if envs else []))
+    kernel_rows = [f"| {r['kernel']} | {r.get('tokens', '–')} | {r.get('rel_err_out_dq_dk_dv', r.get('error'))} | {r.get('median_fwd_bwd_ms', '–')} |"
+                   for r in rows if "kernel" in r]
+    kernel_lines = ["", "| packed kernel | tokens | rel. error out, dq, dk, dv | median fwd+bwd ms |", "|---|---:|---|---:|", *kernel_rows] if kernel_rows else []
+    checks = [f"\nCheck: {json.dumps(r)}" for r in rows if "check" in r]
+    return "\n".join(lines + scaling(results) + stage_table(e2e) + kernel_lines + checks + ([f"\nEnvironment: {json.dumps(envs[0])}"] if envs else []))
 
 
 def scaling(results: list[dict]) -> list[str]:
@@ -445,15 +692,50 @@ def main() -> None:
     rn.add_argument("--tiny", action="store_true")
     rn.add_argument("--workdir", type=Path, default=Path("/tmp/smm-bench"))
     rn.add_argument("--json", type=Path, help="append results as JSON lines to this file")
+    ee = sub.add_parser("e2e", help="the train stage's wall time vs the baselines' recipes")
+    ee.add_argument("--model", type=Path, required=True)
+    ee.add_argument("--tokenizer", type=Path, required=True)
+    ee.add_argument("--examples", type=int, default=300)
+    ee.add_argument("--recipes", default="smm,unsloth,hf")
+    ee.add_argument("--budget-s", type=float, default=600, help="stop and report what would run past this")
+    ee.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for smm's stage")
+    ee.add_argument("--workdir", type=Path, default=Path("/tmp/smm-e2e"))
+    ee.add_argument("--json", type=Path)
+    rc = sub.add_parser("recipe", help="one baseline recipe (run by e2e in its own process)")
+    rc.add_argument("--recipe", choices=("unsloth", "hf"), required=True)
+    rc.add_argument("--model", type=Path, required=True)
+    rc.add_argument("--data", type=Path, required=True)
+    rc.add_argument("--out", type=Path, required=True)
+    ac = sub.add_parser("accumulation", help="one accumulated step vs the same batch at once (smm's path)")
+    ac.add_argument("--model", type=Path, required=True)
+    ac.add_argument("--backend", choices=("hf", "unsloth"), default="unsloth")
+    ac.add_argument("--tiny", action="store_true")
+    ac.add_argument("--workdir", type=Path, default=Path("/tmp/smm-acc"))
+    ac.add_argument("--json", type=Path)
+    kn = sub.add_parser("kernels", help="packed attention kernels vs per-conversation SDPA: error and time")
+    kn.add_argument("--tokens", type=int, default=8192)
+    kn.add_argument("--repeats", type=int, default=10)
+    kn.add_argument("--json", type=Path)
     tb = sub.add_parser("table")
     tb.add_argument("files", type=Path, nargs="+")
     args = parser.parse_args()
+    global RESULTS_FILE
     if args.command == "make":
         make(args.out, args.tokenizer, args.tiny)
     elif args.command == "table":
         print(table(args.files))
+    elif args.command == "accumulation":
+        RESULTS_FILE = args.json
+        accumulation(args.model, args.backend, args.tiny, args.workdir)
+    elif args.command == "kernels":
+        RESULTS_FILE = args.json
+        kernels(args.tokens, args.repeats)
+    elif args.command == "recipe":
+        print(json.dumps({"recipe_phases": recipe(args.recipe, args.model, args.data, args.out)}), flush=True)
+    elif args.command == "e2e":
+        RESULTS_FILE = args.json
+        e2e(args.model, args.tokenizer, args.examples, args.recipes.split(","), args.workdir, args.budget_s, args.set)
     else:
-        global RESULTS_FILE
         RESULTS_FILE = args.json
         shapes = args.shapes.split(",")
         if args.backend.startswith("bare"):

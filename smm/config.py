@@ -15,7 +15,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from smm.errors import ConfigError
+from smm.errors import ConfigError, SmmError
 from smm.secrets import mask_url
 from smm.tasks import LANGUAGES, PLATFORMS, TASKS
 
@@ -95,6 +95,8 @@ class TrainingConfig:
     optimizer: str = _f("auto", "auto = 8-bit AdamW on CUDA with 4/8-bit weights, else torch AdamW.", choices=("auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"))
     packing: bool = _f(True, "Pack short conversations into rows of max_seq_length tokens, attention kept inside each conversation (padding-free); skipped when conversations already fill 90% of max_seq_length.")
     gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass to save memory.")
+    attention: str = _f("auto", "Attention kernel for packed rows (attention kept inside each conversation): flash = a varlen flash kernel (flash-attn where installed, else the one in PyTorch; CUDA, 16-bit), flex = PyTorch FlexAttention with a document mask (CUDA), sdpa = each backend's own SDPA path; auto = flash on CUDA with Unsloth (or with flash-attn installed), else sdpa. The choice is logged; on backend hf a value other than auto decides over model.attn_implementation.", choices=("auto", "sdpa", "flex", "flash"))
+    memory_budget_gib: Any = _f(None, "GPU memory the train stage may plan for (GiB; auto = 90% of the GPU's free memory less 1 GiB; null = off, every layer recomputed as before; off by default until the planner's estimate is checked against measured peaks): as many decoder layers as fit keep their activations instead of recomputing them in the backward pass (faster); the plan is logged and recorded in metrics.json beside the measured peak. A number too small for the model at model.max_seq_length x training.batch_size tokens is an error before loading. Not used on the CPU or with gradient_checkpointing off.")
     eval_steps: int = _f(0, "Validate every N optimizer steps (0 = every epoch).", ge=0)
     save_steps: int = _f(0, "Checkpoint every N optimizer steps (0 = every epoch).", ge=0)
     save_total_limit: int = _f(2, "Keep at most this many checkpoints.", ge=1)
@@ -330,6 +332,12 @@ def _check(node: Any, schema: type, prefix: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check choices and bounds of every key; raise ConfigError naming the first bad key."""
     _check(cfg, Config, "")
+    from smm.memory_plan import budget_gib
+
+    try:
+        budget_gib(cfg.training.memory_budget_gib, None)  # a number > 0, auto or null
+    except SmmError as exc:
+        raise ConfigError(str(exc)) from None
     if not cfg.pipeline.stages:
         raise ConfigError("pipeline.stages: empty; name the stages to run, e.g. [prepare, train]")
     for stage in cfg.pipeline.stages:

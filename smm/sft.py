@@ -175,17 +175,44 @@ class ThroughputCallback(TrainerCallback):
         }
 
 
-def build_trainer(cfg, loaded, train: Tokenized, val: Tokenized) -> tuple[SmmSFTTrainer, ThroughputCallback]:
-    """The trainer the stage runs on ``loaded`` (smm.train_model.LoadedModel), with its throughput callback."""
+class KeepActivations(TrainerCallback):
+    """Recomputation off on the memory plan's layers, set again before every step (a backend may
+    turn checkpointing back on for every layer when training starts)."""
+
+    def __init__(self, model, layers: int):
+        self.model, self.layers = model, layers
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from smm.memory_plan import keep_activations
+
+        if keep_activations(self.model, self.layers) < self.layers:
+            log.warning("Memory plan: this model's decoder layers cannot be checkpointed one by one; every layer is recomputed")
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        from smm.memory_plan import keep_activations
+
+        keep_activations(self.model, self.layers)
+
+
+def build_trainer(cfg, loaded, train: Tokenized, val: Tokenized, memory_plan=None) -> tuple[SmmSFTTrainer, ThroughputCallback]:
+    """The trainer the stage runs on ``loaded`` (smm.train_model.LoadedModel), with its throughput
+    callback; ``memory_plan`` (smm.memory_plan.MemoryPlan) keeps some layers' activations."""
     from transformers import EarlyStoppingCallback
+
+    from smm.attention import apply_attention, choose_attention
 
     throughput = ThroughputCallback(loaded.device)
     callbacks = [throughput]
+    if memory_plan is not None and memory_plan.layers_without_recompute:
+        callbacks.append(KeepActivations(loaded.model, memory_plan.layers_without_recompute))
     has_val = bool(val.input_ids)
     lengths, max_len = [len(ids) for ids in train.input_ids], cfg.model.max_seq_length
     packing = should_pack(cfg.training.packing, lengths, max_len)
     if cfg.training.packing and not packing:
         log.info("Not packing: the conversations already fill %.0f%% of model.max_seq_length", 100 * row_fill(lengths, max_len))
+    if packing:
+        sixteen_bit = loaded.dtype in (torch.bfloat16, torch.float16)
+        apply_attention(choose_attention(cfg.training.attention, loaded.backend, loaded.device, sixteen_bit), loaded.backend, loaded.model)
     if cfg.training.early_stopping_patience and has_val:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience))
     args = sft_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val, packing)

@@ -73,16 +73,21 @@ def compute_dtype(requested: str, device: str):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _attn_implementation(requested: str, device: str, dtype) -> str:
-    """The attention kernel: flash-attention only where it runs (CUDA, 16-bit) and is installed."""
+def _attn_implementation(requested: str, device: str, dtype, attention: str = "auto") -> str:
+    """The attention kernel: flash-attention only where it runs (CUDA, 16-bit) and is installed;
+    ``training.attention`` other than auto decides over ``model.attn_implementation``."""
     import torch
 
+    from smm.attention import HF_IMPLEMENTATION, choose_attention
+
+    sixteen_bit = dtype in (torch.bfloat16, torch.float16)
+    if attention != "auto":
+        return HF_IMPLEMENTATION[choose_attention(attention, "hf", device, sixteen_bit).kernel]
     installed = importlib.util.find_spec("flash_attn") is not None
     if requested == "flash_attention_2" and not installed:
         raise SmmError("model.attn_implementation=flash_attention_2 needs the flash-attn package (pip install flash-attn); use auto or sdpa")
     if requested != "auto":
         return requested
-    sixteen_bit = dtype in (torch.bfloat16, torch.float16)
     return "flash_attention_2" if installed and device == "cuda" and sixteen_bit else "sdpa"
 
 
@@ -151,7 +156,7 @@ def load_for_training(path: str, cfg, backend: str | None = None) -> LoadedModel
 
         torch.cuda.set_device(world.local_rank)
     dtype = compute_dtype(cfg.model.dtype, device)
-    attn = _attn_implementation(cfg.model.attn_implementation, device, dtype)
+    attn = _attn_implementation(cfg.model.attn_implementation, device, dtype, cfg.training.attention)
     log.info("Loading %s for training: backend %s, %s, %s weights", path, backend, device, cfg.model.quantization)
     from transformers import set_seed
 

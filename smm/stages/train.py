@@ -94,6 +94,9 @@ def run(cfg: DictConfig) -> float:
              effective_batch, cfg.training.batch_size, cfg.training.gradient_accumulation_steps, world.world_size,
              f"; data-parallel (DDP) on backend {backend}{UNSLOTH_DDP if backend == 'unsloth' else ''}" if world.distributed else "")
     base = resolve_base_model(cfg.model)  # may build the tiny model, with transformers
+    from smm.memory_plan import plan_for_stage
+
+    memory_plan = plan_for_stage(cfg, base, backend)  # a budget too small fails here, before loading
     loaded = load_for_training(base, cfg, backend)
     from smm.sft import build_trainer
     from smm.tokenize import tokenize_examples
@@ -119,7 +122,7 @@ def run(cfg: DictConfig) -> float:
     if cfg.logger.name == "wandb" and world.main:
         start_wandb(cfg)
 
-    trainer, throughput = build_trainer(cfg, loaded, train_tok, val_tok)
+    trainer, throughput = build_trainer(cfg, loaded, train_tok, val_tok, memory_plan)
     has_val = trainer.eval_dataset is not None
     result = _train(trainer, resume, cfg)
     final = trainer.evaluate() if has_val else {}
@@ -147,6 +150,7 @@ def run(cfg: DictConfig) -> float:
         "real_tokens_per_s": round(tokens_per_s, 1) if tokens_per_s else None,
         "runtime_s": result.metrics.get("train_runtime"),
         **_peak_memory(peaks),
+        "memory_plan": memory_plan.as_dict() if memory_plan else None,
         "loss_history": [
             {k: h[k] for k in ("step", "loss", "eval_loss") if k in h}
             for h in trainer.state.log_history if "loss" in h or "eval_loss" in h
