@@ -3,8 +3,8 @@ merge → f16 GGUF → Q4_K_M → verify (llama.cpp smoke test) → sha256, on C
 
 The model has random weights (no download; vocab 152064, hidden 3584, 28 layers, 28 heads, 4 KV
 heads, intermediate 18944, bf16) and the real Qwen2.5 tokenizer taken from the tiny model's
-folder. Each step runs the project's own export code (smm.merge, smm.gguf) in the order
-smm/stages/export.py runs it, timed with smm.steps.Steps (wall time, peak RSS of the process).
+folder. Each step runs the project's own export code (smm.export.merge, smm.export.gguf) in the order
+smm/stages/export.py runs it, timed with smm.export.steps.Steps (wall time, peak RSS of the process).
 To stay under ~45 GB of disk the base model's weights are deleted once merged (the stage itself
 keeps the user's base model, of course) and the f16 GGUF once quantized.
 
@@ -41,7 +41,7 @@ GB = 1e9
 
 
 def _default_tokenizer() -> Path:
-    from smm.tiny_model import RECIPE_VERSION, cache_root
+    from smm.models.tiny import RECIPE_VERSION, cache_root
 
     return cache_root() / RECIPE_VERSION
 
@@ -99,10 +99,10 @@ def build(work: Path, tiny: bool, tokenizer_dir: Path, rank: int) -> None:
 
 def export(work: Path) -> None:
     """The export steps, resuming after the last completed one (recorded in results.json)."""
-    from smm import gguf, merge
+    from smm.export import gguf, merge
     from smm.chat import CHAT_TEMPLATE, IM_END, render_modelfile
     from smm.io import sha256_file, write_text
-    from smm.steps import Steps
+    from smm.export.steps import Steps
 
     for partial in work.rglob("*.partial"):  # left by a run that was killed mid-step
         shutil.rmtree(partial) if partial.is_dir() else partial.unlink()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from smm.checks import parse_reply
+from smm.eval.checks import parse_reply
 from smm.language import SAMPLE_CHARS, detect_language, sample
 
 

@@ -1,6 +1,6 @@
 """A base model plus a LoRA adapter through transformers + PEFT (one request at a time).
 
-The base is chosen as the export stage chooses it (:func:`smm.merge.choose_base`: the one the
+The base is chosen as the export stage chooses it (:func:`smm.export.merge.choose_base`: the one the
 adapter was trained on unless ``model.recipe`` or ``model.base_model`` says otherwise), from a
 local folder or the local Hugging Face cache (nothing is downloaded), and checked against the
 adapter's layers before anything loads. The tokenizer and
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from smm.backends import Generation, GenerationSettings, Messages, Schema, timed
 from smm.errors import SmmError
-from smm.merge import Adapter, check_fits, choose_base, locate_base, read_adapter
+from smm.export.merge import Adapter, check_fits, choose_base, locate_base, read_adapter
 
 
 def base_model_for(adapter: Adapter, model_cfg) -> str:

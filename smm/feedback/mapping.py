@@ -30,7 +30,7 @@ from smm.feedback import EDITED, RATINGS, THUMBS_DOWN, THUMBS_UP
 from smm.feedback.pii import Scrubber
 from smm.tasks import LANGUAGES, PLATFORMS, TASKS, Task, parse_answer
 
-# Why a rating row gives no example (keys of ExportResult.skipped).
+# Why a rating row gives no example (keys of CollectResult.skipped).
 GENERATION_MISSING = "generation missing"
 UNKNOWN_RATING = "unknown rating"
 UNKNOWN_TASK = "unknown task"

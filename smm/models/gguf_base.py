@@ -130,7 +130,7 @@ def hf_folder_from_gguf(gguf_file: str | Path) -> Path:
     path = Path(gguf_file).expanduser()
     if not path.is_file():
         raise SmmError(f"model.base_model {path}: no such GGUF file")
-    from smm.tiny_model import cache_root
+    from smm.models.tiny import cache_root
 
     digest = sha256_file(path)
     target = cache_root() / "gguf-bases" / f"{digest[:16]}-v{CONVERSION_VERSION}"

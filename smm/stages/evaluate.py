@@ -1,15 +1,15 @@
 """stage=evaluate: ask the shipped model every test case, check the answers, write a report.
 
-1. Cases: the built-in set (smm/evalset/cases.jsonl), plus or instead of ``eval.test_file``.
+1. Cases: the built-in set (smm/eval/cases.jsonl), plus or instead of ``eval.test_file``.
 2. Answers from ``eval.backend``: ollama | openai | llama_cpp | hf (smm/backends), concurrently
    for the HTTP backends; free, constrained to the task's JSON schema (``eval.constrained=on``),
    or both (every case twice, reported side by side). Without a terminal, progress and the
    score so far are logged every tenth of the cases.
-3. Checks from the task registry (smm/checks.py); score = mean weighted pass rate.
+3. Checks from the task registry (smm/eval/checks.py); score = mean weighted pass rate.
 4. Optional baseline (``eval.baseline``: a model on the same server, a .gguf or a report.json),
    judged by the same checks on the same cases; ``eval.gate_min_delta`` turns the score delta into
    the exit code (3 = gate failed).
-5. Optional LLM judge (``eval.judge.url``, smm/judge.py): a tone/brand-fit rating per answer,
+5. Optional LLM judge (``eval.judge.url``, smm/eval/judge.py): a tone/brand-fit rating per answer,
    reported beside the checks, never part of the score or the gate.
 6. ``<eval.output_dir>/<timestamp>/``: report.json, report.md, report.html, manifest.json — written
    to a temporary folder that is renamed into place only when complete.
@@ -36,10 +36,10 @@ from smm import strict_json
 from smm.backends import MODES, Backend, Generation, check_can_constrain, generate_all, make_backend
 from smm.config import to_plain
 from smm.errors import ConfigError, GateFailed, SmmError
-from smm.evalset.loader import BUILTIN_CASES, EvalCase, select_cases
+from smm.eval.cases import BUILTIN_CASES, EvalCase, select_cases
 from smm.io import write_json, write_manifest, write_text
-from smm.judge import judge_records, judge_url
-from smm.report import build_report, make_record, pct, recheck, render_markdown, signed
+from smm.eval.judge import judge_records, judge_url
+from smm.eval.report import build_report, make_record, pct, recheck, render_markdown, signed
 from smm.secrets import mask_url
 from smm.serving import answer_schema
 
@@ -181,7 +181,7 @@ def write_reports(report: dict, cfg: DictConfig, inputs: list[str]) -> Path:
 
     Strings a server sent with lone surrogates (not UTF-8) are written with U+FFFD in their place.
     """
-    from smm.report_html import render_html
+    from smm.eval.report_html import render_html
 
     report = strict_json.sanitize(report)
     root = Path(cfg.eval.output_dir)

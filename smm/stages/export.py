@@ -62,10 +62,10 @@ def _replace_folder(new: Path, target: Path, trash: Path) -> None:
 
 def run(cfg: DictConfig) -> float:
     """Export the adapter; returns the GGUF's size in GB."""
-    from smm import gguf, merge
-    from smm.diskspace import require_free_space
-    from smm.ollama_register import register
-    from smm.steps import Steps
+    from smm.export import gguf, merge
+    from smm.export.diskspace import require_free_space
+    from smm.export.ollama import register
+    from smm.export.steps import Steps
 
     ex = cfg.export
     quant = ex.quantization

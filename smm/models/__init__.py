@@ -1,0 +1,1 @@
+"""Base models: the tiny recipe, hub names, local folders and GGUF files."""

@@ -1,0 +1,189 @@
+"""smm.export.merge and smm.export.diskspace on the tiny model: merge equivalence, the merged folder, input errors."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from fixtures_gguf import make_adapter
+from smm.export import merge
+from smm.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END
+from smm.export.diskspace import require_free_space
+from smm.errors import SmmError
+from smm.export.merge import DEFAULT_BASE, choose_base
+from smm.stages.export import gguf_filename
+
+
+@pytest.fixture(scope="module")
+def merged(tiny_model_dir, tiny_adapter, tmp_path_factory) -> Path:
+    adapter = merge.read_adapter(tiny_adapter)
+    inputs = merge.fingerprint(adapter, tiny_model_dir, merge.merged_dtype(tiny_model_dir))
+    return merge.merge_adapter(adapter, tiny_model_dir, tmp_path_factory.mktemp("merge") / "merged", inputs)
+
+
+def _logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+def test_merged_logits_equal_base_plus_adapter(tiny_model_dir, tiny_adapter, merged):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tok("Frische Croissants ab 7 Uhr 🥐 — jetzt in München!", return_tensors="pt").input_ids
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    base_logits = _logits(base, ids)
+    reference = _logits(PeftModel.from_pretrained(base, tiny_adapter), ids)  # unmerged, float32
+    merged_logits = _logits(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32), ids)
+
+    adapter_effect = (reference - base_logits).abs().max().item()
+    merge_error = (merged_logits - reference).abs().max().item()
+    scale = base_logits.abs().max().item()
+    assert adapter_effect > 0.05 * scale, "the fixture adapter must change the logits for this test to mean anything"
+    assert merge_error < 0.02 * scale  # bf16 rounding of the merged weights
+    assert merge_error < adapter_effect / 10
+    assert torch.equal(merged_logits.argmax(-1), reference.argmax(-1))
+
+
+def test_merged_folder_is_ready_for_conversion(merged, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(merged)
+    assert tok.chat_template == CHAT_TEMPLATE and tok.eos_token == IM_END and tok.pad_token == ENDOFTEXT
+    config = json.loads((merged / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and config["eos_token_id"] == 151645
+    assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [151645, 151643]
+    assert "lora" not in (merged / "model.safetensors").read_bytes()[:20000].decode("latin-1")
+    record = json.loads((merged / merge.RECORD).read_text())
+    assert record["files"]["model.safetensors"] == (merged / "model.safetensors").stat().st_size
+    assert not list(merged.parent.glob(".*partial"))
+
+
+def test_stock_template_and_eos_are_replaced(tiny_model_dir, tiny_adapter, tmp_path):
+    """A base/adapter tokenizer with another template and eos (as the stock Qwen2.5-7B's) is
+    saved with smm's template and <|im_end|>, so the GGUF and Modelfile agree with training."""
+    adapter_dir = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter, adapter_dir)
+    config_file = adapter_dir / "tokenizer_config.json"
+    tok_config = json.loads(config_file.read_text())
+    tok_config["eos_token"] = ENDOFTEXT
+    config_file.write_text(json.dumps(tok_config))
+    (adapter_dir / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    adapter = merge.read_adapter(adapter_dir)
+    out = merge.merge_adapter(adapter, tiny_model_dir, tmp_path / "merged", merge.fingerprint(adapter, tiny_model_dir, "bfloat16"))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template == CHAT_TEMPLATE and tok.eos_token == IM_END
+
+
+def test_reuse_only_with_identical_inputs(merged, tiny_model_dir, tiny_adapter, tmp_path):
+    adapter = merge.read_adapter(tiny_adapter)
+    inputs = merge.fingerprint(adapter, tiny_model_dir, "bfloat16")
+    assert merge.merged_is_current(merged, inputs)
+    assert not merge.merged_is_current(merged, merge.fingerprint(adapter, tiny_model_dir, "float16"))
+    other = make_adapter(tiny_model_dir, tmp_path / "other", seed=1)
+    assert not merge.merged_is_current(merged, merge.fingerprint(merge.read_adapter(other), tiny_model_dir, "bfloat16"))
+    copy = tmp_path / "copy"
+    shutil.copytree(merged, copy)
+    with open(copy / "model.safetensors", "r+b") as fh:  # a truncated shard is not a usable merge
+        fh.truncate(1000)
+    assert not merge.merged_is_current(copy, inputs)
+
+
+def test_read_adapter_errors(tmp_path, tiny_adapter):
+    with pytest.raises(SmmError, match=r"adapter folder .*missing does not exist: train one first"):
+        merge.read_adapter(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SmmError, match="is not a LoRA adapter"):
+        merge.read_adapter(tmp_path / "empty")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_adapter, broken)
+    (broken / "adapter_model.safetensors").unlink()
+    with pytest.raises(SmmError, match="has no adapter weights"):
+        merge.read_adapter(broken)
+    (broken / "adapter_config.json").write_text("{not json")
+    with pytest.raises(SmmError, match="adapter_config.json: not valid JSON"):
+        merge.read_adapter(broken)
+
+
+def _config_only_base(path: Path, **changes) -> Path:
+    from transformers import Qwen2Config
+
+    from smm.models.tiny import MODEL_SHAPE
+
+    Qwen2Config(**{**MODEL_SHAPE, **changes}).save_pretrained(path)
+    return path
+
+
+def test_adapter_base_mismatch(tiny_adapter, tiny_model_dir, tmp_path):
+    adapter = merge.read_adapter(tiny_adapter)
+    assert merge.check_fits(adapter, tiny_model_dir, "tiny") == 78_973_184
+    narrow = _config_only_base(tmp_path / "narrow", hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
+    with pytest.raises(SmmError, match=r"adapter layer model\.layers\.0\.\S+ has (input|output) size 256, base model narrow has 128: .*different base"):
+        merge.check_fits(adapter, narrow, "narrow")
+    shallow = _config_only_base(tmp_path / "shallow", num_hidden_layers=1)
+    with pytest.raises(SmmError, match=r"adapter layer model\.layers\.1\.\S+ does not exist in base model shallow"):
+        merge.check_fits(adapter, shallow, "shallow")
+    quantized = _config_only_base(tmp_path / "bnb", quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
+    with pytest.raises(SmmError, match="stored quantized; the merge needs the 16-bit model"):
+        merge.check_fits(adapter, quantized, "bnb")
+
+
+def test_locate_base(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert merge.locate_base(str(tiny_model_dir)) == tiny_model_dir
+    with pytest.raises(SmmError, match=r"base model 'no-such-org/no-such-model' not found: .*huggingface-cli download"):
+        merge.locate_base("no-such-org/no-such-model")
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(SmmError, match="has no config.json"):
+        merge.locate_base(str(tmp_path / "weights"))
+    no_weights = _config_only_base(tmp_path / "no_weights")
+    with pytest.raises(SmmError, match=r"base model .*no_weights is incomplete \(no weight files\); download it again"):
+        merge.locate_base(str(no_weights))
+    (no_weights / "model-00001-of-00002.safetensors").write_bytes(b"")
+    (no_weights / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(SmmError, match=r"incomplete \(1 of 2 weight files missing, e\.g\. model-00002-of-00002\.safetensors\)"):
+        merge.locate_base(str(no_weights))
+
+
+def test_choose_base():
+    model = OmegaConf.create({"base_model": DEFAULT_BASE, "recipe": None})
+    assert choose_base(model, "/models/qwen-7b") == ("/models/qwen-7b", "the adapter's adapter_config.json")
+    assert choose_base(model, None) == (DEFAULT_BASE, "model.base_model")
+    explicit = OmegaConf.create({"base_model": "/models/other", "recipe": None})
+    assert choose_base(explicit, "/models/qwen-7b") == ("/models/other", "model.base_model")
+
+
+def test_model_name_must_be_a_plain_name():
+    assert gguf_filename("social-media-marketer", "q4_k_m") == "social-media-marketer-q4_k_m.gguf"
+    for bad in ("my/model", "model:v2", "", "../up"):
+        with pytest.raises(SmmError, match="export.model_name"):
+            gguf_filename(bad, "q4_k_m")
+
+
+def test_check_replaceable(tmp_path):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "thesis.tex").write_text("precious")
+    with pytest.raises(SmmError, match="is not empty and was not written by smm"):
+        merge.check_replaceable(tmp_path / "home")
+    merge.check_replaceable(tmp_path / "does-not-exist")
+
+
+def test_disk_space_is_checked_per_filesystem(tmp_path, monkeypatch):
+    free = {"bytes": 10 * 10**9}
+    monkeypatch.setattr("smm.export.diskspace.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(0, 0, free["bytes"]))
+    needs = [("merged model", tmp_path / "merged", 5 * 10**9), ("f16 GGUF", tmp_path / "gguf", 5 * 10**9)]
+    with pytest.raises(SmmError, match=r"not enough free disk space on .*need about 10\.5 GB \(merged model 5\.0 GB, f16 GGUF 5\.0 GB\), 10\.0 GB free"):
+        require_free_space(needs)
+    require_free_space(needs, reclaimable={str(tmp_path / "merged"): 1 * 10**9})  # an outdated merge is removed first
+    free["bytes"] = 11 * 10**9
+    require_free_space(needs)
