@@ -19,23 +19,19 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def require_free_space(needs: list[tuple[str, str | os.PathLike, int]], reclaimable: dict[str, int] | None = None) -> None:
+def require_free_space(needs: list[tuple[str, str | os.PathLike, int]]) -> None:
     """Check that every filesystem has room for what will be written to it.
 
     ``needs``: (what, folder, bytes) per output; outputs on the same filesystem add up.
-    ``reclaimable``: bytes per folder that will be deleted before writing (an out-of-date output).
     SmmError naming each output, the total and the free space if one does not fit.
     """
     by_device: dict[int, list[tuple[str, Path, int]]] = defaultdict(list)
     for what, folder, size in needs:
         where = _existing(Path(folder))
         by_device[where.stat().st_dev].append((what, where, size))
-    credit: dict[int, int] = defaultdict(int)
-    for folder, size in (reclaimable or {}).items():
-        credit[_existing(Path(folder)).stat().st_dev] += size
-    for device, items in by_device.items():
+    for items in by_device.values():
         needed = sum(size for _, _, size in items) * MARGIN
-        free = shutil.disk_usage(items[0][1]).free + credit[device]
+        free = shutil.disk_usage(items[0][1]).free
         if needed > free:
             parts = ", ".join(f"{what} {size / GB:.1f} GB" for what, _, size in items)
             raise SmmError(

@@ -11,8 +11,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 from smm.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END
 from smm.config import ModelConfig
 from smm.errors import SmmError
-from smm.io import sha256_file, write_json
+from smm.io import atomic_directory, sha256_file, write_json
 
 MERGE_RECIPE = 1  # bump when the merged folder's layout or content changes
 RECORD = "merge.json"
@@ -269,20 +267,9 @@ def merge_adapter(adapter: Adapter, base_dir: Path, merged_dir: Path, inputs: di
     model.generation_config.eos_token_id = [eos_id, tok.convert_tokens_to_ids(ENDOFTEXT)]
     model.generation_config.pad_token_id = pad_id
 
-    merged_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{merged_dir.name}.", suffix=".partial", dir=merged_dir.parent))
-    try:
-        if merged_dir.exists():
-            shutil.rmtree(merged_dir)
+    with atomic_directory(merged_dir) as staging:  # the previous merge stays until this one is saved
         model.save_pretrained(staging, max_shard_size=MAX_SHARD_SIZE)
         tok.save_pretrained(staging)
         record = {"inputs": inputs, "files": _file_sizes(staging), "adapter_dir": str(adapter.path), "base_dir": str(base_dir)}
         write_json(staging / RECORD, record)
-        umask = os.umask(0)
-        os.umask(umask)
-        for path in (staging, *staging.iterdir()):  # mkdtemp/mkstemp make them private; use the usual modes
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-        staging.rename(merged_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return merged_dir

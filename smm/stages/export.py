@@ -91,7 +91,7 @@ def run(cfg: DictConfig) -> float:
             needs.append((f"{quant} GGUF", output_dir, gguf.estimated_size(parameters, quant)))
         if not reuse:
             needs.append(("merged model", merged_dir, sixteen_bit))
-        require_free_space(needs, reclaimable={} if reuse else {str(merged_dir): merge.folder_size(merged_dir)})
+        require_free_space(needs)  # an out-of-date merged folder stays until the new one is saved
         rec.update(base_model=base_name, base_source=base_source, parameters=parameters)
         log.info("Base model %s (%s, %.2f B parameters)", base_name, base_source, parameters / 1e9)
 

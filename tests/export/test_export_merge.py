@@ -98,6 +98,24 @@ def test_reuse_only_with_identical_inputs(merged, tiny_model_dir, tiny_adapter, 
     assert not merge.merged_is_current(copy, inputs)
 
 
+def test_a_failed_save_keeps_the_previous_merged_folder(merged, tiny_model_dir, tiny_adapter, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    previous = tmp_path / "merged"
+    shutil.copytree(merged, previous)
+    before = {p.name: p.read_bytes() for p in previous.iterdir()}
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", disk_full)
+    other = merge.read_adapter(make_adapter(tiny_model_dir, tmp_path / "other", seed=1))
+    with pytest.raises(OSError, match="No space left"):
+        merge.merge_adapter(other, tiny_model_dir, previous, merge.fingerprint(other, tiny_model_dir, "bfloat16"))
+    assert {p.name: p.read_bytes() for p in previous.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "other"]  # no staging folder left
+
+
 def test_read_adapter_errors(tmp_path, tiny_adapter):
     with pytest.raises(SmmError, match=r"adapter folder .*missing does not exist: train one first"):
         merge.read_adapter(tmp_path / "missing")
@@ -184,6 +202,5 @@ def test_disk_space_is_checked_per_filesystem(tmp_path, monkeypatch):
     needs = [("merged model", tmp_path / "merged", 5 * 10**9), ("f16 GGUF", tmp_path / "gguf", 5 * 10**9)]
     with pytest.raises(SmmError, match=r"not enough free disk space on .*need about 10\.5 GB \(merged model 5\.0 GB, f16 GGUF 5\.0 GB\), 10\.0 GB free"):
         require_free_space(needs)
-    require_free_space(needs, reclaimable={str(tmp_path / "merged"): 1 * 10**9})  # an outdated merge is removed first
     free["bytes"] = 11 * 10**9
     require_free_space(needs)
