@@ -16,13 +16,13 @@ import mmap
 import os
 import re
 import struct
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from smm.errors import SmmError
+from smm.io import atomic_file
 
 # Types the converter writes itself; every other one is made from an f16 GGUF by the quantizer.
 CONVERTER_TYPES = ("f16", "bf16")
@@ -43,23 +43,6 @@ _QUANT_PROGRESS = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
 def estimated_size(parameters: int, quantization: str) -> int:
     """Expected size in bytes of a GGUF of ``parameters`` weights in ``quantization``."""
     return int(parameters * BITS_PER_WEIGHT[quantization] / 8)
-
-
-@contextlib.contextmanager
-def _staged(target: Path) -> Iterator[Path]:
-    """A temp path beside ``target``, renamed onto it if the block succeeds and removed otherwise."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -93,7 +76,7 @@ def convert_to_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, outtyp
     model_dir, out = Path(model_dir), Path(out)
     name = name or model_dir.name
     ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
-    with _staged(out) as tmp, _quiet(("hf-to-gguf", "gguf.gguf_writer", "gguf.vocab", "metadata")):
+    with atomic_file(out) as tmp, _quiet(("hf-to-gguf", "gguf.gguf_writer", "gguf.vocab", "metadata")):
         try:
             with torch.inference_mode():
                 hparams = ModelBase.load_hparams(model_dir, False)
@@ -151,7 +134,7 @@ def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, quantization: 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not progress, transient=True)
     capture = _QuantizeLog(bar)
     callback = llama_cpp.llama_log_callback(capture)  # keep a reference while llama.cpp may call it
-    with _staged(dst) as tmp, bar:
+    with atomic_file(dst) as tmp, bar:
         llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
         try:
             code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))

@@ -9,7 +9,6 @@ template. The cache (``$SMM_CACHE``, default ``~/.cache/smm``) is keyed by :data
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from smm.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END
 from smm.errors import SmmError
+from smm.io import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +152,8 @@ def tiny_qwen2_path() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "config.json").exists():
             log.info("Building the tiny Qwen2 model into %s (once)", target)
-            staging = Path(tempfile.mkdtemp(prefix=f".{RECIPE_VERSION}.", dir=target.parent))
-            try:
+            with atomic_directory(target) as staging:
                 _build(staging)
-                with contextlib.suppress(FileNotFoundError):
-                    shutil.rmtree(target)
-                staging.rename(target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +34,7 @@ from smm.backends import MODES, Backend, Generation, check_can_constrain, genera
 from smm.config import to_plain
 from smm.errors import ConfigError, GateFailed, SmmError
 from smm.eval.cases import BUILTIN_CASES, EvalCase, select_cases
-from smm.io import write_json, write_manifest, write_text
+from smm.io import atomic_directory, write_json, write_manifest, write_text
 from smm.eval.judge import judge_records, judge_url
 from smm.eval.report import build_report, make_record, pct, recheck, render_markdown, signed
 from smm.secrets import mask_url
@@ -186,8 +183,8 @@ def write_reports(report: dict, cfg: DictConfig, inputs: list[str]) -> Path:
     report = strict_json.sanitize(report)
     root = Path(cfg.eval.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".eval-", suffix=".partial", dir=root))
-    try:
+    target = _new_run_dir(root)
+    with atomic_directory(target) as staging:
         write_json(staging / "report.json", report)
         write_text(staging / "report.md", render_markdown(report))
         write_text(staging / "report.html", render_html(report))
@@ -197,14 +194,7 @@ def write_reports(report: dict, cfg: DictConfig, inputs: list[str]) -> Path:
                    "baseline_score": comparison.get("baseline_score"), "delta": comparison.get("delta"),
                    "gate_passed": gate.get("passed")}
         write_manifest(staging, "evaluate", config, inputs=inputs, metrics=metrics, model=report["model"])
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; give it the usual permissions
-        target = _new_run_dir(root)
-        staging.rename(target)
-        return target
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def modes_table(fvc: dict, applicable: dict):

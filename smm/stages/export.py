@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from smm.chat import CHAT_TEMPLATE, IM_END, render_modelfile
 from smm.config import to_plain
 from smm.errors import SmmError
-from smm.io import sha256_file, write_manifest, write_text
+from smm.io import replace_directory, sha256_file, write_manifest, write_text
 from smm.serving import write_schemas
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,6 @@ def remove_stale_staging(output_dir: Path, filename: str) -> None:
     for stale in output_dir.glob(f".{filename}.*.partial"):
         log.info("Removing %s, left by an interrupted export", stale)
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def _replace_folder(new: Path, target: Path, trash: Path) -> None:
-    """Put ``new`` at ``target``; an existing ``target`` is moved to ``trash`` first (two renames)."""
-    if target.exists():
-        target.rename(trash)
-    new.rename(target)
 
 
 def run(cfg: DictConfig) -> float:
@@ -140,7 +133,7 @@ def run(cfg: DictConfig) -> float:
             }
             target = output_dir / filename
             os.replace(built, target)
-            _replace_folder(staging / "schemas", output_dir / "schemas", staging / "old-schemas")
+            replace_directory(staging / "schemas", output_dir / "schemas")
             modelfile = output_dir / "Modelfile"
             write_text(modelfile, render_modelfile(f"./{filename}", model_name=ex.model_name))
     finally:

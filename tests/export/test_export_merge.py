@@ -63,7 +63,7 @@ def test_merged_folder_is_ready_for_conversion(merged, tiny_model_dir):
     assert "lora" not in (merged / "model.safetensors").read_bytes()[:20000].decode("latin-1")
     record = json.loads((merged / merge.RECORD).read_text())
     assert record["files"]["model.safetensors"] == (merged / "model.safetensors").stat().st_size
-    assert not list(merged.parent.glob(".*partial"))
+    assert not list(merged.parent.glob(".*"))  # no staging folder left
 
 
 def test_stock_template_and_eos_are_replaced(tiny_model_dir, tiny_adapter, tmp_path):
