@@ -17,12 +17,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from smm.errors import ConfigError
 from smm.secrets import mask_url
+from smm.stages import NAMES as STAGE_NAMES, NOT_IN_PIPELINE
 from smm.tasks import LANGUAGES, PLATFORMS, TASKS
 
-STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "chat", "pipeline", "sweep_report", "loop", "rollback")
-NOT_IN_PIPELINE = ("chat", "pipeline", "sweep_report", "loop", "rollback")
-"""Stages a pipeline cannot contain (chat reads stdin, a pipeline does not nest, sweep_report reads a
-study, loop and rollback run pipelines of their own)."""
 CONSTRAINED = ("off", "on", "both")
 LOOP_STEPS = ("feedback", "prepare", "train", "export", "evaluate", "promote")
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "apo_zero", "apo_down")

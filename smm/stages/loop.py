@@ -32,10 +32,10 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from smm.loop import lineage
-from smm.cli import load_stage
+from smm import stages
 from smm.config import LOOP_STEPS, to_plain
 from smm.errors import GateRefused, NothingNew, SmmError
+from smm.loop import lineage
 from smm.loop.gate import judge
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def step_feedback(cfg: DictConfig, c: DictConfig, run_dir: Path) -> dict:
 def _stage_step(name: str, outputs: Callable[[DictConfig], dict]):
     """A step that runs stage ``name`` on the run's config; ``outputs`` names what it wrote."""
     def step(cfg: DictConfig, c: DictConfig, run_dir: Path) -> dict:
-        result = float(load_stage(name).run(c))
+        result = float(stages.load(name).run(c))
         return {"outputs": outputs(c), "metrics": {"result": result}}
     return step
 
@@ -148,7 +148,7 @@ def step_evaluate(cfg: DictConfig, c: DictConfig, run_dir: Path) -> dict:
     eval_root = Path(c.eval.output_dir)
     if eval_root.is_dir():  # a resumed evaluate replaces the earlier attempt's report
         shutil.rmtree(eval_root)
-    score = float(load_stage("evaluate").run(c))
+    score = float(stages.load("evaluate").run(c))
     (report_dir,) = [p for p in eval_root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return {"outputs": {"report": str(report_dir / "report.json"), "html": str(report_dir / "report.html")},
             "metrics": {"score": score}}
@@ -269,7 +269,7 @@ def run(cfg: DictConfig) -> float:
             log.info("Resuming run %s from %s", run_dir.name, cfg.loop.from_step)
         else:
             if cfg.loop.feedback:
-                load_stage("feedback").run(cfg)
+                stages.load("feedback").run(cfg)
             _check_new_data(cfg, lineage.data_fingerprint(data_sources(cfg)))
             run_dir = runs_dir / lineage.new_run_id(runs_dir)
             run_dir.mkdir(parents=True)
