@@ -103,6 +103,8 @@ def export(work: Path) -> None:
     from smm.chat import CHAT_TEMPLATE, IM_END, render_modelfile
     from smm.io import sha256_file, write_text
     from smm.export.steps import Steps
+    from smm.models.adapter import check_fits, read_adapter
+    from smm.models.base import locate_base
 
     for partial in work.rglob("*.partial"):  # left by a run that was killed mid-step
         shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
@@ -119,13 +121,13 @@ def export(work: Path) -> None:
 
     if "check" not in done:
         with steps.step("check", "Checking the adapter against the base model"):
-            adapter = merge.read_adapter(work / "lora_adapter")
-            parameters = merge.check_fits(adapter, merge.locate_base(str(base_dir)), "base")
+            adapter = read_adapter(work / "lora_adapter")
+            parameters = check_fits(adapter, locate_base(str(base_dir)), "base")
             state["inputs"] = merge.fingerprint(adapter, base_dir, merge.merged_dtype(base_dir))
             state["parameters"] = parameters
         record("check", steps.records["check"])
     if "merge" not in done:
-        adapter = merge.read_adapter(work / "lora_adapter")
+        adapter = read_adapter(work / "lora_adapter")
         with steps.step("merge", "Merging the adapter into the bf16 base"):
             merge.merge_adapter(adapter, base_dir, merged_dir, state["inputs"])
         record("merge", steps.records["merge"], merged_gb=round(merge.folder_size(merged_dir) / GB, 2))

@@ -7,177 +7,19 @@ re-run with the same inputs reuses the folder (see :func:`merged_is_current`).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 from smm.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END
-from smm.config import ModelConfig
 from smm.errors import SmmError
 from smm.io import atomic_directory, sha256_file, write_json
+from smm.models.adapter import Adapter
+from smm.models.base import WEIGHT_SUFFIXES
 
 MERGE_RECIPE = 1  # bump when the merged folder's layout or content changes
 RECORD = "merge.json"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 MAX_SHARD_SIZE = "5GB"
-_PEFT_PREFIX = "base_model.model."
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """A saved PEFT LoRA adapter: its folder, config and weights file."""
-
-    path: Path
-    config: dict
-    weights: Path
-
-    @property
-    def base(self) -> str | None:
-        return self.config.get("base_model_name_or_path")
-
-    @property
-    def files(self) -> list[Path]:
-        return [self.path / ADAPTER_CONFIG, self.weights]
-
-
-def read_adapter(adapter_dir: str | os.PathLike) -> Adapter:
-    """The adapter in ``adapter_dir``; SmmError if the folder, its config or its weights are missing."""
-    path = Path(adapter_dir)
-    hint = "train one first (python run.py stage=train) or set export.adapter_dir"
-    if not path.is_dir():
-        raise SmmError(f"adapter folder {path} does not exist: {hint}")
-    config_file = path / ADAPTER_CONFIG
-    if not config_file.is_file():
-        raise SmmError(f"{path} is not a LoRA adapter (no {ADAPTER_CONFIG}): {hint}")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SmmError(f"{config_file}: not valid JSON ({exc})") from None
-    if config.get("peft_type", "LORA") != "LORA":
-        raise SmmError(f"{config_file}: peft_type {config.get('peft_type')!r} is not LORA")
-    weights = next((path / name for name in ADAPTER_WEIGHTS if (path / name).is_file()), None)
-    if weights is None:
-        raise SmmError(f"{path} has no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}): the adapter was not saved completely")
-    return Adapter(path, config, weights)
-
-
-DEFAULT_BASE = next(f.default for f in dataclasses.fields(ModelConfig) if f.name == "base_model")
-
-
-def base_overridden(model_cfg) -> bool:
-    """Whether the user chose the base model: ``model.base_model`` differs from its default, or the
-    command line sets ``model.base_model=`` or ``model=`` (read from Hydra when it is running)."""
-    if model_cfg.base_model != DEFAULT_BASE:
-        return True
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = HydraConfig.get().overrides.task
-    except ValueError:  # not inside a Hydra run (tests, scripts)
-        return False
-    return any(o.lstrip("+~").split("=", 1)[0] in ("model", "model.base_model") for o in overrides)
-
-
-def choose_base(model_cfg, adapter_base: str | None) -> tuple[str, str]:
-    """The base model to put under the adapter (to merge or to evaluate) and why:
-    ``(name_or_path, source)``."""
-    from smm.models.tiny import resolve_base_model
-
-    if model_cfg.recipe:
-        return resolve_base_model(model_cfg), f"model.recipe={model_cfg.recipe}"
-    if not adapter_base or base_overridden(model_cfg):
-        return resolve_base_model(model_cfg), "model.base_model"
-    return adapter_base, "the adapter's adapter_config.json"
-
-
-def locate_base(name: str) -> Path:
-    """The local folder of base model ``name``: a directory, or a snapshot in the Hugging Face
-    cache (never downloaded here), with its config and every weight file. SmmError otherwise."""
-    path = Path(name).expanduser()
-    if not path.is_dir():
-        path = None
-        with contextlib.suppress(Exception):
-            from huggingface_hub import snapshot_download
-
-            path = Path(snapshot_download(name, local_files_only=True))
-        if path is None:
-            raise SmmError(
-                f"base model {name!r} not found: not a local folder and not in the Hugging Face cache; "
-                f"download it once (huggingface-cli download {name}) or set model.base_model to a local folder"
-            )
-    if not (path / "config.json").is_file():
-        raise SmmError(f"base model {path} has no config.json: not a Hugging Face model folder")
-    missing = _missing_weights(path)
-    if missing:
-        raise SmmError(f"base model {path} is incomplete ({missing}); download it again")
-    return path
-
-
-def _missing_weights(folder: Path) -> str | None:
-    """What is missing of the weights in ``folder``: none at all, or shards its index names."""
-    for index in folder.glob("*.index.json"):
-        try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return f"{index.name} is not a valid weight index"
-        absent = sorted(s for s in shards if not (folder / s).is_file())
-        if absent:
-            return f"{len(absent)} of {len(shards)} weight files missing, e.g. {absent[0]}"
-    if not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
-        return "no weight files"
-    return None
-
-
-def _adapter_shapes(adapter: Adapter) -> dict[str, tuple[int, ...]]:
-    if adapter.weights.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(adapter.weights, "pt") as fh:
-            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    import torch
-
-    state = torch.load(adapter.weights, map_location="cpu", weights_only=True)
-    return {k: tuple(v.shape) for k, v in state.items()}
-
-
-def check_fits(adapter: Adapter, base_dir: Path, base_name: str) -> int:
-    """Check every adapter tensor against the base model's layers (built on the meta device, no
-    weights loaded) and return the base's parameter count. SmmError on the first mismatch."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(base_dir, local_files_only=True)
-    if getattr(config, "quantization_config", None):
-        raise SmmError(
-            f"base model {base_name} is stored quantized; the merge needs the 16-bit model "
-            "(set model.base_model to it, e.g. Qwen/Qwen2.5-7B-Instruct)"
-        )
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    modules = dict(model.named_modules())
-    params = dict(model.named_parameters())
-    hint = f"the adapter in {adapter.path} was trained on a different base than {base_name}"
-    for key, shape in _adapter_shapes(adapter).items():
-        name = key.removeprefix(_PEFT_PREFIX)
-        if ".lora_A." in name or ".lora_B." in name:
-            module_name = name.split(".lora_")[0]
-            module = modules.get(module_name)
-            if module is None or not hasattr(module, "in_features"):
-                raise SmmError(f"adapter layer {module_name} does not exist in base model {base_name}: {hint}")
-            expected = module.in_features if ".lora_A." in name else module.out_features
-            got = shape[1] if ".lora_A." in name else shape[0]
-            if got != expected:
-                side = "input" if ".lora_A." in name else "output"
-                raise SmmError(f"adapter layer {module_name} has {side} size {got}, base model {base_name} has {expected}: {hint}")
-        elif name in params and tuple(params[name].shape) != shape:
-            raise SmmError(f"adapter tensor {name} has shape {list(shape)}, base model {base_name} has {list(params[name].shape)}: {hint}")
-    return sum(p.numel() for p in model.parameters())
 
 
 def merged_dtype(base_dir: Path) -> str:

@@ -1,1 +1,2 @@
-"""Base models: the tiny recipe, hub names, local folders and GGUF files."""
+"""What train, export and evaluate share about models: base-model resolution (recipes, hub names,
+folders, GGUF files), adapters, and the quantization config."""

@@ -164,17 +164,5 @@ def smollm2_path() -> Path:
     return hf_folder_from_gguf(smollm2_gguf())
 
 
-RECIPES = {"tiny_qwen2": tiny_qwen2_path, "smollm2_135m_instruct": smollm2_path}
 
-
-def resolve_base_model(model_cfg) -> str:
-    """The base model to load: the recipe's cached build when ``model.recipe`` is set, the cached
-    conversion when ``model.base_model`` is a ``.gguf`` file, else ``model.base_model`` (``~``
-    expanded: transformers would take ``~/models/x`` for a hub name)."""
-    from smm.models.gguf_base import hf_folder_from_gguf, is_gguf
-
-    if model_cfg.recipe:
-        return str(RECIPES[model_cfg.recipe]())
-    base = model_cfg.base_model
-    base = os.path.expanduser(base) if base.startswith("~") else base
-    return str(hf_folder_from_gguf(base)) if is_gguf(base) else base
+#END

@@ -11,7 +11,7 @@ Steps, each logged with its time and peak RAM:
              answer schema of each task, for Ollama's ``format``) and ``manifest.json``
 7. register  ``ollama create`` (``export.register=true``)
 
-Which base model: the one named in the adapter's ``adapter_config.json``, unless the user names one:
+Which base model (smm.models.base.choose_base): the one named in the adapter's ``adapter_config.json``, unless the user names one:
 ``model.recipe`` set (``model=tiny_qwen2``), ``model.base_model`` different from its default
 (``Qwen/Qwen2.5-7B-Instruct``), or ``model.base_model=``/``model=`` given on the command line.
 
@@ -59,6 +59,8 @@ def run(cfg: DictConfig) -> float:
     from smm.export.diskspace import require_free_space
     from smm.export.ollama import register
     from smm.export.steps import Steps
+    from smm.models.adapter import check_fits, read_adapter
+    from smm.models.base import choose_base, locate_base
 
     ex = cfg.export
     quant = ex.quantization
@@ -68,12 +70,12 @@ def run(cfg: DictConfig) -> float:
     remove_stale_staging(output_dir, filename)
 
     with steps.step("check", "Checking the adapter, the base model and free disk space") as rec:
-        adapter = merge.read_adapter(ex.adapter_dir)
-        base_name, base_source = merge.choose_base(cfg.model, adapter.base)
+        adapter = read_adapter(ex.adapter_dir)
+        base_name, base_source = choose_base(cfg.model, adapter.base)
         if adapter.base and base_source != "the adapter's adapter_config.json" and Path(adapter.base).expanduser() != Path(base_name):
             log.warning("The adapter was trained on %s; merging it into %s (from %s)", adapter.base, base_name, base_source)
-        base_dir = merge.locate_base(base_name)
-        parameters = merge.check_fits(adapter, base_dir, base_name)
+        base_dir = locate_base(base_name)
+        parameters = check_fits(adapter, base_dir, base_name)
         inputs = merge.fingerprint(adapter, base_dir, merge.merged_dtype(base_dir))
         reuse = not ex.force and merge.merged_is_current(merged_dir, inputs)
         if not reuse:

@@ -27,7 +27,7 @@ from smm.training.distributed import device_count, gather, launch, quiet_replica
 from smm.training.dpo import resolve_method
 from smm.errors import SmmError
 from smm.io import atomic_directory, read_jsonl, write_json, write_manifest
-from smm.models.tiny import resolve_base_model
+from smm.models.base import resolve_base_model
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from typing import Any
 from smm.chat import CHAT_TEMPLATE
 from smm.training.distributed import ranks
 from smm.errors import SmmError
+from smm.models.quantization import compute_dtype, quantization_config
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +64,6 @@ def choose_backend(requested: str, quantization: str) -> str:
     return "unsloth"
 
 
-def compute_dtype(requested: str, device: str):
-    import torch
-
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device == "cpu":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def _attn_implementation(requested: str, device: str, dtype) -> str:
     """The attention kernel: flash-attention only where it runs (CUDA, 16-bit) and is installed."""
     import torch
@@ -88,15 +79,9 @@ def _attn_implementation(requested: str, device: str, dtype) -> str:
 
 def _load_hf(path: str, model_cfg, lora_cfg, dtype, device: str, attn: str, gradient_checkpointing: bool, gpu: int):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    quantization = None
-    if model_cfg.quantization == "4bit":
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
-        )
-    elif model_cfg.quantization == "8bit":
-        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    quantization = quantization_config(model_cfg.quantization, dtype)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, quantization_config=quantization,
         device_map={"": gpu} if device == "cuda" else None,

@@ -12,7 +12,7 @@ from smm.backends.hf import HFBackend, base_model_for
 from smm.backends.llama_cpp import LlamaCppBackend
 from smm.errors import SmmError
 from smm.eval.cases import EvalCase
-from smm.export.merge import read_adapter
+from smm.models.adapter import read_adapter
 
 SETTINGS = GenerationSettings(temperature=0.0, max_tokens=12, seed=3)
 CASE = EvalCase("c", "sentiment", "en", "x", "The delivery took two weeks and nobody answered my emails.")

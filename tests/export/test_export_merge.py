@@ -6,20 +6,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from fixtures_gguf import make_adapter
 from smm.export import merge
 from smm.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END
 from smm.export.diskspace import require_free_space
 from smm.errors import SmmError
-from smm.export.merge import DEFAULT_BASE, choose_base
+from smm.models.adapter import read_adapter
 from smm.stages.export import gguf_filename
 
 
 @pytest.fixture(scope="module")
 def merged(tiny_model_dir, tiny_adapter, tmp_path_factory) -> Path:
-    adapter = merge.read_adapter(tiny_adapter)
+    adapter = read_adapter(tiny_adapter)
     inputs = merge.fingerprint(adapter, tiny_model_dir, merge.merged_dtype(tiny_model_dir))
     return merge.merge_adapter(adapter, tiny_model_dir, tmp_path_factory.mktemp("merge") / "merged", inputs)
 
@@ -76,7 +75,7 @@ def test_stock_template_and_eos_are_replaced(tiny_model_dir, tiny_adapter, tmp_p
     tok_config["eos_token"] = ENDOFTEXT
     config_file.write_text(json.dumps(tok_config))
     (adapter_dir / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    adapter = merge.read_adapter(adapter_dir)
+    adapter = read_adapter(adapter_dir)
     out = merge.merge_adapter(adapter, tiny_model_dir, tmp_path / "merged", merge.fingerprint(adapter, tiny_model_dir, "bfloat16"))
     from transformers import AutoTokenizer
 
@@ -85,12 +84,12 @@ def test_stock_template_and_eos_are_replaced(tiny_model_dir, tiny_adapter, tmp_p
 
 
 def test_reuse_only_with_identical_inputs(merged, tiny_model_dir, tiny_adapter, tmp_path):
-    adapter = merge.read_adapter(tiny_adapter)
+    adapter = read_adapter(tiny_adapter)
     inputs = merge.fingerprint(adapter, tiny_model_dir, "bfloat16")
     assert merge.merged_is_current(merged, inputs)
     assert not merge.merged_is_current(merged, merge.fingerprint(adapter, tiny_model_dir, "float16"))
     other = make_adapter(tiny_model_dir, tmp_path / "other", seed=1)
-    assert not merge.merged_is_current(merged, merge.fingerprint(merge.read_adapter(other), tiny_model_dir, "bfloat16"))
+    assert not merge.merged_is_current(merged, merge.fingerprint(read_adapter(other), tiny_model_dir, "bfloat16"))
     copy = tmp_path / "copy"
     shutil.copytree(merged, copy)
     with open(copy / "model.safetensors", "r+b") as fh:  # a truncated shard is not a usable merge
@@ -109,76 +108,11 @@ def test_a_failed_save_keeps_the_previous_merged_folder(merged, tiny_model_dir, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", disk_full)
-    other = merge.read_adapter(make_adapter(tiny_model_dir, tmp_path / "other", seed=1))
+    other = read_adapter(make_adapter(tiny_model_dir, tmp_path / "other", seed=1))
     with pytest.raises(OSError, match="No space left"):
         merge.merge_adapter(other, tiny_model_dir, previous, merge.fingerprint(other, tiny_model_dir, "bfloat16"))
     assert {p.name: p.read_bytes() for p in previous.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "other"]  # no staging folder left
-
-
-def test_read_adapter_errors(tmp_path, tiny_adapter):
-    with pytest.raises(SmmError, match=r"adapter folder .*missing does not exist: train one first"):
-        merge.read_adapter(tmp_path / "missing")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(SmmError, match="is not a LoRA adapter"):
-        merge.read_adapter(tmp_path / "empty")
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_adapter, broken)
-    (broken / "adapter_model.safetensors").unlink()
-    with pytest.raises(SmmError, match="has no adapter weights"):
-        merge.read_adapter(broken)
-    (broken / "adapter_config.json").write_text("{not json")
-    with pytest.raises(SmmError, match="adapter_config.json: not valid JSON"):
-        merge.read_adapter(broken)
-
-
-def _config_only_base(path: Path, **changes) -> Path:
-    from transformers import Qwen2Config
-
-    from smm.models.tiny import MODEL_SHAPE
-
-    Qwen2Config(**{**MODEL_SHAPE, **changes}).save_pretrained(path)
-    return path
-
-
-def test_adapter_base_mismatch(tiny_adapter, tiny_model_dir, tmp_path):
-    adapter = merge.read_adapter(tiny_adapter)
-    assert merge.check_fits(adapter, tiny_model_dir, "tiny") == 78_973_184
-    narrow = _config_only_base(tmp_path / "narrow", hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
-    with pytest.raises(SmmError, match=r"adapter layer model\.layers\.0\.\S+ has (input|output) size 256, base model narrow has 128: .*different base"):
-        merge.check_fits(adapter, narrow, "narrow")
-    shallow = _config_only_base(tmp_path / "shallow", num_hidden_layers=1)
-    with pytest.raises(SmmError, match=r"adapter layer model\.layers\.1\.\S+ does not exist in base model shallow"):
-        merge.check_fits(adapter, shallow, "shallow")
-    quantized = _config_only_base(tmp_path / "bnb", quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
-    with pytest.raises(SmmError, match="stored quantized; the merge needs the 16-bit model"):
-        merge.check_fits(adapter, quantized, "bnb")
-
-
-def test_locate_base(tmp_path, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert merge.locate_base(str(tiny_model_dir)) == tiny_model_dir
-    with pytest.raises(SmmError, match=r"base model 'no-such-org/no-such-model' not found: .*huggingface-cli download"):
-        merge.locate_base("no-such-org/no-such-model")
-    (tmp_path / "weights").mkdir()
-    with pytest.raises(SmmError, match="has no config.json"):
-        merge.locate_base(str(tmp_path / "weights"))
-    no_weights = _config_only_base(tmp_path / "no_weights")
-    with pytest.raises(SmmError, match=r"base model .*no_weights is incomplete \(no weight files\); download it again"):
-        merge.locate_base(str(no_weights))
-    (no_weights / "model-00001-of-00002.safetensors").write_bytes(b"")
-    (no_weights / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
-        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
-    with pytest.raises(SmmError, match=r"incomplete \(1 of 2 weight files missing, e\.g\. model-00002-of-00002\.safetensors\)"):
-        merge.locate_base(str(no_weights))
-
-
-def test_choose_base():
-    model = OmegaConf.create({"base_model": DEFAULT_BASE, "recipe": None})
-    assert choose_base(model, "/models/qwen-7b") == ("/models/qwen-7b", "the adapter's adapter_config.json")
-    assert choose_base(model, None) == (DEFAULT_BASE, "model.base_model")
-    explicit = OmegaConf.create({"base_model": "/models/other", "recipe": None})
-    assert choose_base(explicit, "/models/qwen-7b") == ("/models/other", "model.base_model")
 
 
 def test_model_name_must_be_a_plain_name():

@@ -13,7 +13,7 @@ from smm.config import ModelConfig
 from smm.errors import SmmError
 from smm.io import sha256_file
 from smm.models import gguf_base
-from smm.models.tiny import resolve_base_model
+from smm.models.base import resolve_base_model
 
 
 @pytest.fixture()

@@ -8,7 +8,8 @@ from fixtures_train import SMALL, train_args
 from omegaconf import OmegaConf
 
 from smm.errors import SmmError
-from smm.models.tiny import extract_from_sdist, resolve_base_model
+from smm.models.base import resolve_base_model
+from smm.models.tiny import extract_from_sdist
 
 CASES = {
     "no prepared data": (

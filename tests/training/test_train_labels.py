@@ -14,7 +14,7 @@ from fixtures_train import read_rows
 
 from smm.chat import IM_END
 from smm.training.sft import build_trainer
-from smm.models.tiny import resolve_base_model
+from smm.models.base import resolve_base_model
 from smm.training.tokenize import IGNORE_INDEX, tokenize_examples
 from smm.training.model import load_for_training
 
