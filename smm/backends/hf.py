@@ -1,7 +1,7 @@
 """A base model plus a LoRA adapter through transformers + PEFT (one request at a time).
 
-The base is chosen as the export stage chooses it (:func:`smm.models.base.choose_base`: the one the
-adapter was trained on unless ``model.recipe`` or ``model.base_model`` says otherwise), from a
+The base is chosen as the export stage chooses it (:func:`smm.models.base.choose_base`: ``model.recipe``,
+else ``model.base_model``, else (``null``) the one the adapter was trained on), from a
 local folder or the local Hugging Face cache (nothing is downloaded), and checked against the
 adapter's layers before anything loads. The tokenizer and
 its chat template come from the adapter folder when the train stage saved them there. On CUDA the

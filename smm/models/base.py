@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 from pathlib import Path
 
-from smm.config import ModelConfig
-from smm.errors import SmmError
+from smm.errors import ConfigError, SmmError
 from smm.models.tiny import smollm2_path, tiny_qwen2_path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -20,40 +18,30 @@ RECIPES = {"tiny_qwen2": tiny_qwen2_path, "smollm2_135m_instruct": smollm2_path}
 def resolve_base_model(model_cfg) -> str:
     """The base model to load: the recipe's cached build when ``model.recipe`` is set, the cached
     conversion when ``model.base_model`` is a ``.gguf`` file, else ``model.base_model`` (``~``
-    expanded: transformers would take ``~/models/x`` for a hub name)."""
+    expanded: transformers would take ``~/models/x`` for a hub name). ConfigError when neither is set."""
     from smm.models.gguf_base import hf_folder_from_gguf, is_gguf
 
     if model_cfg.recipe:
         return str(RECIPES[model_cfg.recipe]())
     base = model_cfg.base_model
+    if base is None:
+        raise ConfigError("model.base_model is null: name the base model to train (a model= option such as "
+                          "model=qwen2_5_7b_instruct, or model.base_model=<hub name, folder or .gguf>)")
     base = os.path.expanduser(base) if base.startswith("~") else base
     return str(hf_folder_from_gguf(base)) if is_gguf(base) else base
 
 
-DEFAULT_BASE = next(f.default for f in dataclasses.fields(ModelConfig) if f.name == "base_model")
-
-
-def base_overridden(model_cfg) -> bool:
-    """Whether the user chose the base model: ``model.base_model`` differs from its default, or the
-    command line sets ``model.base_model=`` or ``model=`` (read from Hydra when it is running)."""
-    if model_cfg.base_model != DEFAULT_BASE:
-        return True
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = HydraConfig.get().overrides.task
-    except ValueError:  # not inside a Hydra run (tests, scripts)
-        return False
-    return any(o.lstrip("+~").split("=", 1)[0] in ("model", "model.base_model") for o in overrides)
-
-
 def choose_base(model_cfg, adapter_base: str | None) -> tuple[str, str]:
     """The base model to put under the adapter (to merge or to evaluate) and why:
-    ``(name_or_path, source)``."""
+    ``(name_or_path, source)``: ``model.recipe``, else ``model.base_model``, else (``null``) the
+    base named in the adapter's config."""
     if model_cfg.recipe:
         return resolve_base_model(model_cfg), f"model.recipe={model_cfg.recipe}"
-    if not adapter_base or base_overridden(model_cfg):
+    if model_cfg.base_model is not None:
         return resolve_base_model(model_cfg), "model.base_model"
+    if not adapter_base:
+        raise SmmError("model.base_model is null and the adapter names no base model (adapter_config.json has no "
+                       "base_model_name_or_path): set model.base_model")
     return adapter_base, "the adapter's adapter_config.json"
 
 

@@ -11,9 +11,9 @@ Steps, each logged with its time and peak RAM:
              answer schema of each task, for Ollama's ``format``) and ``manifest.json``
 7. register  ``ollama create`` (``export.register=true``)
 
-Which base model (smm.models.base.choose_base): the one named in the adapter's ``adapter_config.json``, unless the user names one:
-``model.recipe`` set (``model=tiny_qwen2``), ``model.base_model`` different from its default
-(``Qwen/Qwen2.5-7B-Instruct``), or ``model.base_model=``/``model=`` given on the command line.
+Which base model (smm.models.base.choose_base): ``model.recipe``'s when set (``model=tiny_qwen2``),
+else ``model.base_model``, else (``model.base_model=null``) the one
+named in the adapter's ``adapter_config.json``.
 
 Everything is built in a hidden folder inside ``export.output_dir`` and moved into place only
 after all checks pass; a failure leaves the previous export untouched and no partial files (a

@@ -7,11 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import REPO, compose_config, run_smm
 from omegaconf import OmegaConf
 
-from smm.errors import SmmError
+from smm.errors import ConfigError, SmmError
 from smm.models.adapter import check_fits, read_adapter
-from smm.models.base import DEFAULT_BASE, choose_base, locate_base
+from smm.models.base import choose_base, locate_base, resolve_base_model
 
 
 def test_read_adapter_errors(tmp_path, tiny_adapter):
@@ -71,9 +72,26 @@ def test_locate_base(tmp_path, tiny_model_dir, monkeypatch):
         locate_base(str(no_weights))
 
 
-def test_choose_base():
-    model = OmegaConf.create({"base_model": DEFAULT_BASE, "recipe": None})
-    assert choose_base(model, "/models/qwen-7b") == ("/models/qwen-7b", "the adapter's adapter_config.json")
-    assert choose_base(model, None) == (DEFAULT_BASE, "model.base_model")
-    explicit = OmegaConf.create({"base_model": "/models/other", "recipe": None})
-    assert choose_base(explicit, "/models/qwen-7b") == ("/models/other", "model.base_model")
+def test_choose_base_takes_the_recipe_then_base_model_then_the_adapters():
+    named = OmegaConf.create({"base_model": "/models/other", "recipe": None})
+    assert choose_base(named, "/models/qwen-7b") == ("/models/other", "model.base_model")
+    assert choose_base(named, None) == ("/models/other", "model.base_model")
+    null = OmegaConf.create({"base_model": None, "recipe": None})
+    assert choose_base(null, "/models/qwen-7b") == ("/models/qwen-7b", "the adapter's adapter_config.json")
+    with pytest.raises(SmmError, match="model.base_model is null and the adapter names no base model"):
+        choose_base(null, None)
+    with pytest.raises(ConfigError, match="model.base_model is null: name the base model to train"):
+        resolve_base_model(null)
+
+
+def test_the_choice_is_the_same_from_the_command_line_and_from_compose(tiny_adapter, tmp_path):
+    """model.base_model decides, not how the config was made: an override that leaves it at the
+    model option's value means that value (before, only a command-line override counted)."""
+    null = compose_config("model.base_model=null", f"export.adapter_dir={tiny_adapter}")
+    assert choose_base(null.model, read_adapter(tiny_adapter).base)[1] == "the adapter's adapter_config.json"
+    named = compose_config("model=qwen2_5_7b_instruct")
+    assert choose_base(named.model, "/models/adapters-base") == ("Qwen/Qwen2.5-7B-Instruct", "model.base_model")
+    done = run_smm("stage=export", "model=qwen2_5_7b_instruct", f"export.adapter_dir={tiny_adapter}",
+                   f"export.output_dir={tmp_path / 'gguf'}", f"export.merged_dir={tmp_path / 'merged'}",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO, env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 1 and "base model 'Qwen/Qwen2.5-7B-Instruct' not found" in done.stderr
