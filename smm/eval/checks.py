@@ -52,13 +52,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
 
-from jsonschema import Draft202012Validator, ValidationError
+from jsonschema import ValidationError
 
 from smm import strict_json
 from smm.eval import content
 from smm.eval.formality import forms_used
 from smm.language import detect_language
-from smm.tasks import HASHTAG_PATTERN, LANGUAGES, PLATFORM_LIMITS, TASKS, Task, hashtags, published_lengths, texts, values_at
+from smm.tasks import HASHTAG_PATTERN, LANGUAGES, PLATFORM_LIMITS, TASKS, Task, hashtags, published_lengths, schema_validator, texts, values_at
 
 PASS, FAIL, NA = "pass", "fail", "n/a"
 MIN_LANGUAGE_CHARS = 20
@@ -127,11 +127,6 @@ def _has_enum(schema: Any) -> bool:
     return isinstance(schema, list) and any(_has_enum(v) for v in schema)
 
 
-@lru_cache(maxsize=None)
-def _validator(task_name: str) -> Draft202012Validator:
-    return Draft202012Validator(TASKS[task_name].schema)
-
-
 def _owner(task: Task, error: ValidationError) -> str:
     """Which check reports a schema violation: enums, hashtags, variations (by location) or schema."""
     if error.validator == "enum":
@@ -176,7 +171,7 @@ def parse_reply(reply: str) -> tuple[str, Any, str | None]:
 
 def _schema_reasons(task: Task, answer: Any, owner: str, skip: tuple[str, ...] = ()) -> list[str]:
     return [
-        _describe(e) for e in _validator(task.name).iter_errors(answer)
+        _describe(e) for e in schema_validator(task.name).iter_errors(answer)
         if _owner(task, e) == owner and e.validator not in skip
     ]
 
