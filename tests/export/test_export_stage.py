@@ -53,6 +53,22 @@ def test_export_writes_gguf_modelfile_and_manifest(tiny_export):
     assert set(manifest["inputs"]) == {str(tiny_export.adapter_dir / n) for n in ("adapter_config.json", "adapter_model.safetensors")}
 
 
+def test_the_stage_steps_run_one_by_one_as_the_stage_runs_them(tiny_export, tiny_model_dir, tmp_path):
+    """bench/export_7b.py runs the stage's own steps; each gives what the stage recorded."""
+    from smm.stages import export
+
+    found = export.check_inputs(tiny_export.adapter_dir, compose_config("model=tiny_qwen2").model)
+    manifest = tiny_export.manifest
+    assert (found.base_dir, found.base_source) == (tiny_model_dir, manifest["merged"]["base_source"])
+    assert found.parameters == manifest["steps"]["check"]["parameters"]
+    assert json.loads((tiny_export.merged_dir / "merge.json").read_text())["inputs"] == found.fingerprint
+    info, smoke = export.verify(tiny_export.gguf, tiny_export.merged_dir, smoke_test=False)
+    assert smoke == {"skipped": "export.smoke_test=false"}
+    assert export.gguf_record(tiny_export.gguf, GGUF, "q4_k_m", info) == manifest["gguf"]
+    modelfile = export.write_modelfile(tmp_path, GGUF, "social-media-marketer")
+    assert modelfile.read_text(encoding="utf-8") == tiny_export.modelfile.read_text(encoding="utf-8")
+
+
 def test_export_registers_with_ollama(tiny_export):
     (call,) = tiny_export.ollama.calls()
     assert call["args"] == ["create", "social-media-marketer", "-f", str(tiny_export.modelfile.resolve())]
