@@ -1,4 +1,4 @@
-"""smm's single entrypoint: ``python run.py stage=<prepare|train|export|evaluate|feedback|chat|pipeline|sweep_report>``.
+"""smm's single entrypoint: ``python run.py stage=<name>`` (the stages: smm/stages/__init__.py).
 
 Hydra composes conf/config.yaml with the command-line overrides; the chosen stage runs and its
 float result (validation loss, eval score, ...) is returned for sweepers such as Optuna.

@@ -33,7 +33,7 @@ from fixtures_llama_server import free_port  # noqa: E402
 from smm.backends import GenerationSettings, generate_all  # noqa: E402
 from smm.backends.ollama import OllamaBackend  # noqa: E402
 from smm.backends.openai_compat import OpenAIBackend  # noqa: E402
-from smm.evalset.loader import select_cases  # noqa: E402
+from smm.eval.cases import select_cases  # noqa: E402
 from smm.tasks import TASKS  # noqa: E402
 
 MODEL = "social-media-marketer"

@@ -3,8 +3,9 @@ merge → f16 GGUF → Q4_K_M → verify (llama.cpp smoke test) → sha256, on C
 
 The model has random weights (no download; vocab 152064, hidden 3584, 28 layers, 28 heads, 4 KV
 heads, intermediate 18944, bf16) and the real Qwen2.5 tokenizer taken from the tiny model's
-folder. Each step runs the project's own export code (smm.merge, smm.gguf) in the order
-smm/stages/export.py runs it, timed with smm.steps.Steps (wall time, peak RSS of the process).
+folder. Each step runs the export stage's own steps (smm/stages/export.py: check_inputs, the merge,
+convert and quantize of smm.export, verify, gguf_record, write_modelfile) in the stage's order,
+timed with smm.export.steps.Steps (wall time, peak RSS of the process).
 To stay under ~45 GB of disk the base model's weights are deleted once merged (the stage itself
 keeps the user's base model, of course) and the f16 GGUF once quantized.
 
@@ -41,7 +42,7 @@ GB = 1e9
 
 
 def _default_tokenizer() -> Path:
-    from smm.tiny_model import RECIPE_VERSION, cache_root
+    from smm.models.tiny import RECIPE_VERSION, cache_root
 
     return cache_root() / RECIPE_VERSION
 
@@ -99,12 +100,14 @@ def build(work: Path, tiny: bool, tokenizer_dir: Path, rank: int) -> None:
 
 def export(work: Path) -> None:
     """The export steps, resuming after the last completed one (recorded in results.json)."""
-    from smm import gguf, merge
-    from smm.chat import CHAT_TEMPLATE, IM_END, render_modelfile
-    from smm.io import sha256_file, write_text
-    from smm.steps import Steps
+    from omegaconf import OmegaConf
 
-    for partial in work.rglob("*.partial"):  # left by a run that was killed mid-step
+    from smm.export import gguf, merge
+    from smm.export.steps import Steps
+    from smm.models.adapter import read_adapter
+    from smm.stages.export import check_inputs, gguf_record, verify, write_modelfile
+
+    for partial in work.rglob(".*.tmp"):  # left by a run that was killed mid-step (smm.io's temp names)
         shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
     state = _state(work)
     done = state["steps"]
@@ -119,13 +122,11 @@ def export(work: Path) -> None:
 
     if "check" not in done:
         with steps.step("check", "Checking the adapter against the base model"):
-            adapter = merge.read_adapter(work / "lora_adapter")
-            parameters = merge.check_fits(adapter, merge.locate_base(str(base_dir)), "base")
-            state["inputs"] = merge.fingerprint(adapter, base_dir, merge.merged_dtype(base_dir))
-            state["parameters"] = parameters
+            found = check_inputs(work / "lora_adapter", OmegaConf.create({"recipe": None, "base_model": str(base_dir)}))
+            state["inputs"], state["parameters"] = found.fingerprint, found.parameters
         record("check", steps.records["check"])
     if "merge" not in done:
-        adapter = merge.read_adapter(work / "lora_adapter")
+        adapter = read_adapter(work / "lora_adapter")
         with steps.step("merge", "Merging the adapter into the bf16 base"):
             merge.merge_adapter(adapter, base_dir, merged_dir, state["inputs"])
         record("merge", steps.records["merge"], merged_gb=round(merge.folder_size(merged_dir) / GB, 2))
@@ -142,14 +143,12 @@ def export(work: Path) -> None:
         record("quantize", steps.records["quantize"], gguf_gb=round(final.stat().st_size / GB, 2))
     if "verify" not in done:
         with steps.step("verify", "Checking metadata, llama.cpp smoke test"):
-            info = gguf.read_metadata(final)
-            assert info.chat_template == CHAT_TEMPLATE and info.eos_token == IM_END, "template/eos lost"
-            smoke = gguf.smoke_test(final)
+            info, smoke = verify(final, merged_dir, smoke_test=True)
         record("verify", steps.records["verify"], tensor_count=info.tensor_count, tensor_types=info.tensor_types, smoke_test=smoke)
     if "publish" not in done:
         with steps.step("publish", "sha256 and Modelfile"):
-            digest = sha256_file(final)
-            write_text(out_dir / "Modelfile", render_modelfile(f"./{final.name}", model_name="bench"))
+            digest = gguf_record(final, final.name, QUANT, gguf.read_metadata(final))["sha256"]
+            write_modelfile(out_dir, final.name, "bench")
         record("publish", steps.records["publish"], sha256=digest)
 
 

@@ -19,7 +19,7 @@ request's facts, adds no number of its own and fits the platform's limit (hashta
 One answer in twenty was rated before (the latest rating wins). Requests sometimes ask for a
 length, a length range or a form of address (du/Sie, tu/vous, tú/usted), and the answers follow.
 
-Nothing is shared with the evaluation cases (smm/evalset/cases.jsonl) or copied from the seeds.
+Nothing is shared with the evaluation cases (smm/eval/cases.jsonl) or copied from the seeds.
 
     python bench/feedback_fixture.py --count 2000 --seed 1 --jsonl rows.jsonl        # rows as JSONL
     python bench/feedback_fixture.py --count 2000 --database-url postgresql://...    # load a database

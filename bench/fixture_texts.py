@@ -1,7 +1,7 @@
 """Texts of the feedback fixture (bench/feedback_fixture.py): businesses, cities and templates per language.
 
 Nothing here is taken from the seeds or the evaluation cases: other business kinds, other
-cities, other wording (tests/test_feedback_fixture.py checks it). Offer sentences are neutral
+cities, other wording (tests/feedback/test_feedback_fixture.py checks it). Offer sentences are neutral
 (no du/Sie, tu/vous); the frame around them (openers, closings, calls to action) carries the
 voice. Placeholders: {name} {city} {product} {price} {pct} {code} {date} {times} {url}
 {platform} {audience} {a_kind} {facts} {tz}

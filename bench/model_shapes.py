@@ -1,5 +1,5 @@
 """Model shapes the GPU benchmarks build with random weights (no download)."""
-from smm.tiny_model import MODEL_SHAPE as SHAPE_TINY  # noqa: F401  (re-exported)
+from smm.models.tiny import MODEL_SHAPE as SHAPE_TINY  # noqa: F401  (re-exported)
 
 # Qwen2.5-7B-Instruct's architecture: 7.62 B parameters.
 SHAPE_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,

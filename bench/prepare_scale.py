@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from smm.examples import normalize_example  # noqa: E402
+from smm.data.examples import normalize_example  # noqa: E402
 
 SEEDS = REPO / "data" / "seed" / "social_media_examples.jsonl"
 FILES = 10

@@ -49,8 +49,8 @@ def _run(cmd: list[str], log_file: Path) -> float:
 
 def build_base_gguf(out: Path, quantization: str) -> tuple[Path, float]:
     """The base model as a GGUF of ``quantization``, from the cached dequantized folder."""
-    from smm import gguf
-    from smm.tiny_model import smollm2_path
+    from smm.export import gguf
+    from smm.models.tiny import smollm2_path
 
     target = out / f"base-{quantization}.gguf"
     started = time.perf_counter()

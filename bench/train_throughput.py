@@ -17,7 +17,7 @@ from the tiny model's folder. Each ``run`` is one process and one model load:
 ``bare`` is the baseline: transformers + PEFT + bitsandbytes nf4, a hand-written loop over padded
 batches; ``bare_unsloth`` runs that loop over Unsloth's model (what Unsloth's own numbers
 measure). ``unsloth`` and ``hf`` run smm's own code path (config composed from conf/ plus any
-``--set`` overrides, the model loaded by smm.train_model, data tokenized by smm.tokenize,
+``--set`` overrides, the model loaded by smm.training.model, data tokenized by smm.training.tokenize,
 SmmSFTTrainer with smm's SFTConfig), with QLoRA r16 a16 on the 7 projections at batch 2. Shapes: ``rowsN`` = conversations of exactly
 N tokens; ``mix`` = conversations of 120-1500 tokens (log-uniform, like the seeds and feedback),
 ``mix_packed`` / ``mix_padded`` = that mix with training.packing on / off. Every run also checks
@@ -180,7 +180,7 @@ def bare(model_dir: Path, shapes: list[str], n_steps: int, warmup: int, batch: i
     ``unsloth``, the same loop over Unsloth's model (what Unsloth's own speed claims measure)."""
     import torch
 
-    from smm.tokenize import tokenize_examples
+    from smm.training.tokenize import tokenize_examples
 
     cuda = torch.cuda.is_available()
     model, tok = _bare_unsloth(model_dir) if unsloth else _bare_peft(model_dir, cuda)
@@ -312,23 +312,23 @@ def time_training_steps(trainer) -> list[float]:
 def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warmup: int, preset: str | None,
             workdir: Path, tiny: bool, overrides: list[str]) -> list[dict]:
     """smm's own train path: load once, then one SmmSFTTrainer per shape."""
-    from smm.distributed import gather, quiet_replicas, ranks
+    from smm.training.distributed import gather, quiet_replicas, ranks
 
     world = ranks()
     if world.distributed:
         quiet_replicas()
         workdir = workdir / f"rank{world.rank}"  # each rank's own (unused) checkpoint folder
     cfg = smm_config(model_dir, backend, preset, workdir, tiny, overrides)
-    from smm.train_model import load_for_training  # imports Unsloth first when it runs
+    from smm.training.model import load_for_training  # imports Unsloth first when it runs
 
     loaded = load_for_training(str(model_dir), cfg)
     import torch
     from omegaconf import OmegaConf, open_dict
 
-    from smm import attention
-    from smm.memory_plan import decoder_layers, plan_for_stage, recomputed_layers
-    from smm.sft import build_trainer
-    from smm.tokenize import Tokenized, tokenize_examples
+    from smm.training import attention
+    from smm.training.memory_plan import decoder_layers, plan_for_stage, recomputed_layers
+    from smm.training.sft import build_trainer
+    from smm.training.tokenize import Tokenized, tokenize_examples
 
     batch, seq = cfg.training.batch_size, cfg.model.max_seq_length
     checkpointing = [layer.gradient_checkpointing for layer in decoder_layers(loaded.model)]
@@ -513,13 +513,13 @@ def accumulation(model_dir: Path, backend: str, tiny: bool, workdir: Path) -> di
     from omegaconf import open_dict
     from transformers import TrainerCallback
 
-    from smm.train_model import load_for_training
+    from smm.training.model import load_for_training
 
     cfg = smm_config(model_dir, backend, None, workdir, tiny, ["training.learning_rate=1e-30", "training.max_grad_norm=1e9",
                                                                "training.max_steps=1", "lora.dropout=0"])
     loaded = load_for_training(str(model_dir), cfg)
-    from smm.sft import build_trainer
-    from smm.tokenize import IGNORE_INDEX, Tokenized, tokenize_examples
+    from smm.training.sft import build_trainer
+    from smm.training.tokenize import IGNORE_INDEX, Tokenized, tokenize_examples
 
     data = tokenize_examples(loaded.tokenizer, conversations(loaded.tokenizer, [300, 1200], 4), 4096)
 
@@ -548,13 +548,13 @@ def accumulation(model_dir: Path, backend: str, tiny: bool, workdir: Path) -> di
 
 
 def kernels(tokens: int, repeats: int) -> list[dict]:
-    """smm's packed attention kernels (smm.attention) on one packed row of the realistic mix with the
+    """smm's packed attention kernels (smm.training.attention) on one packed row of the realistic mix with the
     7B's attention shape (28 heads, 4 KV heads, dim 128): forward + backward against per-conversation
     SDPA in float32 (relative error of output and gradients) and the median time of a call."""
     import torch
     import torch.nn.functional as F
 
-    from smm.attention import KERNELS
+    from smm.training.attention import KERNELS
 
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
@@ -742,7 +742,7 @@ def main() -> None:
             bare(args.model, shapes, args.steps, args.warmup, batch=2, unsloth=args.backend == "bare_unsloth")
         else:
             smm_run(args.model, args.backend, shapes, args.steps, args.warmup, args.preset, args.workdir, args.tiny, args.set)
-            from smm.train_worker import leave_process_group
+            from smm.training.worker import leave_process_group
 
             leave_process_group()
 

@@ -1,7 +1,6 @@
 """The entrypoint's plumbing: stage dispatch, secrets kept out of Hydra, one-line errors."""
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import sys
@@ -10,8 +9,9 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
-from smm.config import GROUPS, STAGE_NAMES, unknown_key_error, validate
-from smm.errors import SmmError, StageNotAvailable
+from smm import stages
+from smm.config import GROUPS, unknown_key_error, validate
+from smm.errors import SmmError
 from smm.io import atomic_writer
 from smm.secrets import mask_url, url_secrets
 
@@ -61,27 +61,6 @@ def move_secrets_to_env(args: list[str]) -> list[str]:
     return kept
 
 
-def load_stage(name: str):
-    """The stage module ``smm.stages.<name>``; StageNotAvailable if it is not built yet."""
-    if name not in STAGE_NAMES:
-        raise StageNotAvailable(f"stage={name} does not exist (stages: {', '.join(STAGE_NAMES)})")
-    try:
-        return importlib.import_module(f"smm.stages.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"smm.stages.{name}":
-            raise StageNotAvailable(f"stage={name} is not available yet in this version of smm") from None
-        raise
-
-
-def run_one(name: str, cfg: DictConfig) -> float:
-    """Run stage ``name`` with its output folders checked and locked (smm/outdir.py)."""
-    from smm.outdir import stage_outputs
-
-    stage = load_stage(name)
-    with stage_outputs(name, cfg):
-        return float(stage.run(cfg))
-
-
 def run_stage(cfg: DictConfig) -> float:
     """Validate the config, run the chosen stage and return its float result (for sweeps).
 
@@ -95,7 +74,7 @@ def run_stage(cfg: DictConfig) -> float:
             use_job_folder(cfg)
         mask_hydra_records()
         validate(cfg)
-        return run_one(cfg.stage, cfg)
+        return stages.run(cfg.stage, cfg)
     except SmmError as exc:
         if os.environ.get(_USER_FULL_ERROR):
             raise

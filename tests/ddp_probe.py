@@ -1,5 +1,5 @@
 """One rank of the train stage as ``torchrun run.py stage=train ...`` runs it, with a record for
-tests/test_train_ddp.py: OUT/rank<R>.json holds the input ids of every micro-batch this rank trained
+tests/training/test_train_ddp.py: OUT/rank<R>.json holds the input ids of every micro-batch this rank trained
 on, a hash of its LoRA weights after training, whether it saved the adapter, and what it returned.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_probe.py OUT OVERRIDE...
@@ -20,7 +20,7 @@ from lora_hash import lora_hash  # noqa: E402  (tests/ is the script's folder)
 def main(out: Path, overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
-    import smm.sft
+    import smm.training.sft
     from smm.config import register_configs, validate
     from smm.stages import train
 
@@ -29,7 +29,7 @@ def main(out: Path, overrides: list[str]) -> None:
         cfg = compose("config", overrides=overrides)
     validate(cfg)
     record = {"rank": int(os.environ["RANK"]), "batches": [], "saved": False}
-    build_trainer, save = smm.sft.build_trainer, train._save
+    build_trainer, save = smm.training.sft.build_trainer, train._save
 
     def probed_build_trainer(*args, **kwargs):
         trainer, throughput = build_trainer(*args, **kwargs)
@@ -51,7 +51,7 @@ def main(out: Path, overrides: list[str]) -> None:
         record["saved"] = True
         return save(*args, **kwargs)
 
-    smm.sft.build_trainer, train._save = probed_build_trainer, recorded_save
+    smm.training.sft.build_trainer, train._save = probed_build_trainer, recorded_save
     record["returned"] = train.run(cfg)
     (out / f"rank{record['rank']}.json").write_text(json.dumps(record))
 

@@ -40,8 +40,8 @@ def _cached(target: Path, build) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gguf(tiny_model_dir) -> Path:
     """The tiny Qwen2 base model (real Qwen2.5 tokenizer, smm's chat template) as a Q4_K_M GGUF."""
-    from smm.gguf import convert_to_gguf, quantize_gguf
-    from smm.tiny_model import RECIPE_VERSION, cache_root
+    from smm.export.gguf import convert_to_gguf, quantize_gguf
+    from smm.models.tiny import RECIPE_VERSION, cache_root
 
     def build(staging: Path) -> Path:
         f16 = convert_to_gguf(tiny_model_dir, staging / "f16.gguf", "f16")

@@ -5,7 +5,7 @@ run as root, so as root (CI) the server runs as the ``postgres`` system user via
 a temp directory owned by it. It listens on 127.0.0.1 on a free port and lets a test role in
 with a password (SCRAM), as an app database would; the superuser only connects through the
 server's own Unix socket. Every test gets a fresh database (``feedback_db``) so tests stay
-independent. ``bench/feedback_export.py`` uses :class:`LocalPostgres` too.
+independent. ``bench/feedback_collect.py`` uses :class:`LocalPostgres` too.
 """
 from __future__ import annotations
 

@@ -6,11 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO, compose_config, run_smm
+from omegaconf import OmegaConf
 
 from smm.chat import ROOT_MODELFILE_GGUF, render_modelfile
 from smm.cli import move_secrets_to_env
-from smm.config import to_plain, validate
+from smm.config import GROUPS, to_plain, validate
 from smm.errors import ConfigError
 from smm.io import write_manifest
 
@@ -39,6 +41,29 @@ def test_defaults_are_the_seeds():
     assert cfg.data.output_dir == "data/processed"
     assert (cfg.export.quantization, cfg.export.model_name) == ("q4_k_m", "social-media-marketer")
     assert cfg.eval.model_path == "output/gguf/social-media-marketer-q4_k_m.gguf"
+
+
+def _restated(values: dict, defaults: dict, prefix: str = ""):
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _restated(value, defaults[key], f"{prefix}{key}.")
+        elif value == defaults[key]:
+            yield f"{prefix}{key}"
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, o in GROUP_OPTIONS if g in GROUPS])
+def test_group_options_hold_only_what_differs_from_the_schema(group: str, option: str):
+    """The schema is the one place of every default: a group YAML that restated one would keep its
+    old value silently when the schema's default changes."""
+    values = yaml.safe_load((REPO / "conf" / group / f"{option}.yaml").read_text(encoding="utf-8")) or {}
+    assert values.pop("defaults") == [f"base_{group}", "_self_"]
+    defaults = OmegaConf.to_container(OmegaConf.structured(GROUPS[group]))
+    assert list(_restated(values, defaults)) == []
+
+
+def test_the_default_export_option_is_named_for_its_quantization():
+    assert compose_config().export.quantization == "q4_k_m"
+    assert compose_config("export=q4_k_m") == compose_config()
 
 
 def test_dpo_and_loop_defaults():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from smm.checks import parse_reply
+from smm.eval.checks import parse_reply
 from smm.language import SAMPLE_CHARS, detect_language, sample
 
 
@@ -52,7 +52,7 @@ def test_the_function_word_pass_gives_linguas_decisions():
 
     from conftest import REPO
 
-    from smm.examples import answer_texts, normalize_example
+    from smm.data.examples import answer_texts, normalize_example
     from smm.language import function_words_confirm, mismatch
     from smm.strict_json import loads
     from smm.tasks import TASKS, texts

@@ -176,7 +176,7 @@ def official_qwen25(tmp_path_factory):
     """llama.cpp's copy of Qwen2.5-7B-Instruct's own chat template, rendered as llama-cpp-python does."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from smm.tiny_model import extract_from_sdist
+    from smm.models.tiny import extract_from_sdist
 
     path = extract_from_sdist("models/templates/Qwen-Qwen2.5-7B-Instruct.jinja", tmp_path_factory.mktemp("qwen") / "qwen25.jinja")
     return Jinja2ChatFormatter(template=path.read_text(encoding="utf-8"), eos_token=IM_END, bos_token="")

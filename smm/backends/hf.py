@@ -1,8 +1,8 @@
 """A base model plus a LoRA adapter through transformers + PEFT, ``eval.batch_size`` conversations
 generated together (left-padded, shortest prompts batched together).
 
-The base is chosen as the export stage chooses it (:func:`smm.merge.choose_base`: the one the
-adapter was trained on unless ``model.recipe`` or ``model.base_model`` says otherwise), from a
+The base is chosen as the export stage chooses it (:func:`smm.models.base.choose_base`: ``model.recipe``,
+else ``model.base_model``, else (``null``) the one the adapter was trained on), from a
 local folder or the local Hugging Face cache (nothing is downloaded), and checked against the
 adapter's layers before anything loads. The tokenizer and
 its chat template come from the adapter folder when the train stage saved them there. On CUDA the
@@ -15,7 +15,9 @@ from pathlib import Path
 
 from smm.backends import Generation, GenerationSettings, Messages, Schema
 from smm.errors import SmmError
-from smm.merge import Adapter, check_fits, choose_base, locate_base, read_adapter
+from smm.models.adapter import Adapter, check_fits, read_adapter
+from smm.models.base import choose_base, locate_base
+from smm.models.quantization import compute_dtype, quantization_config
 
 
 def base_model_for(adapter: Adapter, model_cfg) -> str:
@@ -28,20 +30,13 @@ def base_model_for(adapter: Adapter, model_cfg) -> str:
 
 
 def _load_kwargs(model_cfg) -> dict:
+    """On CUDA the training's dtype and quantization (smm.models.quantization); float32 on CPU."""
     import torch
 
     if not torch.cuda.is_available():
         return {"dtype": torch.float32}
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    kwargs = {"dtype": dtype, "device_map": {"": 0}}
-    if model_cfg.quantization in ("4bit", "8bit"):
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-            if model_cfg.quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True)
-        )
-    return kwargs
+    dtype = compute_dtype(model_cfg.dtype, "cuda")
+    return {"dtype": dtype, "device_map": {"": 0}, "quantization_config": quantization_config(model_cfg.quantization, dtype)}
 
 
 class HFBackend:

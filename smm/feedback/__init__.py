@@ -1,9 +1,9 @@
-"""Export ratings from the Social Scheduler's PostgreSQL into SFT and DPO training data.
+"""Collect ratings from the Social Scheduler's PostgreSQL into SFT and DPO training data.
 
-``export.export_feedback`` runs one export: ``db`` connects and streams rows with the SQL of
+``collect.collect_feedback`` runs one collection: ``db`` connects and streams rows with the SQL of
 ``sql``, ``mapping`` turns rows into examples (validated with the task registry, scrubbed of PII
 by ``pii``), ``output`` appends them atomically to the JSONL files and ``state`` keeps the mark
-that makes the next export incremental. The tables it expects are in ``schema.sql``.
+that makes the next collection incremental. The tables it expects are in ``schema.sql``.
 """
 
 THUMBS_UP = "THUMBS_UP"

@@ -28,9 +28,9 @@ import orjson
 from smm.chat import neutralize_control_tokens
 from smm.feedback import EDITED, RATINGS, THUMBS_DOWN, THUMBS_UP
 from smm.feedback.pii import Scrubber
-from smm.tasks import LANGUAGES, PLATFORMS, TASKS, Task, parse_answer
+from smm.tasks import LANGUAGES, PLATFORMS, TASKS, Task, fast_validator, parse_answer
 
-# Why a rating row gives no example (keys of ExportResult.skipped).
+# Why a rating row gives no example (keys of CollectResult.skipped).
 GENERATION_MISSING = "generation missing"
 UNKNOWN_RATING = "unknown rating"
 UNKNOWN_TASK = "unknown task"
@@ -111,7 +111,7 @@ class Mapper:
         self._may_hold = scrub.may_hold_personal_data if scrub else (lambda text: False)
         # The registry's schemas compiled to Python (about 20x faster than jsonschema on 1M rows);
         # a failure is re-checked with the registry's parse_answer, which has the last word.
-        self._validators = {name: fastjsonschema.compile(task.schema) for name, task in TASKS.items()}
+        self._validators = {name: fast_validator(name) for name in TASKS}
 
     def prompt(self, task_name, language, platform, system, user, scrub: bool = True) -> Prompt:
         task = TASKS.get(task_name) if task_name else None

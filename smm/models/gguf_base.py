@@ -16,13 +16,11 @@ import contextlib
 import fcntl
 import importlib.util
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 from smm.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END, IM_START
 from smm.errors import SmmError
-from smm.io import sha256_file, write_json
+from smm.io import atomic_directory, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +128,7 @@ def hf_folder_from_gguf(gguf_file: str | Path) -> Path:
     path = Path(gguf_file).expanduser()
     if not path.is_file():
         raise SmmError(f"model.base_model {path}: no such GGUF file")
-    from smm.tiny_model import cache_root
+    from smm.models.tiny import cache_root
 
     digest = sha256_file(path)
     target = cache_root() / "gguf-bases" / f"{digest[:16]}-v{CONVERSION_VERSION}"
@@ -141,15 +139,8 @@ def hf_folder_from_gguf(gguf_file: str | Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / RECORD).is_file():
             log.info("Dequantizing %s into %s (once)", path, target)
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-            try:
+            with atomic_directory(target) as staging:
                 _convert(path, staging, digest)
-                with contextlib.suppress(FileNotFoundError):
-                    shutil.rmtree(target)
-                staging.chmod(0o755)
-                staging.rename(target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -1,0 +1,33 @@
+"""The stage registry: every stage's name → its module ``smm.stages.<name>``, imported on first use.
+
+Each stage module has ``run(cfg) -> float`` and talks to the others only through files. The CLI
+(``stage=``), the config's ``stage`` and ``pipeline.stages`` choices, the pipeline and the loop all
+read the stages from here.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from smm.errors import StageNotAvailable
+
+NAMES = ("prepare", "train", "export", "evaluate", "feedback", "chat", "pipeline", "sweep_report", "loop", "rollback")
+NOT_IN_PIPELINE = ("chat", "pipeline", "sweep_report", "loop", "rollback")
+"""Stages a pipeline cannot contain (chat reads stdin, a pipeline does not nest, sweep_report reads a
+study, loop and rollback run pipelines of their own)."""
+
+
+def load(name: str) -> ModuleType:
+    """The stage module ``smm.stages.<name>``; StageNotAvailable if there is no such stage."""
+    if name not in NAMES:
+        raise StageNotAvailable(f"stage={name} does not exist (stages: {', '.join(NAMES)})")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def run(name: str, cfg) -> float:
+    """Run stage ``name`` with its output folders checked and locked (smm/outdir.py)."""
+    from smm.outdir import stage_outputs
+
+    stage = load(name)
+    with stage_outputs(name, cfg):
+        return float(stage.run(cfg))

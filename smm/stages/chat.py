@@ -19,8 +19,8 @@ from typing import Iterator
 from omegaconf import DictConfig
 
 from smm.backends import MODES, Backend, check_can_constrain, make_backend
-from smm.checks import NA, PASS, check_reply
-from smm.evalset.loader import EvalCase
+from smm.eval.checks import NA, PASS, check_reply
+from smm.eval.cases import EvalCase
 from smm.serving import answer_schema
 
 

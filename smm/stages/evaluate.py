@@ -1,15 +1,15 @@
 """stage=evaluate: ask the shipped model every test case, check the answers, write a report.
 
-1. Cases: the built-in set (smm/evalset/cases.jsonl), plus or instead of ``eval.test_file``.
+1. Cases: the built-in set (smm/eval/cases.jsonl), plus or instead of ``eval.test_file``.
 2. Answers from ``eval.backend``: ollama | openai | llama_cpp | hf (smm/backends), concurrently
    for the HTTP backends; free, constrained to the task's JSON schema (``eval.constrained=on``),
    or both (every case twice, reported side by side). Without a terminal, progress and the
    score so far are logged every tenth of the cases.
-3. Checks from the task registry (smm/checks.py); score = mean weighted pass rate.
+3. Checks from the task registry (smm/eval/checks.py); score = mean weighted pass rate.
 4. Optional baseline (``eval.baseline``: a model on the same server, a .gguf or a report.json),
    judged by the same checks on the same cases; ``eval.gate_min_delta`` turns the score delta into
    the exit code (3 = gate failed).
-5. Optional LLM judge (``eval.judge.url``, smm/judge.py): a tone/brand-fit rating per answer,
+5. Optional LLM judge (``eval.judge.url``, smm/eval/judge.py): a tone/brand-fit rating per answer,
    reported beside the checks, never part of the score or the gate.
 6. ``<eval.output_dir>/<timestamp>/``: report.json, report.md, report.html, manifest.json — written
    to a temporary folder that is renamed into place only when complete.
@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,10 +33,10 @@ from smm import strict_json
 from smm.backends import MODES, Backend, Generation, check_can_constrain, generate_all, make_backend
 from smm.config import to_plain
 from smm.errors import ConfigError, GateFailed, SmmError
-from smm.evalset.loader import BUILTIN_CASES, EvalCase, select_cases
-from smm.io import write_json, write_manifest, write_text
-from smm.judge import judge_records, judge_url
-from smm.report import build_report, make_record, pct, recheck, render_markdown, signed
+from smm.eval.cases import BUILTIN_CASES, EvalCase, select_cases
+from smm.io import atomic_directory, write_json, write_manifest, write_text
+from smm.eval.judge import judge_records, judge_url
+from smm.eval.report import build_report, make_record, pct, recheck, render_markdown, signed
 from smm.secrets import mask_url
 from smm.serving import answer_schema
 
@@ -181,13 +178,13 @@ def write_reports(report: dict, cfg: DictConfig, inputs: list[str]) -> Path:
 
     Strings a server sent with lone surrogates (not UTF-8) are written with U+FFFD in their place.
     """
-    from smm.report_html import render_html
+    from smm.eval.report_html import render_html
 
     report = strict_json.sanitize(report)
     root = Path(cfg.eval.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".eval-", suffix=".partial", dir=root))
-    try:
+    target = _new_run_dir(root)
+    with atomic_directory(target) as staging:
         write_json(staging / "report.json", report)
         write_text(staging / "report.md", render_markdown(report))
         write_text(staging / "report.html", render_html(report))
@@ -197,14 +194,7 @@ def write_reports(report: dict, cfg: DictConfig, inputs: list[str]) -> Path:
                    "baseline_score": comparison.get("baseline_score"), "delta": comparison.get("delta"),
                    "gate_passed": gate.get("passed")}
         write_manifest(staging, "evaluate", config, inputs=inputs, metrics=metrics, model=report["model"])
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; give it the usual permissions
-        target = _new_run_dir(root)
-        staging.rename(target)
-        return target
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def modes_table(fvc: dict, applicable: dict):

@@ -11,9 +11,9 @@ Steps, each logged with its time and peak RAM:
              answer schema of each task, for Ollama's ``format``) and ``manifest.json``
 7. register  ``ollama create`` (``export.register=true``)
 
-Which base model: the one named in the adapter's ``adapter_config.json``, unless the user names one:
-``model.recipe`` set (``model=tiny_qwen2``), ``model.base_model`` different from its default
-(``Qwen/Qwen2.5-7B-Instruct``), or ``model.base_model=``/``model=`` given on the command line.
+Which base model (smm.models.base.choose_base): ``model.recipe``'s when set (``model=tiny_qwen2``),
+else ``model.base_model``, else (``model.base_model=null``) the one
+named in the adapter's ``adapter_config.json``.
 
 Everything is built in a hidden folder inside ``export.output_dir`` and moved into place only
 after all checks pass; a failure leaves the previous export untouched and no partial files (a
@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -34,7 +35,9 @@ from omegaconf import DictConfig
 from smm.chat import CHAT_TEMPLATE, IM_END, render_modelfile
 from smm.config import to_plain
 from smm.errors import SmmError
-from smm.io import sha256_file, write_manifest, write_text
+from smm.io import replace_directory, sha256_file, write_manifest, write_text
+from smm.models.adapter import Adapter, check_fits, read_adapter
+from smm.models.base import choose_base, locate_base
 from smm.serving import write_schemas
 
 log = logging.getLogger(__name__)
@@ -53,19 +56,73 @@ def remove_stale_staging(output_dir: Path, filename: str) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _replace_folder(new: Path, target: Path, trash: Path) -> None:
-    """Put ``new`` at ``target``; an existing ``target`` is moved to ``trash`` first (two renames)."""
-    if target.exists():
-        target.rename(trash)
-    new.rename(target)
+@dataclass
+class Inputs:
+    """What the check step found: the adapter, the base it goes onto and the merge's fingerprint."""
+
+    adapter: Adapter
+    base_name: str
+    base_source: str
+    base_dir: Path
+    parameters: int
+    fingerprint: dict
+
+
+def check_inputs(adapter_dir: str | Path, model_cfg) -> Inputs:
+    """Step 1 without the disk check: read the adapter, choose and find its base, check they fit."""
+    from smm.export import merge
+
+    adapter = read_adapter(adapter_dir)
+    base_name, base_source = choose_base(model_cfg, adapter.base)
+    if adapter.base and base_source != "the adapter's adapter_config.json" and Path(adapter.base).expanduser() != Path(base_name):
+        log.warning("The adapter was trained on %s; merging it into %s (from %s)", adapter.base, base_name, base_source)
+    base_dir = locate_base(base_name)
+    parameters = check_fits(adapter, base_dir, base_name)
+    inputs = merge.fingerprint(adapter, base_dir, merge.merged_dtype(base_dir))
+    return Inputs(adapter, base_name, base_source, base_dir, parameters, inputs)
+
+
+def verify(built: Path, merged_dir: Path, smoke_test: bool):
+    """Step 5: the GGUF carries smm's chat template and end-of-turn token; then the llama.cpp smoke
+    test (or why it was skipped). Returns ``(metadata, smoke test result)``."""
+    from smm.export import gguf
+
+    info = gguf.read_metadata(built)
+    if info.chat_template != CHAT_TEMPLATE:
+        raise SmmError(f"{merged_dir}: the GGUF's chat template differs from smm's ChatML template (tokenizer files in the merged model were changed?)")
+    if info.eos_token != IM_END:
+        raise SmmError(f"{merged_dir}: the GGUF's end-of-sequence token is {info.eos_token!r}, not {IM_END!r}")
+    smoke = gguf.smoke_test(built) if smoke_test else {"skipped": "export.smoke_test=false"}
+    return info, smoke
+
+
+def gguf_record(built: Path, filename: str, quantization: str, info) -> dict:
+    """What the manifest records of the GGUF (hashed where it was built: the manifest follows the move at once)."""
+    return {
+        "file": filename,
+        "size_bytes": built.stat().st_size,
+        "quantization": quantization,
+        "tensor_count": info.tensor_count,
+        "tensor_types": info.tensor_types,
+        "sha256": sha256_file(built),
+        "chat_template_sha256": hashlib.sha256(info.chat_template.encode()).hexdigest(),
+        "eos_token": info.eos_token,
+    }
+
+
+def write_modelfile(output_dir: Path, filename: str, model_name: str) -> Path:
+    """The Modelfile next to the GGUF, pointing at it."""
+    modelfile = output_dir / "Modelfile"
+    write_text(modelfile, render_modelfile(f"./{filename}", model_name=model_name))
+    return modelfile
 
 
 def run(cfg: DictConfig) -> float:
     """Export the adapter; returns the GGUF's size in GB."""
-    from smm import gguf, merge
-    from smm.diskspace import require_free_space
-    from smm.ollama_register import register
-    from smm.steps import Steps
+    from smm.export import gguf, merge
+    from smm.export.diskspace import require_free_space
+    from smm.export.ollama import register
+    from smm.export.steps import Steps
 
     ex = cfg.export
     quant = ex.quantization
@@ -75,31 +132,26 @@ def run(cfg: DictConfig) -> float:
     remove_stale_staging(output_dir, filename)
 
     with steps.step("check", "Checking the adapter, the base model and free disk space") as rec:
-        adapter = merge.read_adapter(ex.adapter_dir)
-        base_name, base_source = merge.choose_base(cfg.model, adapter.base)
-        if adapter.base and base_source != "the adapter's adapter_config.json" and Path(adapter.base).expanduser() != Path(base_name):
-            log.warning("The adapter was trained on %s; merging it into %s (from %s)", adapter.base, base_name, base_source)
-        base_dir = merge.locate_base(base_name)
-        parameters = merge.check_fits(adapter, base_dir, base_name)
-        inputs = merge.fingerprint(adapter, base_dir, merge.merged_dtype(base_dir))
+        found = check_inputs(ex.adapter_dir, cfg.model)
+        inputs = found.fingerprint
         reuse = not ex.force and merge.merged_is_current(merged_dir, inputs)
         if not reuse:
             merge.check_replaceable(merged_dir)
-        sixteen_bit = parameters * 2
+        sixteen_bit = found.parameters * 2
         needs = [("f16 GGUF", output_dir, sixteen_bit)]
         if quant not in gguf.CONVERTER_TYPES:
-            needs.append((f"{quant} GGUF", output_dir, gguf.estimated_size(parameters, quant)))
+            needs.append((f"{quant} GGUF", output_dir, gguf.estimated_size(found.parameters, quant)))
         if not reuse:
             needs.append(("merged model", merged_dir, sixteen_bit))
-        require_free_space(needs, reclaimable={} if reuse else {str(merged_dir): merge.folder_size(merged_dir)})
-        rec.update(base_model=base_name, base_source=base_source, parameters=parameters)
-        log.info("Base model %s (%s, %.2f B parameters)", base_name, base_source, parameters / 1e9)
+        require_free_space(needs)  # an out-of-date merged folder stays until the new one is saved
+        rec.update(base_model=found.base_name, base_source=found.base_source, parameters=found.parameters)
+        log.info("Base model %s (%s, %.2f B parameters)", found.base_name, found.base_source, found.parameters / 1e9)
 
     if reuse:
         steps.skip("merge", f"{merged_dir} is up to date; export.force=true redoes it")
     else:
-        with steps.step("merge", f"Merging {adapter.path} into {base_name} ({inputs['dtype']}) → {merged_dir}"):
-            merge.merge_adapter(adapter, base_dir, merged_dir, inputs)
+        with steps.step("merge", f"Merging {found.adapter.path} into {found.base_name} ({inputs['dtype']}) → {merged_dir}"):
+            merge.merge_adapter(found.adapter, found.base_dir, merged_dir, inputs)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{filename}.", suffix=".partial", dir=output_dir))
@@ -118,40 +170,25 @@ def run(cfg: DictConfig) -> float:
             intermediate.unlink()
 
         with steps.step("verify", "Checking the GGUF's chat template and end-of-turn token" + (", smoke test with llama.cpp" if ex.smoke_test else "")):
-            info = gguf.read_metadata(built)
-            if info.chat_template != CHAT_TEMPLATE:
-                raise SmmError(f"{merged_dir}: the GGUF's chat template differs from smm's ChatML template (tokenizer files in the merged model were changed?)")
-            if info.eos_token != IM_END:
-                raise SmmError(f"{merged_dir}: the GGUF's end-of-sequence token is {info.eos_token!r}, not {IM_END!r}")
-            smoke = gguf.smoke_test(built) if ex.smoke_test else {"skipped": "export.smoke_test=false"}
+            info, smoke = verify(built, merged_dir, ex.smoke_test)
         schema_files = write_schemas(staging / "schemas")
 
         with steps.step("publish", f"Writing {output_dir / filename}, its Modelfile, schemas/ and manifest.json"):
-            size = built.stat().st_size
-            gguf_record = {
-                "file": filename,
-                "size_bytes": size,
-                "quantization": quant,
-                "tensor_count": info.tensor_count,
-                "tensor_types": info.tensor_types,
-                "sha256": sha256_file(built),  # before the move: the manifest follows it at once
-                "chat_template_sha256": hashlib.sha256(info.chat_template.encode()).hexdigest(),
-                "eos_token": info.eos_token,
-            }
+            record = gguf_record(built, filename, quant, info)
+            size = record["size_bytes"]
             target = output_dir / filename
             os.replace(built, target)
-            _replace_folder(staging / "schemas", output_dir / "schemas", staging / "old-schemas")
-            modelfile = output_dir / "Modelfile"
-            write_text(modelfile, render_modelfile(f"./{filename}", model_name=ex.model_name))
+            replace_directory(staging / "schemas", output_dir / "schemas")
+            modelfile = write_modelfile(output_dir, filename, ex.model_name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
     manifest_args = dict(
-        config=to_plain(cfg), inputs=adapter.files,
+        config=to_plain(cfg), inputs=found.adapter.files,
         metrics={"gguf_size_bytes": size, "tensor_count": info.tensor_count, "smoke_test_passed": smoke.get("passed")},
-        gguf=gguf_record, smoke_test=smoke, modelfile=str(modelfile),
+        gguf=record, smoke_test=smoke, modelfile=str(modelfile),
         schemas=[str(output_dir / "schemas" / f.name) for f in schema_files],
-        merged={"dir": str(merged_dir), "reused": reuse, "base_model": base_name, "base_source": base_source},
+        merged={"dir": str(merged_dir), "reused": reuse, "base_model": found.base_name, "base_source": found.base_source},
     )
     write_manifest(output_dir, "export", steps=steps.records, **manifest_args)
 

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from smm.config import to_plain
 from smm.errors import SmmError
-from smm.feedback.export import ExportResult, export_feedback
+from smm.feedback.collect import CollectResult, collect_feedback
 from smm.io import write_manifest
 from smm.secrets import mask_url
 
@@ -44,7 +44,7 @@ def run(cfg: DictConfig) -> float:
     url = database_url(cfg)
     log.info("exporting feedback from %s", mask_url(url))
     started = time.perf_counter()
-    result = export_feedback(cfg.feedback, url, progress=True)
+    result = collect_feedback(cfg.feedback, url, progress=True)
     seconds = time.perf_counter() - started
     _print(result, Console())
     metrics = {
@@ -61,7 +61,7 @@ def run(cfg: DictConfig) -> float:
     return float(result.sft)
 
 
-def _print(result: ExportResult, console: Console) -> None:
+def _print(result: CollectResult, console: Console) -> None:
     if not result.in_window:
         console.print("No new feedback.")
         return

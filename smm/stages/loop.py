@@ -10,7 +10,7 @@ into the run folder (``export.merged_dir``, an intermediate, stays shared).
   (promoted, refused or rolled back), the loop says so and stops (exit 4; ``loop.force=true``
   runs anyway). Nothing is created.
 * Promote: the new model is evaluated on the cases of the deployed run's stored report (re-judged
-  by today's checks), or against its GGUF when the report is gone; smm/gate.py decides. A pass
+  by today's checks), or against its GGUF when the report is gone; smm/loop/gate.py decides. A pass
   registers ``<export.model_name>:<run-id>``, moves ``:latest`` to it (or prints the Ollama
   commands) and swaps the ``loop.current`` symlink (exit 0); a refusal touches nothing that is
   deployed and names the blocking checks (exit 3).
@@ -32,11 +32,11 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from smm import lineage
-from smm.cli import load_stage
+from smm import stages
 from smm.config import LOOP_STEPS, to_plain
 from smm.errors import GateRefused, NothingNew, SmmError
-from smm.gate import judge
+from smm.loop import lineage
+from smm.loop.gate import judge
 
 log = logging.getLogger(__name__)
 FEEDBACK_FILES = ("feedback_sft.jsonl", "feedback_dpo.jsonl")
@@ -132,7 +132,7 @@ def step_feedback(cfg: DictConfig, c: DictConfig, run_dir: Path) -> dict:
 def _stage_step(name: str, outputs: Callable[[DictConfig], dict]):
     """A step that runs stage ``name`` on the run's config; ``outputs`` names what it wrote."""
     def step(cfg: DictConfig, c: DictConfig, run_dir: Path) -> dict:
-        result = float(load_stage(name).run(c))
+        result = float(stages.load(name).run(c))
         return {"outputs": outputs(c), "metrics": {"result": result}}
     return step
 
@@ -142,13 +142,13 @@ def step_evaluate(cfg: DictConfig, c: DictConfig, run_dir: Path) -> dict:
         raise SmmError("the loop evaluates each run's new model: use eval.backend=llama_cpp (its GGUF), ollama "
                        "(registered as <name>:<run-id> first) or hf; an OpenAI-compatible server serves one fixed model")
     if cfg.eval.backend == "ollama":
-        from smm.ollama_register import register
+        from smm.export.ollama import register
 
         register(c.eval.model, run_dir / "gguf" / "Modelfile")
     eval_root = Path(c.eval.output_dir)
     if eval_root.is_dir():  # a resumed evaluate replaces the earlier attempt's report
         shutil.rmtree(eval_root)
-    score = float(load_stage("evaluate").run(c))
+    score = float(stages.load("evaluate").run(c))
     (report_dir,) = [p for p in eval_root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return {"outputs": {"report": str(report_dir / "report.json"), "html": str(report_dir / "report.html")},
             "metrics": {"score": score}}
@@ -171,7 +171,7 @@ def promote(cfg: DictConfig, run_dir: Path, manifest: dict) -> dict:
     """Judge the run; on a pass register it, move ``:latest`` and swap ``loop.current``."""
     import json
 
-    from smm.ollama_register import register, tag
+    from smm.export.ollama import register, tag
 
     report = json.loads(Path(manifest["steps"]["evaluate"]["outputs"]["report"]).read_text(encoding="utf-8"))
     verdict = judge(report, cfg.loop.min_delta, cfg.loop.max_regression)
@@ -201,7 +201,7 @@ def promote(cfg: DictConfig, run_dir: Path, manifest: dict) -> dict:
 
 def recover(cfg: DictConfig) -> None:
     """Finish or undo a promotion that a killed loop cut short (status ``promoting``)."""
-    from smm.ollama_register import tag
+    from smm.export.ollama import tag
 
     runs_dir, current = Path(cfg.loop.runs_dir), lineage.current_run(Path(cfg.loop.current))
     for run_dir, manifest in lineage.loop_runs(runs_dir):
@@ -269,7 +269,7 @@ def run(cfg: DictConfig) -> float:
             log.info("Resuming run %s from %s", run_dir.name, cfg.loop.from_step)
         else:
             if cfg.loop.feedback:
-                load_stage("feedback").run(cfg)
+                stages.load("feedback").run(cfg)
             _check_new_data(cfg, lineage.data_fingerprint(data_sources(cfg)))
             run_dir = runs_dir / lineage.new_run_id(runs_dir)
             run_dir.mkdir(parents=True)

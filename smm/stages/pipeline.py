@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from smm.cli import run_one
+from smm import stages as registry
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def run(cfg: DictConfig) -> float:
     for number, name in enumerate(stages, start=1):
         log.info("Pipeline step %d/%d: %s", number, len(stages), name)
         started = time.perf_counter()
-        result = run_one(name, cfg)
+        result = registry.run(name, cfg)
         results.append((name, result, time.perf_counter() - started))
     table = Table(title="Pipeline")
     table.add_column("stage")

@@ -1,7 +1,7 @@
 """Stage prepare: seed + feedback JSONL → validated, normalized, de-duplicated train/val split.
 
 Reads every ``*.jsonl`` under ``data.sources`` (files named ``*_dpo.jsonl`` hold preference pairs:
-smm/preferences.py splits them into ``train_pairs.jsonl`` and ``val_pairs.jsonl``, no prompt on
+smm/data/preferences.py splits them into ``train_pairs.jsonl`` and ``val_pairs.jsonl``, no prompt on
 both sides). Bad lines are skipped and reported as ``file:line: reason``
 (in the log the first few of each file and reason, in ``stats.json`` all); valid lines are always
 kept. The input is streamed: this process reads each file once in blocks of whole lines (hashing
@@ -33,11 +33,12 @@ import numpy as np
 from omegaconf import DictConfig
 from rich.console import Console
 
-from smm import dedup, outdir, preferences, split
+from smm import outdir
+from smm.data import dedup, preferences, split
 from smm.config import to_plain
-from smm.data_stats import conversation_chars, print_summary, save_chart, split_stats
+from smm.data.stats import conversation_chars, print_summary, save_chart, split_stats
 from smm.errors import SmmError
-from smm.examples import InvalidExample, answer_texts, normalize_example
+from smm.data.examples import InvalidExample, answer_texts, normalize_example
 from smm.io import BOM, atomic_directory, parse_line, write_json, write_manifest
 from smm.language import detect_language, mismatch
 from smm.tasks import LANGUAGES, PLATFORMS, TASKS

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from smm import lineage
+from smm.loop import lineage
 from smm.errors import SmmError
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float:
-    from smm.ollama_register import tag
+    from smm.export.ollama import tag
 
     runs_dir, link = Path(cfg.loop.runs_dir), Path(cfg.loop.current)
     with lineage.Lock(runs_dir):

@@ -5,11 +5,11 @@ trains a LoRA adapter with TRL's SFTTrainer (loss on assistant tokens only, pack
 batches) on Unsloth or transformers + PEFT, and writes ``training.output_dir``: the adapter, the
 tokenizer with its chat template, ``metrics.json`` and ``manifest.json``. Returns the final
 validation loss (the Optuna objective). With ``training.devices=N``, or started by torchrun /
-accelerate launch, it trains data-parallel on N processes (smm.distributed); rank 0 alone logs and
+accelerate launch, it trains data-parallel on N processes (smm.training.distributed); rank 0 alone logs and
 writes.
 
 ``training.method``: ``sft_then_dpo`` (``auto``'s choice when prepare wrote preference pairs)
-continues the adapter SFT just trained with DPO on ``train_pairs.jsonl`` (smm/dpo.py); ``dpo``
+continues the adapter SFT just trained with DPO on ``train_pairs.jsonl`` (smm/training/dpo.py); ``dpo``
 skips SFT and continues a saved adapter (in one process); ``sft`` ignores the pairs.
 """
 from __future__ import annotations
@@ -21,13 +21,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from smm.checkpoints import clear_checkpoints, resolve_resume, save_schedule
+from smm.training.checkpoints import clear_checkpoints, resolve_resume, save_schedule
 from smm.config import to_plain
-from smm.distributed import device_count, gather, launch, quiet_replicas, ranks
-from smm.dpo import resolve_method
+from smm.training.distributed import device_count, gather, launch, quiet_replicas, ranks
+from smm.training.dpo import resolve_method
 from smm.errors import SmmError
 from smm.io import atomic_directory, read_jsonl, write_json, write_manifest
-from smm.tiny_model import resolve_base_model
+from smm.models.base import resolve_base_model
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def run(cfg: DictConfig) -> float:
         log.warning("No validation data (%s is missing or empty): the stage returns the training loss%s", val_file,
                     "; training.early_stopping_patience is ignored" if cfg.training.early_stopping_patience else "")
 
-    from smm.train_model import choose_backend, load_for_training
+    from smm.training.model import choose_backend, load_for_training
 
     backend = choose_backend(cfg.training.backend, cfg.model.quantization)  # imports Unsloth before transformers
     effective_batch = cfg.training.batch_size * cfg.training.gradient_accumulation_steps * world.world_size
@@ -94,12 +94,12 @@ def run(cfg: DictConfig) -> float:
              effective_batch, cfg.training.batch_size, cfg.training.gradient_accumulation_steps, world.world_size,
              f"; data-parallel (DDP) on backend {backend}{UNSLOTH_DDP if backend == 'unsloth' else ''}" if world.distributed else "")
     base = resolve_base_model(cfg.model)  # may build the tiny model, with transformers
-    from smm.memory_plan import plan_for_stage
+    from smm.training.memory_plan import plan_for_stage
 
     memory_plan = plan_for_stage(cfg, base, backend)  # a budget too small fails here, before loading
     loaded = load_for_training(base, cfg, backend)
-    from smm.sft import build_trainer
-    from smm.tokenize import tokenize_examples
+    from smm.training.sft import build_trainer
+    from smm.training.tokenize import tokenize_examples
 
     max_len = cfg.model.max_seq_length
     train_tok = tokenize_examples(loaded.tokenizer, train_rows, max_len)
@@ -158,7 +158,7 @@ def run(cfg: DictConfig) -> float:
     }
     inputs = [train_file, val_file] if val_rows else [train_file]
     if method == "sft_then_dpo":  # every rank trains, rank 0 writes
-        from smm.dpo import train_dpo
+        from smm.training.dpo import train_dpo
 
         metrics["dpo"] = train_dpo(cfg, loaded, data_dir)
         inputs += pair_files(data_dir)
@@ -183,7 +183,7 @@ def _processes(cfg: DictConfig) -> int:
     """How many training processes ``training.devices`` asks for on this host."""
     import torch
 
-    from smm.train_model import check_quantization
+    from smm.training.model import check_quantization
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     check_quantization(cfg.model.quantization, bool(gpus))
@@ -201,15 +201,15 @@ def _peak_memory(peaks: list[dict]) -> dict:
 
 
 def pair_files(data_dir: Path) -> list[Path]:
-    from smm.preferences import TRAIN_FILE, VAL_FILE
+    from smm.data.preferences import TRAIN_FILE, VAL_FILE
 
     return [data_dir / name for name in (TRAIN_FILE, VAL_FILE) if (data_dir / name).is_file()]
 
 
 def _run_dpo_only(cfg: DictConfig, data_dir: Path) -> float:
     """``training.method=dpo``: continue a saved SFT adapter with DPO; returns the held-out DPO loss."""
-    from smm.dpo import load_adapter_weights, saved_adapter_config, train_dpo
-    from smm.train_model import choose_backend, load_for_training
+    from smm.training.dpo import load_adapter_weights, saved_adapter_config, train_dpo
+    from smm.training.model import choose_backend, load_for_training
 
     adapter = cfg.training.dpo.adapter or cfg.training.output_dir
     saved = saved_adapter_config(adapter)  # before the (slow) model load

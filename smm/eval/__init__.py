@@ -1,0 +1,1 @@
+"""What evaluate needs: the built-in cases and their loader, task-aware checks, the optional judge, the reports and charts."""

@@ -1,1 +1,0 @@
-"""The built-in evaluation cases (cases.jsonl) and their loader."""

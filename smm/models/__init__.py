@@ -1,0 +1,2 @@
+"""What train, export and evaluate share about models: base-model resolution (recipes, hub names,
+folders, GGUF files), adapters, and the quantization config."""
