@@ -185,10 +185,10 @@ def test_register_failure_is_one_clear_line(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("extra, expected", [
-    ((), "/nonexistent/base-from-adapter"),
-    (("model.base_model=Qwen/Qwen2.5-7B-Instruct",), "Qwen/Qwen2.5-7B-Instruct"),
+    (("model.base_model=null",), "/nonexistent/base-from-adapter"),
+    ((), "Qwen/Qwen2.5-7B-Instruct"),
 ])
-def test_base_comes_from_adapter_unless_given_on_the_command_line(tiny_adapter, tmp_path, extra, expected):
+def test_base_comes_from_the_model_option_and_null_means_the_adapters(tiny_adapter, tmp_path, extra, expected):
     adapter = tmp_path / "adapter"
     shutil.copytree(tiny_adapter, adapter)
     config = json.loads((adapter / "adapter_config.json").read_text())

@@ -159,6 +159,9 @@ def worker(tmp_path: Path, url: str, *overrides: str) -> subprocess.Popen:
         [sys.executable, str(REPO / "run.py"), "-m", "hparams_search=optuna", f"hydra.sweeper.storage={url}",
          f"sweep.dir={tmp_path / 'sweeps'}", *overrides],
         cwd=tmp_path, stdout=open(tmp_path / f"{name}.out", "w"), stderr=subprocess.STDOUT, text=True,
+        # Ctrl-C reaches the worker as in a terminal, also when the suite itself runs as a background
+        # job (whose shell sets SIGINT to ignored, which Python would inherit).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
