@@ -11,6 +11,7 @@ float32. It cannot constrain answers to a JSON schema (``can_constrain = False``
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from smm.backends import Generation, GenerationSettings, Messages, Schema
@@ -73,8 +74,6 @@ class HFBackend:
 
     def generate_batch(self, conversations: list[Messages], schemas: list[Schema | None]) -> list[Generation]:
         """Answers to ``conversations``, generated together; each carries the whole batch's latency."""
-        import time
-
         import torch
 
         if any(s is not None for s in schemas):
