@@ -65,21 +65,19 @@ def choose_backend(requested: str, quantization: str) -> str:
 
 
 def _attn_implementation(requested: str, device: str, dtype, attention: str = "auto") -> str:
-    """The attention kernel: flash-attention only where it runs (CUDA, 16-bit) and is installed;
-    ``training.attention`` other than auto decides over ``model.attn_implementation``."""
+    """The attention kernel: ``model.attn_implementation`` when set and ``training.attention`` is auto,
+    else the choice of :func:`smm.training.attention.choose_attention` (flash-attention only where it
+    runs: CUDA, 16-bit, installed)."""
     import torch
 
-    from smm.training.attention import HF_IMPLEMENTATION, choose_attention
+    from smm.training.attention import HF_IMPLEMENTATION, choose_attention, flash_attn_installed
 
-    sixteen_bit = dtype in (torch.bfloat16, torch.float16)
-    if attention != "auto":
-        return HF_IMPLEMENTATION[choose_attention(attention, "hf", device, sixteen_bit).kernel]
-    installed = importlib.util.find_spec("flash_attn") is not None
-    if requested == "flash_attention_2" and not installed:
-        raise SmmError("model.attn_implementation=flash_attention_2 needs the flash-attn package (pip install flash-attn); use auto or sdpa")
-    if requested != "auto":
+    if attention == "auto" and requested != "auto":
+        if requested == "flash_attention_2" and not flash_attn_installed():
+            raise SmmError("model.attn_implementation=flash_attention_2 needs the flash-attn package (pip install flash-attn); use auto or sdpa")
         return requested
-    return "flash_attention_2" if installed and device == "cuda" and sixteen_bit else "sdpa"
+    sixteen_bit = dtype in (torch.bfloat16, torch.float16)
+    return HF_IMPLEMENTATION[choose_attention(attention, "hf", device, sixteen_bit).kernel]
 
 
 def _load_hf(path: str, model_cfg, lora_cfg, dtype, device: str, attn: str, gradient_checkpointing: bool, gpu: int):
