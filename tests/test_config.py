@@ -76,6 +76,11 @@ def test_dpo_and_loop_defaults():
     assert compose_config("training.dpo.loss_type=ipo", "loop.from_step=export").loop.from_step == "export"
 
 
+def test_the_hf_backend_batches_eight_conversations_unless_told():
+    assert compose_config().eval.batch_size == 8
+    assert compose_config("eval.batch_size=60").eval.batch_size == 60
+
+
 def test_presets():
     low = compose_config("preset=low_vram_8gb")
     assert (low.training.batch_size, low.training.gradient_accumulation_steps, low.model.max_seq_length, low.lora.rank) == (1, 8, 2048, 8)
@@ -96,6 +101,7 @@ def test_presets():
     ("sweep.objective=bleu", "error: sweep.objective: 'bleu' is not one of val_loss, eval_score"),
     ("training.method=ppo", "error: training.method: 'ppo' is not one of auto, sft, dpo, sft_then_dpo"),
     ("training.dpo.beta=0", "error: training.dpo.beta: 0.0 must be greater than 0.0"),
+    ("eval.batch_size=0", "error: eval.batch_size: 0 must be at least 1"),
     ("loop.from_step=deploy", "error: loop.from_step: 'deploy' is not one of null, feedback, prepare, train, export, evaluate, promote"),
     ("pipeline.stages=[loop]", "error: pipeline.stages: 'loop' is not a stage a pipeline runs (use prepare, train, export, evaluate, feedback)"),
     ("pipeline.stages=[]", "error: pipeline.stages: empty; name the stages to run, e.g. [prepare, train]"),
