@@ -20,6 +20,12 @@
 #                                     # (8 / 24 / 48 GiB); Unsloth's own loop; the accumulated-step check on Unsloth;
 #                                     # the train stage's wall time on 300 examples vs Unsloth's recipe and
 #                                     # transformers+PEFT+TRL (each step skipped when the call's time runs out)
+#   WHL=.gpu_whl bash bench/gpu_train_calls.sh N   # issue 15, throughput in one call: Unsloth's own loop (full rows, the padded mix),
+#                                     # smm's Unsloth path per memory budget (8 / 12 / 24 / 48 GiB; 4-bit), the 16-bit base the
+#                                     # planner loads for 48 GiB, transformers+PEFT's loop; the accumulation check; flex last
+#   WHL=.gpu_whl bash bench/gpu_train_calls.sh O   # issue 15, the train stage's wall time on 3,000 and 300 examples: smm's stage
+#                                     # (defaults) in full; Unsloth's recipe and transformers+PEFT+TRL trained CAP_S seconds each
+#                                     # (default 30), their epoch projected from the steps that ran
 #   WHL=.whl bash bench/gpu_train_calls.sh M   # smm now imports jsonschema, which the GPU image lacks: carry the wheels
 #                                     # of jsonschema, jsonschema-specifications, referencing and rpds-py (cp312) in WHL;
 #                                     # CALL_S (default 515) is the seconds the call may take, start to last result
@@ -110,6 +116,33 @@ case "${1:-A}" in
      echo "e2e starts at $(( $(date +%s) - START )) s"
      python3 bench/train_throughput.py e2e --model /tmp/m7b --tokenizer /tmp/tok --examples 300 --budget-s "$(budget 8)" \
        --set training.memory_budget_gib=auto --json "$OUT/e2e_M.jsonl" 2>&1 | keep ;;
+  N) LOG="$OUT/log_N.txt"
+     keep() { grep -vE "it/s\]|s/it\]" | tee -a "$LOG" | grep -E '^\{|Packed attention|Memory plan|failed|rror' | cut -c1-600; }
+     budget() { local t=$(( $(left) - $1 )); [ "$t" -gt 20 ] && echo "$t" || echo 20; }
+     echo "model made at $(( $(date +%s) - START )) s"
+     timeout "$(budget 400)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" --backend bare_unsloth \
+       --warmup 2 --steps 5 --shapes rows4096,mix 2>&1 | keep
+     B=training.memory_budget_gib
+     timeout "$(budget 190)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" --backend unsloth --warmup 4 --steps 6 \
+       --shapes "rows4096+$B=8,mix_packed+$B=8,rows4096+$B=12,mix_packed+$B=12,rows4096+$B=24,mix_packed+$B=24,rows4096+$B=48" 2>&1 | keep
+     echo "4-bit budgets done at $(( $(date +%s) - START )) s"
+     timeout "$(budget 120)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" --backend unsloth --warmup 4 --steps 6 \
+       --set $B=48 --shapes "rows4096,mix_packed" 2>&1 | keep
+     echo "16-bit done at $(( $(date +%s) - START )) s"
+     timeout "$(budget 60)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" --backend bare \
+       --warmup 2 --steps 3 --shapes rows4096,mix 2>&1 | keep
+     python3 bench/train_throughput.py make --tiny --out /tmp/mtiny --tokenizer /tmp/tok >/dev/null 2>&1
+     [ "$(left)" -gt 70 ] && timeout 50 python3 bench/train_throughput.py accumulation --model /tmp/mtiny --tiny --backend unsloth \
+       --json "$OUT/acc_N.jsonl" 2>&1 | keep
+     [ "$(left)" -gt 45 ] && timeout "$(budget 5)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" \
+       --backend unsloth --warmup 4 --steps 4 --shapes "mix_packed+training.attention=flex+$B=8" 2>&1 | keep ;;
+  O) LOG="$OUT/log_O.txt"
+     keep() { grep -vE "it/s\]|s/it\]" | tee -a "$LOG" | grep -E '^\{|failed|rror' | cut -c1-900; }
+     echo "model made at $(( $(date +%s) - START )) s"
+     python3 bench/train_throughput.py e2e --model /tmp/m7b --tokenizer /tmp/tok --examples 3000 --recipes smm,unsloth,hf \
+       --cap-s "${CAP_S:-30}" --budget-s $(( $(left) * 63 / 100 )) --json "$OUT/e2e_O.jsonl" 2>&1 | keep
+     python3 bench/train_throughput.py e2e --model /tmp/m7b --tokenizer /tmp/tok --examples 300 --recipes smm,unsloth,hf \
+       --cap-s "${CAP_S:-30}" --budget-s $(( $(left) - 5 )) --json "$OUT/e2e_O.jsonl" 2>&1 | keep ;;
   L) stage_ddp
      run L --backend unsloth --shapes mix_packed --warmup 14 --steps 12
      ddp L --backend unsloth --shapes mix_packed --warmup 14 --steps 12 ;;

@@ -319,19 +319,33 @@ def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warm
         quiet_replicas()
         workdir = workdir / f"rank{world.rank}"  # each rank's own (unused) checkpoint folder
     cfg = smm_config(model_dir, backend, preset, workdir, tiny, overrides)
-    from smm.training.model import load_for_training  # imports Unsloth first when it runs
+    from smm.training.model import choose_backend, load_for_training
 
+    choose_backend(backend, cfg.model.quantization)  # imports Unsloth first, before the plan reads the model's config
+    from smm.training.memory_plan import checkpointing_flags, plan_for_stage, recomputed_layers, set_checkpointing
+    from smm.training.memory_plan import with_planned_quantization
+
+    cfg = with_planned_quantization(cfg, plan_for_stage(cfg, str(model_dir), backend))  # as the stage loads the base
     loaded = load_for_training(str(model_dir), cfg)
     import torch
     from omegaconf import OmegaConf, open_dict
+    from transformers import TrainerCallback
 
     from smm.training import attention
-    from smm.training.memory_plan import decoder_layers, plan_for_stage, recomputed_layers
     from smm.training.sft import build_trainer
     from smm.training.tokenize import Tokenized, tokenize_examples
 
+    class RecomputedLayers(TrainerCallback):
+        """How many layers each step recomputed (the plan's KeepActivations sets them before a step)."""
+
+        def __init__(self):
+            self.counts = set()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.counts.add(recomputed_layers(loaded.model))
+
     batch, seq = cfg.training.batch_size, cfg.model.max_seq_length
-    checkpointing = [layer.gradient_checkpointing for layer in decoder_layers(loaded.model)]
+    checkpointing = checkpointing_flags(loaded.model)
     composed, results = cfg, []
     for spec in shapes:
         try:
@@ -341,6 +355,7 @@ def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warm
             with open_dict(cfg):
                 cfg.training.packing = packing
                 cfg.training.max_steps = n_steps + warmup
+                cfg.training.budget_allows_16bit = False  # the base is loaded: a shape's budget plans its layers only
                 for override in shape_overrides:
                     key, value = override.split("=", 1)
                     OmegaConf.update(cfg, key, yaml.safe_load(value))
@@ -351,6 +366,8 @@ def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warm
             lengths = shape_lengths(base, per_step * (n_steps + warmup) * 2, 2)
             data = tokenize_examples(loaded.tokenizer, conversations(loaded.tokenizer, lengths, 2), row)
             trainer, throughput = build_trainer(cfg, loaded, data, Tokenized(), memory_plan)
+            recomputed = RecomputedLayers()
+            trainer.add_callback(recomputed)
             packing = trainer.args.packing  # the stage skips packing where rows are already full
             step_seconds = time_training_steps(trainer) if torch.cuda.is_available() else []
             if torch.cuda.is_available():
@@ -360,9 +377,7 @@ def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warm
             wall = time.perf_counter() - started
             peaks = gather(throughput.peak_memory_gib())  # of training alone, before the checks below; every GPU
             peak = {key: max(p[key] for p in peaks) for key in peaks[0]}
-            recomputed = recomputed_layers(loaded.model)
-            for layer, value in zip(decoder_layers(loaded.model), checkpointing):  # the next shape starts as loaded
-                layer.gradient_checkpointing = value
+            set_checkpointing(loaded.model, checkpointing)  # the next shape starts as loaded
             losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
             sample = [{"input_ids": i, "labels": l} for i, l in zip(data.input_ids[:4], data.labels[:4])]
             extra = {
@@ -370,7 +385,8 @@ def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warm
                 "backend_ran": loaded.backend, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                 "wall_s": round(wall, 1), "overrides": overrides + shape_overrides, **peak, "gpus": world.world_size,
                 "attention": cfg.training.attention, "memory_budget_gib": cfg.training.memory_budget_gib,
-                "memory_plan": memory_plan.as_dict() if memory_plan else None, "layers_recomputed_at_end": recomputed,
+                "memory_plan": memory_plan.as_dict() if memory_plan else None, "quantization": cfg.model.quantization,
+                "layers_recomputed_in_steps": sorted(recomputed.counts),
                 "packed_attention_calls": {k: attention.calls[k] - calls_before[k] for k in attention.calls},
                 "global_batch": batch * cfg.training.gradient_accumulation_steps * world.world_size,
                 "peak_vram_allocated_gib_per_gpu": [p.get("peak_vram_allocated_gib") for p in peaks],
@@ -387,8 +403,7 @@ def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warm
         except Exception as exc:  # one failing shape (a kernel, a budget) must not lose the others
             print(f"shape {spec} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             results.append(emit({"backend": backend, "shape": spec, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}))
-            for layer, value in zip(decoder_layers(loaded.model), checkpointing):
-                layer.gradient_checkpointing = value
+            set_checkpointing(loaded.model, checkpointing)
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -406,11 +421,43 @@ def write_examples(folder: Path, tokenizer_dir: Path, n: int) -> Path:
     return folder
 
 
-def recipe(name: str, model_dir: Path, data: Path, out: Path) -> dict:
+def step_clock(cap_s: float | None):
+    """A trainer callback: seconds from the start of training to each optimizer step's end
+    (``.ends``), and a stop once ``cap_s`` have passed (the rest of the epoch is then projected)."""
+    from transformers import TrainerCallback  # here: Unsloth must be imported before transformers
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.ends, self.started = [], 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter() - self.started)
+            if cap_s and self.ends[-1] > cap_s:
+                control.should_training_stop = True
+
+    return StepClock()
+
+
+def projected_train_s(ends: list[float], total_steps: int, warm_steps: int = 2) -> float:
+    """The whole epoch's training seconds from the steps that ran: the warm-up steps as measured,
+    every later step at the mean pace of the measured later ones."""
+    done = len(ends)
+    if done >= total_steps or done <= warm_steps:
+        return ends[-1] * total_steps / done if done else 0.0
+    pace = (ends[-1] - ends[warm_steps - 1]) / (done - warm_steps)
+    return ends[warm_steps - 1] + (total_steps - warm_steps) * pace
+
+
+def recipe(name: str, model_dir: Path, data: Path, out: Path, train_cap_s: float | None = None) -> dict:
     """One baseline's whole train run, as its users write it, with the time of each phase:
     ``unsloth`` = Unsloth's standard recipe (FastLanguageModel 4-bit + LoRA, TRL's SFTTrainer with
     its defaults: no packing), ``hf`` = transformers + bitsandbytes nf4 + PEFT + TRL's SFTTrainer.
-    Both: LoRA r16 a16 on the 7 projections, batch 2 x 4 accumulation, lr 2e-4, 1 epoch, adamw_8bit."""
+    Both: LoRA r16 a16 on the 7 projections, batch 2 x 4 accumulation, lr 2e-4, 1 epoch, adamw_8bit.
+    With ``train_cap_s`` training stops after that many seconds and the epoch's training time is
+    projected from the steps that ran (:func:`projected_train_s`)."""
     started = time.perf_counter()
     phases = {}
     if name == "unsloth":
@@ -437,24 +484,31 @@ def recipe(name: str, model_dir: Path, data: Path, out: Path) -> dict:
                      bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(), gradient_checkpointing=name == "hf",
                      gradient_checkpointing_kwargs={"use_reentrant": False})
     mark = time.perf_counter()
-    trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=dataset, args=args)
+    clock = step_clock(train_cap_s)
+    trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=dataset, args=args, callbacks=[clock])
     phases["tokenize_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
     result = trainer.train()
     phases["train_s"] = time.perf_counter() - mark
+    total = trainer.state.max_steps
+    if trainer.state.global_step < total:
+        phases["projected_train_s"] = projected_train_s(clock.ends, total)
     mark = time.perf_counter()
     model.save_pretrained(out / "adapter")
     phases["save_s"] = time.perf_counter() - mark
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
-    return {**{k: round(v, 1) for k, v in phases.items()}, "steps": trainer.state.global_step,
+    return {**{k: round(v, 1) for k, v in phases.items()}, "steps": trainer.state.global_step, "steps_total": total,
+            "packing": trainer.args.packing, "padding_free": trainer.args.padding_free,
             "train_loss": result.metrics.get("train_loss"), "peak_vram_allocated_gib": peak}
 
 
 def e2e(model_dir: Path, tokenizer_dir: Path, examples: int, recipes: list[str], workdir: Path, budget_s: float,
-        stage_overrides: list[str]) -> list[dict]:
+        stage_overrides: list[str], cap_s: float | None = None) -> list[dict]:
     """The train stage's wall time, process start to saved adapter, on ``examples`` realistic-mix
     conversations for 1 epoch: smm (``python run.py stage=train``) and the baselines' recipes, each
-    in its own process; a run that would pass ``budget_s`` is stopped and reported as such."""
+    in its own process; a run that would pass ``budget_s`` is stopped and reported as such. With
+    ``cap_s`` a baseline trains that many seconds and its wall time is projected to the whole epoch
+    (``projected_wall_s``: measured wall time with the projected training time in place of the run's)."""
     import subprocess
 
     data = write_examples(workdir / f"data_{examples}", tokenizer_dir, examples)
@@ -468,7 +522,7 @@ def e2e(model_dir: Path, tokenizer_dir: Path, examples: int, recipes: list[str],
                        f"training.checkpoint_dir={out / 'checkpoints'}", f"hydra.run.dir={out / 'run'}", *stage_overrides]
         else:
             command = [sys.executable, str(Path(__file__).resolve()), "recipe", "--recipe", name, "--model", str(model_dir),
-                       "--data", str(data / "train.jsonl"), "--out", str(out)]
+                       "--data", str(data / "train.jsonl"), "--out", str(out), *(["--cap-s", str(cap_s)] if cap_s else [])]
         left = deadline - time.monotonic()
         if left < 30:
             results.append(emit({"recipe": name, "examples": examples, "skipped": "no time left in the call"}))
@@ -484,10 +538,13 @@ def e2e(model_dir: Path, tokenizer_dir: Path, examples: int, recipes: list[str],
         if name == "smm" and not error:
             metrics = json.loads((out / "adapter" / "metrics.json").read_text())
             result.update({k: metrics.get(k) for k in ("steps", "step_seconds", "real_tokens_per_s", "packing", "train_loss",
-                                                        "peak_vram_allocated_gib", "memory_plan", "train_tokens_per_epoch")})
+                                                        "peak_vram_allocated_gib", "memory_plan", "train_tokens_per_epoch",
+                                                        "phase_seconds", "backend")})
         elif not error:
             phases = [json.loads(line) for line in log_text.splitlines() if line.startswith('{"recipe_phases"')]
             result.update(phases[-1]["recipe_phases"] if phases else {})
+            if "projected_train_s" in result:
+                result["projected_wall_s"] = round(wall - result["train_s"] + result["projected_train_s"], 1)
         results.append(emit(result))
     return results
 
@@ -495,12 +552,19 @@ def e2e(model_dir: Path, tokenizer_dir: Path, examples: int, recipes: list[str],
 def stage_table(rows: list[dict]) -> list[str]:
     if not rows:
         return []
-    lines = ["", "| recipe | examples | stage wall s | train s (smm: optimizer steps) | steps | real tok/s | peak VRAM alloc GiB | note |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["", "| recipe | examples | stage wall s (projected: of a capped run) | train s | steps | real tok/s | peak VRAM alloc GiB | × smm wall | phases s | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    smm_wall = {r["examples"]: r["wall_s"] for r in rows if r["recipe"] == "smm" and r.get("wall_s") and not r.get("error")}
     for r in rows:
-        train = r.get("step_seconds") or r.get("train_s")
-        lines.append(f"| {r['recipe']} | {r['examples']} | {r.get('wall_s', '–')} | {train or '–'} | {r.get('steps', '–')} | "
-                     f"{_number(r.get('real_tokens_per_s'))} | {r.get('peak_vram_allocated_gib', '–')} | {r.get('skipped') or r.get('error') or ''} |")
+        wall = r.get("projected_wall_s") or r.get("wall_s")
+        shown = f"{r['projected_wall_s']} (projected; ran {r['wall_s']})" if r.get("projected_wall_s") else (wall or "–")
+        train = r.get("projected_train_s") or r.get("train_s") or (r.get("phase_seconds") or {}).get("train")
+        steps = f"{r['steps']} of {r['steps_total']}" if r.get("steps_total") and r.get("steps") != r["steps_total"] else r.get("steps", "–")
+        phases = r.get("phase_seconds") or {k[:-2]: v for k, v in r.items() if k in ("load_s", "tokenize_s", "save_s")}
+        ratio = f"{wall / smm_wall[r['examples']]:.2f}" if wall and r["examples"] in smm_wall else "–"
+        lines.append(f"| {r['recipe']} | {r['examples']} | {shown} | {train or '–'} | {steps} | {_number(r.get('real_tokens_per_s'))} | "
+                     f"{r.get('peak_vram_allocated_gib', '–')} | {ratio} | {', '.join(f'{k} {v}' for k, v in phases.items()) or '–'} | "
+                     f"{r.get('skipped') or r.get('error') or ''} |")
     return lines
 
 
@@ -640,16 +704,22 @@ def table(files: list[Path]) -> str:
     rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.startswith("{")]
     results = [r for r in rows if "shape" in r and "error" not in r]
     base = {r["shape"]: r["real_tokens_per_s"] for r in results if r["backend"] == "bare"}
+    own = {r["shape"]: r.get("median_step_tokens_per_s") for r in results if r["backend"] == "bare_unsloth"}
     e2e = [r for r in rows if "recipe" in r]
-    lines = ["| backend | GPUs | preset | shape | packing | real tok/s | median step tok/s | × bare (same shape) | × bare padded mix | s/step | peak VRAM alloc / reserved GiB | boundary Δ packed / naive |",
-             "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| backend | GPUs | preset | shape | packing | weights | layers recomputed | real tok/s | median step tok/s | × bare (same shape) | × bare padded mix | "
+             "× Unsloth's loop, same shape (medians) | s/step | peak VRAM alloc / reserved GiB (planned) | boundary Δ packed / naive |",
+             "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         shape = r["shape"].split("+")[0].split("_")[0]
         ratio = lambda b: f"{r['real_tokens_per_s'] / b:.2f}" if b and r["real_tokens_per_s"] else "–"
+        median, theirs = r.get("median_step_tokens_per_s"), own.get(shape)
+        planned = (r.get("memory_plan") or {}).get("planned_peak_gib")
         lines.append(
             f"| {r['backend']} | {r.get('gpus', 1)} | {r.get('preset') or '-'} | {r['shape']} | {'on' if r.get('packed') else 'off'} | "
-            f"{r['real_tokens_per_s']:,.0f} | {_number(r.get('median_step_tokens_per_s'))} | {ratio(base.get(shape))} | {ratio(base.get('mix'))} | {r['seconds_per_step']} | "
-            f"{r['peak_vram_allocated_gib']} / {r['peak_vram_reserved_gib']} | {_delta(r)} |")
+            f"{r.get('quantization', '–')} | {'/'.join(map(str, r.get('layers_recomputed_in_steps') or [])) or '–'} | "
+            f"{r['real_tokens_per_s']:,.0f} | {_number(median)} | {ratio(base.get(shape))} | {ratio(base.get('mix'))} | "
+            f"{f'{median / theirs:.2f}' if median and theirs else '–'} | {r['seconds_per_step']} | "
+            f"{r['peak_vram_allocated_gib']} / {r['peak_vram_reserved_gib']}{f' ({planned})' if planned else ''} | {_delta(r)} |")
     envs = [r for r in rows if "date" in r]
     kernel_rows = [f"| {r['kernel']} | {r.get('tokens', '–')} | {r.get('rel_err_out_dq_dk_dv', r.get('error'))} | {r.get('median_fwd_bwd_ms', '–')} |"
                    for r in rows if "kernel" in r]
@@ -699,6 +769,7 @@ def main() -> None:
     ee.add_argument("--recipes", default="smm,unsloth,hf")
     ee.add_argument("--budget-s", type=float, default=600, help="stop and report what would run past this")
     ee.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for smm's stage")
+    ee.add_argument("--cap-s", type=float, help="train each baseline this many seconds, then project its epoch")
     ee.add_argument("--workdir", type=Path, default=Path("/tmp/smm-e2e"))
     ee.add_argument("--json", type=Path)
     rc = sub.add_parser("recipe", help="one baseline recipe (run by e2e in its own process)")
@@ -706,6 +777,7 @@ def main() -> None:
     rc.add_argument("--model", type=Path, required=True)
     rc.add_argument("--data", type=Path, required=True)
     rc.add_argument("--out", type=Path, required=True)
+    rc.add_argument("--cap-s", type=float)
     ac = sub.add_parser("accumulation", help="one accumulated step vs the same batch at once (smm's path)")
     ac.add_argument("--model", type=Path, required=True)
     ac.add_argument("--backend", choices=("hf", "unsloth"), default="unsloth")
@@ -731,10 +803,10 @@ def main() -> None:
         RESULTS_FILE = args.json
         kernels(args.tokens, args.repeats)
     elif args.command == "recipe":
-        print(json.dumps({"recipe_phases": recipe(args.recipe, args.model, args.data, args.out)}), flush=True)
+        print(json.dumps({"recipe_phases": recipe(args.recipe, args.model, args.data, args.out, args.cap_s)}), flush=True)
     elif args.command == "e2e":
         RESULTS_FILE = args.json
-        e2e(args.model, args.tokenizer, args.examples, args.recipes.split(","), args.workdir, args.budget_s, args.set)
+        e2e(args.model, args.tokenizer, args.examples, args.recipes.split(","), args.workdir, args.budget_s, args.set, args.cap_s)
     else:
         RESULTS_FILE = args.json
         shapes = args.shapes.split(",")

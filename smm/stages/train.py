@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -94,16 +95,20 @@ def run(cfg: DictConfig) -> float:
              effective_batch, cfg.training.batch_size, cfg.training.gradient_accumulation_steps, world.world_size,
              f"; data-parallel (DDP) on backend {backend}{UNSLOTH_DDP if backend == 'unsloth' else ''}" if world.distributed else "")
     base = resolve_base_model(cfg.model)  # may build the tiny model, with transformers
-    from smm.training.memory_plan import plan_for_stage
+    from smm.training.memory_plan import plan_for_stage, with_planned_quantization
 
     memory_plan = plan_for_stage(cfg, base, backend)  # a budget too small fails here, before loading
+    cfg = with_planned_quantization(cfg, memory_plan)
+    clock = PhaseClock()
     loaded = load_for_training(base, cfg, backend)
+    clock.lap("load")
     from smm.training.sft import build_trainer
     from smm.training.tokenize import tokenize_examples
 
     max_len = cfg.model.max_seq_length
     train_tok = tokenize_examples(loaded.tokenizer, train_rows, max_len)
     val_tok = tokenize_examples(loaded.tokenizer, val_rows, max_len)
+    clock.lap("tokenize")
     if train_tok.truncated or val_tok.truncated:
         log.warning("Truncated %d train and %d val conversations to model.max_seq_length=%d",
                     train_tok.truncated, val_tok.truncated, max_len)
@@ -123,9 +128,12 @@ def run(cfg: DictConfig) -> float:
         start_wandb(cfg)
 
     trainer, throughput = build_trainer(cfg, loaded, train_tok, val_tok, memory_plan)
+    clock.lap("trainer_setup")
     has_val = trainer.eval_dataset is not None
     result = _train(trainer, resume, cfg)
+    clock.lap("train")
     final = trainer.evaluate() if has_val else {}
+    clock.lap("final_eval")
     val_loss = final.get("eval_loss")
     epochs_done = trainer.state.epoch or 0.0
     tokens_per_s = throughput.tokens_per_second(skip=1)  # the first step warms up
@@ -151,6 +159,7 @@ def run(cfg: DictConfig) -> float:
         "runtime_s": result.metrics.get("train_runtime"),
         **_peak_memory(peaks),
         "memory_plan": memory_plan.as_dict() if memory_plan else None,
+        "phase_seconds": clock.seconds,
         "loss_history": [
             {k: h[k] for k in ("step", "loss", "eval_loss") if k in h}
             for h in trainer.state.log_history if "loss" in h or "eval_loss" in h
@@ -162,7 +171,9 @@ def run(cfg: DictConfig) -> float:
 
         metrics["dpo"] = train_dpo(cfg, loaded, data_dir)
         inputs += pair_files(data_dir)
+        clock.lap("dpo")
     metrics["method"] = method
+    log.info("Stage time by phase (s): %s", ", ".join(f"{phase} {seconds:g}" for phase, seconds in clock.seconds.items()))
     if world.main:  # the adapter, metrics and manifest are written once
         _save(cfg, loaded, base, metrics, inputs)
         if cfg.logger.name == "wandb":
@@ -172,6 +183,19 @@ def run(cfg: DictConfig) -> float:
     log.info("Adapter saved to %s (backend %s, eval loss %s, %s real tokens/s)",
              cfg.training.output_dir, loaded.backend, val_loss, metrics["real_tokens_per_s"])
     return _objective(metrics)
+
+
+class PhaseClock:
+    """Seconds of each phase of the stage, in order (where the stage's time goes)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._mark, 2)
+        self._mark = now
 
 
 def _objective(metrics: dict) -> float:

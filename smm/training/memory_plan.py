@@ -1,21 +1,26 @@
 """``training.memory_budget_gib``: how many decoder layers can keep their activations (no
-recomputation in the backward pass) while peak GPU memory stays under the budget.
+recomputation in the backward pass) while peak GPU memory stays under the budget, and whether the
+base model can then be held in 16 bits instead of 4 or 8.
 
 Recomputing a layer's forward in the backward pass is about a third of a QLoRA step's work; a
-layer that keeps its activations skips it but holds them until its backward. The plan estimates,
-from the model's shape alone (before loading):
+layer that keeps its activations skips it but holds them until its backward. Dequantizing 4-bit
+weights in every forward, recomputation and backward is another share: when the budget holds the
+16-bit base with every layer kept (``training.budget_allows_16bit``), the plan loads it so (LoRA
+on the 16-bit weights instead of QLoRA; export merges into that same 16-bit base). The plan
+estimates, from the model's shape alone (before loading):
 
 - the weights: 4-bit (nf4 + double quantization, ~0.53 bytes per parameter), 8-bit (~1.02) or
   16-bit decoder projections; embeddings and LM head in 16 bits; LoRA weights, gradients and
   optimizer state (~10 bytes per LoRA parameter);
-- a step's transient memory: one layer's activations while it is recomputed, its largest
-  projection dequantized, and the checkpointed layer inputs (on the GPU for transformers, in CPU
+- a step's transient memory: the layer in its backward pass (every value it computes, counted
+  high), its largest projection dequantized, and the checkpointed layer inputs (on the GPU for transformers, in CPU
   memory with Unsloth, which offloads them);
 - each layer that keeps its activations: ``ACTIVATION_WORDS`` 16-bit values per token.
 
-With the 7B shape, 8,192 tokens a step and Unsloth, the estimate without any kept layer is 7.3 GiB
-(measured: 7.37, docs/benchmarks.md) and a kept layer ~1.4 GiB. The stage logs the plan and
-records it beside the measured peak in metrics.json.
+Calibration (docs/benchmarks.md, 7B shape, 8,192 tokens a step, Unsloth, one H200): every layer
+recomputed, planned 7.2 GiB, measured 7.31; a kept layer measured 0.84-0.89 GiB, planned 0.92.
+transformers' path is planned with a larger, unmeasured per-layer figure. The stage logs the plan
+and records it beside the measured peak in metrics.json.
 """
 from __future__ import annotations
 
@@ -33,10 +38,14 @@ AUTO_FREE_SHARE, AUTO_MARGIN_GIB = 0.9, 1.0
 """``auto``: this share of the GPU's free memory, less this margin."""
 WEIGHT_BYTES = {"4bit": 0.53, "8bit": 1.02, "none": 2.0}
 LORA_STATE_BYTES = 10  # fp32 weight + fp32 gradient + 8-bit AdamW moments (2 x 1 byte)
-ACTIVATION_WORDS = {"hidden": 10, "kv": 2, "intermediate": 3}
+ACTIVATION_WORDS = {
+    "unsloth": {"hidden": 6, "kv": 2, "intermediate": 2},
+    "hf": {"hidden": 10, "kv": 2, "intermediate": 3},
+}
 """16-bit values a decoder layer keeps per token for its backward, per unit of each width: norms,
-q, attention output, residuals and LoRA inputs (hidden); k and v (kv); gate, up and their product
-(intermediate)."""
+q, attention output, residuals and LoRA inputs (hidden); k and v (kv); gate and up, and with
+transformers also their product (intermediate; Unsloth's fused SwiGLU recomputes it). Unsloth's
+figures are calibrated on measured peaks; transformers' are a conservative count, not measured."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class Shape:
     kv_heads: int
     vocab: int
     tied: bool = False
+    prequantized: bool = False
+    """The checkpoint itself is quantized (its config has a quantization_config): no 16-bit copy."""
 
     @property
     def kv_dim(self) -> int:
@@ -77,7 +88,7 @@ def shape_of(model_path: str) -> Shape | None:
         return None
     return Shape(c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
                  getattr(c, "num_key_value_heads", None) or c.num_attention_heads, c.vocab_size,
-                 bool(getattr(c, "tie_word_embeddings", False)))
+                 bool(getattr(c, "tie_word_embeddings", False)), getattr(c, "quantization_config", None) is not None)
 
 
 @dataclass(frozen=True)
@@ -91,37 +102,51 @@ class MemoryPlan:
     layers_without_recompute: int
     layers: int
     planned_peak_gib: float
+    quantization: str
+    """How the base is loaded: model.quantization, or none where the budget holds it in 16 bits."""
 
     def as_dict(self) -> dict:
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def estimate(shape: Shape, tokens: int, quantization: str, rank: int, targets, offloaded_checkpoints: bool) -> tuple[float, float]:
-    """(GiB with every layer recomputed, GiB more per layer that keeps its activations)."""
+def estimate(shape: Shape, tokens: int, quantization: str, rank: int, targets, backend: str) -> tuple[float, float]:
+    """(GiB with every layer recomputed, GiB more per layer that keeps its activations) on
+    ``backend`` (unsloth offloads the checkpointed layer inputs to CPU memory, hf keeps them)."""
     weights = shape.layers * shape.projection_params() * WEIGHT_BYTES[quantization]
     weights += shape.vocab * shape.hidden * 2 * (1 if shape.tied else 2)
     lora = shape.lora_params(rank, targets) * LORA_STATE_BYTES
-    words = ACTIVATION_WORDS
-    layer = tokens * 2 * (words["hidden"] * shape.hidden + words["kv"] * shape.kv_dim + words["intermediate"] * shape.intermediate)
-    dequantized = shape.hidden * shape.intermediate * 2
-    checkpoints = 0 if offloaded_checkpoints else shape.layers * tokens * shape.hidden * 2
-    return (weights + lora + layer + dequantized + checkpoints) / GIB, layer / GIB
+    working_set = _activation_bytes(shape, tokens, ACTIVATION_WORDS["hf"])  # the layer in its backward: every value
+    kept_layer = _activation_bytes(shape, tokens, ACTIVATION_WORDS[backend])
+    dequantized = 0 if quantization == "none" else shape.hidden * shape.intermediate * 2
+    checkpoints = 0 if backend == "unsloth" else shape.layers * tokens * shape.hidden * 2
+    return (weights + lora + working_set + dequantized + checkpoints) / GIB, kept_layer / GIB
 
 
-def plan(budget_gib: float, shape: Shape, tokens: int, quantization: str, rank: int, targets,
-         offloaded_checkpoints: bool, strict: bool = True, where: str = "training.memory_budget_gib") -> MemoryPlan:
-    """As many layers without recomputation as fit under ``budget_gib`` less the margin. Where the
-    model does not fit even with every layer recomputed: a one-line error (``strict``, a budget
-    given as a number), else a plan that keeps none (``auto``: today's behaviour)."""
-    base, per_layer = estimate(shape, tokens, quantization, rank, targets, offloaded_checkpoints)
-    room = budget_gib - MARGIN_GIB - base
+def _activation_bytes(shape: Shape, tokens: int, words: dict) -> int:
+    return tokens * 2 * (words["hidden"] * shape.hidden + words["kv"] * shape.kv_dim + words["intermediate"] * shape.intermediate)
+
+
+def plan(budget_gib: float, shape: Shape, tokens: int, quantization: str, rank: int, targets, backend: str,
+         strict: bool = True, allow_16bit: bool = False, where: str = "training.memory_budget_gib") -> MemoryPlan:
+    """As many layers without recomputation as fit under ``budget_gib`` less the margin, and the
+    base in 16 bits where ``allow_16bit`` and it fits so with every layer kept. Where the model does
+    not fit even with every layer recomputed: a one-line error (``strict``, a budget given as a
+    number), else a plan that keeps none (``auto``: today's behaviour)."""
+    usable = budget_gib - MARGIN_GIB
+    if allow_16bit and quantization != "none" and not shape.prequantized:
+        base, per_layer = estimate(shape, tokens, "none", rank, targets, backend)
+        if base + shape.layers * per_layer <= usable:
+            return MemoryPlan(budget_gib, tokens, base, per_layer, shape.layers, shape.layers,
+                              base + shape.layers * per_layer, "none")
+    base, per_layer = estimate(shape, tokens, quantization, rank, targets, backend)
+    room = usable - base
     if room < 0 and strict:
         raise SmmError(
             f"{where}={budget_gib:g} is below the {base + MARGIN_GIB:.1f} GiB this model needs at {tokens} tokens a step "
             f"(model.max_seq_length x training.batch_size) with every layer recomputed: raise it, or lower "
             f"model.max_seq_length or training.batch_size")
     kept = max(0, min(shape.layers, int(room // per_layer))) if per_layer else shape.layers
-    return MemoryPlan(budget_gib, tokens, base, per_layer, kept, shape.layers, base + kept * per_layer)
+    return MemoryPlan(budget_gib, tokens, base, per_layer, kept, shape.layers, base + kept * per_layer, quantization)
 
 
 def budget_gib(requested, free_bytes: int | None) -> float | None:
@@ -162,13 +187,33 @@ def plan_for_stage(cfg, model_path: str, backend: str) -> MemoryPlan | None:
     if shape is None:
         log.warning("Memory plan: %s's config does not give a dense decoder's shape; every layer is recomputed", model_path)
         return None
-    result = plan(budget, shape, tokens, cfg.model.quantization, cfg.lora.rank,
-                  list(cfg.lora.target_modules), offloaded_checkpoints=backend == "unsloth", strict=requested != "auto")
+    result = plan(budget, shape, tokens, cfg.model.quantization, cfg.lora.rank, list(cfg.lora.target_modules), backend,
+                  strict=requested != "auto", allow_16bit=bool(t.get("budget_allows_16bit")))
     log.info("Memory plan: budget %.1f GiB, %d tokens a step: %d of %d layers keep their activations "
-             "(no recomputation), planned peak %.1f GiB (%.1f GiB base + %.2f GiB a layer)",
-             result.budget_gib, tokens, result.layers_without_recompute, result.layers, result.planned_peak_gib,
+             "(no recomputation), %s base weights, planned peak %.1f GiB (%.1f GiB base + %.2f GiB a layer)",
+             result.budget_gib, tokens, result.layers_without_recompute, result.layers,
+             "16-bit" if result.quantization == "none" else result.quantization, result.planned_peak_gib,
              result.base_gib, result.per_layer_gib)
+    if result.quantization != cfg.model.quantization:
+        log.info("Memory plan: the budget holds the base in 16 bits with every layer kept, so it loads unquantized "
+                 "instead of model.quantization=%s (no dequantization; training.budget_allows_16bit=false keeps %s)",
+                 cfg.model.quantization, cfg.model.quantization)
     return result
+
+
+def with_planned_quantization(cfg, memory_plan: MemoryPlan | None):
+    """``cfg``, or a copy of it with ``model.quantization`` as the plan loads the base (the stages
+    after this one keep the configured value)."""
+    import copy
+
+    from omegaconf import open_dict
+
+    if memory_plan is None or memory_plan.quantization == cfg.model.quantization:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.model.quantization = memory_plan.quantization
+    return cfg
 
 
 def decoder_layers(model) -> list:
@@ -188,6 +233,16 @@ def keep_activations(model, count: int) -> int:
     for layer in chosen:
         layer.gradient_checkpointing = False
     return len(chosen)
+
+
+def checkpointing_flags(model) -> list[bool]:
+    """Each decoder layer's ``gradient_checkpointing`` flag, to set back with :func:`set_checkpointing`."""
+    return [bool(layer.gradient_checkpointing) for layer in decoder_layers(model)]
+
+
+def set_checkpointing(model, flags: list[bool]) -> None:
+    for layer, flag in zip(decoder_layers(model), flags):
+        layer.gradient_checkpointing = flag
 
 
 def recomputed_layers(model) -> int:

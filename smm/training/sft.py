@@ -177,14 +177,17 @@ class ThroughputCallback(TrainerCallback):
 
 class KeepActivations(TrainerCallback):
     """Recomputation off on the memory plan's layers, set again before every step (a backend may
-    turn checkpointing back on for every layer when training starts)."""
+    turn checkpointing back on for every layer when training starts), and set back as they were when
+    training ends: the plan is for this trainer's steps, not for a DPO phase that follows on the same model."""
 
     def __init__(self, model, layers: int):
         self.model, self.layers = model, layers
+        self.flags_before: list[bool] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from smm.training.memory_plan import keep_activations
+        from smm.training.memory_plan import checkpointing_flags, keep_activations
 
+        self.flags_before = checkpointing_flags(self.model)
         if keep_activations(self.model, self.layers) < self.layers:
             log.warning("Memory plan: this model's decoder layers cannot be checkpointed one by one; every layer is recomputed")
 
@@ -192,6 +195,11 @@ class KeepActivations(TrainerCallback):
         from smm.training.memory_plan import keep_activations
 
         keep_activations(self.model, self.layers)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        from smm.training.memory_plan import set_checkpointing
+
+        set_checkpointing(self.model, self.flags_before)
 
 
 def build_trainer(cfg, loaded, train: Tokenized, val: Tokenized, memory_plan=None) -> tuple[SmmSFTTrainer, ThroughputCallback]:

@@ -60,6 +60,9 @@ def test_demo_adapter_folder_holds_adapter_tokenizer_metrics_and_manifest(demo_r
     assert metrics["steps"] > 0 and (demo_run.checkpoints / f"checkpoint-{metrics['steps']}").is_dir()
     assert metrics["eval_loss"] == demo_run.returned_loss()
     assert metrics["real_tokens_per_s"] > 0
+    phases = metrics["phase_seconds"]  # where the stage's time went, in order
+    assert list(phases) == ["load", "tokenize", "trainer_setup", "train", "final_eval"]
+    assert all(seconds >= 0 for seconds in phases.values()) and phases["train"] >= metrics["step_seconds"]
 
     manifest = demo_run.manifest()
     assert manifest["stage"] == "train" and manifest["backend"] == "hf" and manifest["base_model"] == str(tiny_model_dir)
