@@ -22,7 +22,7 @@
 #                                     # transformers+PEFT+TRL (each step skipped when the call's time runs out)
 #   WHL=.gpu_whl bash bench/gpu_train_calls.sh N   # issue 15, throughput in one call: Unsloth's own loop (full rows, the padded mix),
 #                                     # smm's Unsloth path per memory budget (8 / 12 / 24 / 48 GiB; 4-bit), the 16-bit base the
-#                                     # planner loads for 48 GiB, transformers+PEFT's loop; the accumulation check; flex last
+#                                     # planner loads for 48 GiB; the accumulation check; flex; transformers+PEFT's loop (BARE=0: not)
 #   WHL=.gpu_whl bash bench/gpu_train_calls.sh O   # issue 15, the train stage's wall time on 3,000 and 300 examples: smm's stage
 #                                     # (defaults) in full; Unsloth's recipe and transformers+PEFT+TRL trained CAP_S seconds each
 #                                     # (default 30), their epoch projected from the steps that ran
@@ -120,22 +120,22 @@ case "${1:-A}" in
      keep() { grep -vE "it/s\]|s/it\]" | tee -a "$LOG" | grep -E '^\{|Packed attention|Memory plan|failed|rror' | cut -c1-600; }
      budget() { local t=$(( $(left) - $1 )); [ "$t" -gt 20 ] && echo "$t" || echo 20; }
      echo "model made at $(( $(date +%s) - START )) s"
-     timeout "$(budget 400)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" --backend bare_unsloth \
+     timeout "$(budget 380)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" --backend bare_unsloth \
        --warmup 2 --steps 5 --shapes rows4096,mix 2>&1 | keep
-     B=training.memory_budget_gib
-     timeout "$(budget 190)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" --backend unsloth --warmup 4 --steps 6 \
-       --shapes "rows4096+$B=8,mix_packed+$B=8,rows4096+$B=12,mix_packed+$B=12,rows4096+$B=24,mix_packed+$B=24,rows4096+$B=48" 2>&1 | keep
+     B=training.memory_budget_gib  # loaded in 4 bits under an 8 GiB budget; each shape's budget then plans its layers
+     timeout "$(budget 170)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" --backend unsloth --warmup 4 --steps 6 \
+       --set $B=8 --shapes "rows4096+$B=8,mix_packed+$B=8,rows4096+$B=12,mix_packed+$B=12,rows4096+$B=24,mix_packed+$B=24,rows4096+$B=48,mix_packed+$B=48" 2>&1 | keep
      echo "4-bit budgets done at $(( $(date +%s) - START )) s"
-     timeout "$(budget 120)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" --backend unsloth --warmup 4 --steps 6 \
-       --set $B=48 --shapes "rows4096,mix_packed" 2>&1 | keep
+     timeout "$(budget 110)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" --backend unsloth --warmup 4 --steps 6 \
+       --set $B=48 --shapes "rows4096,mix_packed" 2>&1 | keep  # the plan loads the base in 16 bits
      echo "16-bit done at $(( $(date +%s) - START )) s"
-     timeout "$(budget 60)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" --backend bare \
-       --warmup 2 --steps 3 --shapes rows4096,mix 2>&1 | keep
      python3 bench/train_throughput.py make --tiny --out /tmp/mtiny --tokenizer /tmp/tok >/dev/null 2>&1
-     [ "$(left)" -gt 70 ] && timeout 50 python3 bench/train_throughput.py accumulation --model /tmp/mtiny --tiny --backend unsloth \
+     [ "$(left)" -gt 60 ] && timeout 50 python3 bench/train_throughput.py accumulation --model /tmp/mtiny --tiny --backend unsloth \
        --json "$OUT/acc_N.jsonl" 2>&1 | keep
-     [ "$(left)" -gt 45 ] && timeout "$(budget 5)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" \
-       --backend unsloth --warmup 4 --steps 4 --shapes "mix_packed+training.attention=flex+$B=8" 2>&1 | keep ;;
+     [ "$(left)" -gt 50 ] && timeout "$(budget 5)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" \
+       --backend unsloth --warmup 4 --steps 4 --set $B=8 --shapes "mix_packed+training.attention=flex+$B=8" 2>&1 | keep
+     [ "${BARE:-1}" = 1 ] && [ "$(left)" -gt 80 ] && timeout "$(budget 5)" python3 bench/train_throughput.py run --model /tmp/m7b \
+       --json "$OUT/train_N.jsonl" --backend bare --warmup 2 --steps 3 --shapes rows4096,mix 2>&1 | keep ;;
   O) LOG="$OUT/log_O.txt"
      keep() { grep -vE "it/s\]|s/it\]" | tee -a "$LOG" | grep -E '^\{|failed|rror' | cut -c1-900; }
      echo "model made at $(( $(date +%s) - START )) s"

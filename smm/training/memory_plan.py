@@ -18,7 +18,8 @@ estimates, from the model's shape alone (before loading):
 - each layer that keeps its activations: ``ACTIVATION_WORDS`` 16-bit values per token.
 
 Calibration (docs/benchmarks.md, 7B shape, 8,192 tokens a step, Unsloth, one H200): every layer
-recomputed, planned 7.2 GiB, measured 7.31; a kept layer measured 0.84-0.89 GiB, planned 0.92.
+recomputed, planned 7.2 GiB, measured 7.31; a kept layer measured 0.84-0.89 GiB, planned 0.92; with the
+base in 16 bits, a kept layer measured ~1.08 GiB, planned 1.09 (every layer kept: 45.8 GiB, planned 46.5).
 transformers' path is planned with a larger, unmeasured per-layer figure. The stage logs the plan
 and records it beside the measured peak in metrics.json.
 """
@@ -40,12 +41,14 @@ WEIGHT_BYTES = {"4bit": 0.53, "8bit": 1.02, "none": 2.0}
 LORA_STATE_BYTES = 10  # fp32 weight + fp32 gradient + 8-bit AdamW moments (2 x 1 byte)
 ACTIVATION_WORDS = {
     "unsloth": {"hidden": 6, "kv": 2, "intermediate": 2},
+    "unsloth_16bit": {"hidden": 9, "kv": 2, "intermediate": 2},
     "hf": {"hidden": 10, "kv": 2, "intermediate": 3},
 }
 """16-bit values a decoder layer keeps per token for its backward, per unit of each width: norms,
 q, attention output, residuals and LoRA inputs (hidden); k and v (kv); gate and up, and with
 transformers also their product (intermediate; Unsloth's fused SwiGLU recomputes it). Unsloth's
-figures are calibrated on measured peaks; transformers' are a conservative count, not measured."""
+figures are calibrated on measured peaks, with quantized and with 16-bit weights (its 16-bit LoRA
+path keeps more per layer); transformers' are a conservative count, not measured."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,8 @@ def estimate(shape: Shape, tokens: int, quantization: str, rank: int, targets, b
     weights += shape.vocab * shape.hidden * 2 * (1 if shape.tied else 2)
     lora = shape.lora_params(rank, targets) * LORA_STATE_BYTES
     working_set = _activation_bytes(shape, tokens, ACTIVATION_WORDS["hf"])  # the layer in its backward: every value
-    kept_layer = _activation_bytes(shape, tokens, ACTIVATION_WORDS[backend])
+    kept_layer = _activation_bytes(shape, tokens, ACTIVATION_WORDS.get(f"{backend}_16bit" if quantization == "none" else "",
+                                                                         ACTIVATION_WORDS[backend]))
     dequantized = 0 if quantization == "none" else shape.hidden * shape.intermediate * 2
     checkpoints = 0 if backend == "unsloth" else shape.layers * tokens * shape.hidden * 2
     return (weights + lora + working_set + dequantized + checkpoints) / GIB, kept_layer / GIB
