@@ -561,7 +561,8 @@ def stage_table(rows: list[dict]) -> list[str]:
         train = r.get("projected_train_s") or r.get("train_s") or (r.get("phase_seconds") or {}).get("train")
         steps = f"{r['steps']} of {r['steps_total']}" if r.get("steps_total") and r.get("steps") != r["steps_total"] else r.get("steps", "–")
         phases = r.get("phase_seconds") or {k[:-2]: v for k, v in r.items() if k in ("load_s", "tokenize_s", "save_s")}
-        ratio = f"{wall / smm_wall[r['examples']]:.2f}" if wall and r["examples"] in smm_wall else "–"
+        ok = not (r.get("error") or r.get("skipped"))
+        ratio = f"{wall / smm_wall[r['examples']]:.2f}" if ok and wall and r["examples"] in smm_wall else "–"
         lines.append(f"| {r['recipe']} | {r['examples']} | {shown} | {train or '–'} | {steps} | {_number(r.get('real_tokens_per_s'))} | "
                      f"{r.get('peak_vram_allocated_gib', '–')} | {ratio} | {', '.join(f'{k} {v}' for k, v in phases.items()) or '–'} | "
                      f"{r.get('skipped') or r.get('error') or ''} |")
