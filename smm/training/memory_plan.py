@@ -13,13 +13,13 @@ estimates, from the model's shape alone (before loading):
   16-bit decoder projections; embeddings and LM head in 16 bits; LoRA weights, gradients and
   optimizer state (~10 bytes per LoRA parameter);
 - a step's transient memory: the layer in its backward pass (every value it computes, counted
-  high), its largest projection dequantized, and the checkpointed layer inputs (on the GPU for transformers, in CPU
-  memory with Unsloth, which offloads them);
+  high), its largest projection dequantized, and the checkpointed layer inputs (on the GPU for
+  transformers, in CPU memory with Unsloth, which offloads them);
 - each layer that keeps its activations: ``ACTIVATION_WORDS`` 16-bit values per token.
 
 Calibration (docs/benchmarks.md, 7B shape, 8,192 tokens a step, Unsloth, one H200): every layer
 recomputed, planned 7.2 GiB, measured 7.31; a kept layer measured 0.84-0.89 GiB, planned 0.92; with the
-base in 16 bits, a kept layer measured ~1.08 GiB, planned 1.09 (every layer kept: 45.8 GiB, planned 46.5).
+base in 16 bits, a kept layer measured ~1.08 GiB, planned 1.09 (every layer kept: 45.8 GiB, planned 46.4).
 transformers' path is planned with a larger, unmeasured per-layer figure. The stage logs the plan
 and records it beside the measured peak in metrics.json.
 """
@@ -119,8 +119,8 @@ def estimate(shape: Shape, tokens: int, quantization: str, rank: int, targets, b
     weights += shape.vocab * shape.hidden * 2 * (1 if shape.tied else 2)
     lora = shape.lora_params(rank, targets) * LORA_STATE_BYTES
     working_set = _activation_bytes(shape, tokens, ACTIVATION_WORDS["hf"])  # the layer in its backward: every value
-    kept_layer = _activation_bytes(shape, tokens, ACTIVATION_WORDS.get(f"{backend}_16bit" if quantization == "none" else "",
-                                                                         ACTIVATION_WORDS[backend]))
+    sixteen_bit_words = ACTIVATION_WORDS.get(f"{backend}_16bit") if quantization == "none" else None
+    kept_layer = _activation_bytes(shape, tokens, sixteen_bit_words or ACTIVATION_WORDS[backend])
     dequantized = 0 if quantization == "none" else shape.hidden * shape.intermediate * 2
     checkpoints = 0 if backend == "unsloth" else shape.layers * tokens * shape.hidden * 2
     return (weights + lora + working_set + dequantized + checkpoints) / GIB, kept_layer / GIB
