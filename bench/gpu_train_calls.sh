@@ -23,6 +23,7 @@
 #   WHL=.gpu_whl bash bench/gpu_train_calls.sh N   # issue 15, throughput in one call: Unsloth's own loop (full rows, the padded mix),
 #                                     # smm's Unsloth path per memory budget (8 / 12 / 24 / 48 GiB; 4-bit), the 16-bit base the
 #                                     # planner loads for 48 GiB; the accumulation check; flex; transformers+PEFT's loop (BARE=0: not)
+#                                     # (~440 s of work: keep CALL_S at its default 515, or the first run is starved)
 #   WHL=.gpu_whl bash bench/gpu_train_calls.sh O   # issue 15, the train stage's wall time on 3,000 and 300 examples: smm's stage
 #                                     # (defaults) in full; Unsloth's recipe and transformers+PEFT+TRL trained CAP_S seconds each
 #                                     # (default 30), their epoch projected from the steps that ran
