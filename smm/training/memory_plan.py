@@ -170,9 +170,14 @@ def budget_gib(requested, free_bytes: int | None) -> float | None:
 
 def plan_for_stage(cfg, model_path: str, backend: str) -> MemoryPlan | None:
     """The stage's plan, before the model loads; None on the CPU, without a budget, or without
-    gradient checkpointing (nothing to skip)."""
+    gradient checkpointing (nothing to skip). Under data parallelism each rank plans for its own
+    GPU and keeps ``model.quantization`` (ranks that chose differently would train on different
+    base weights)."""
     import torch
 
+    from smm.training.distributed import ranks
+
+    world = ranks()
     t = cfg.training
     requested = t.get("memory_budget_gib")
     if requested is None:
@@ -183,7 +188,7 @@ def plan_for_stage(cfg, model_path: str, backend: str) -> MemoryPlan | None:
             log.info("training.memory_budget_gib=%s is not used: %s", requested,
                      "no CUDA GPU" if not torch.cuda.is_available() else "training.gradient_checkpointing is off")
         return None
-    budget = budget_gib(requested, torch.cuda.mem_get_info()[0] if requested == "auto" else None)
+    budget = budget_gib(requested, torch.cuda.mem_get_info(world.local_rank)[0] if requested == "auto" else None)
     if budget is None:
         return None
     tokens = cfg.model.max_seq_length * t.batch_size
@@ -192,7 +197,7 @@ def plan_for_stage(cfg, model_path: str, backend: str) -> MemoryPlan | None:
         log.warning("Memory plan: %s's config does not give a dense decoder's shape; every layer is recomputed", model_path)
         return None
     result = plan(budget, shape, tokens, cfg.model.quantization, cfg.lora.rank, list(cfg.lora.target_modules), backend,
-                  strict=requested != "auto", allow_16bit=bool(t.get("budget_allows_16bit")))
+                  strict=requested != "auto", allow_16bit=bool(t.get("budget_allows_16bit")) and not world.distributed)
     log.info("Memory plan: budget %.1f GiB, %d tokens a step: %d of %d layers keep their activations "
              "(no recomputation), %s base weights, planned peak %.1f GiB (%.1f GiB base + %.2f GiB a layer)",
              result.budget_gib, tokens, result.layers_without_recompute, result.layers,

@@ -170,3 +170,26 @@ def test_the_trainer_keeps_the_planned_layers_while_it_trains_and_sets_them_back
     trainer.train()
     assert seen == [1, 1]
     assert checkpointing_flags(loaded.model) == [True, True]
+
+
+@pytest.mark.parametrize("env, device, quantization", [
+    ({}, 0, "none"),  # one process: GPU 0; the tiny model fits in 16 bits with every layer kept
+    ({"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}, 1, "4bit"),  # a DDP rank: its own GPU, quantization kept
+])
+def test_auto_reads_the_free_memory_of_the_process_s_own_gpu(monkeypatch, env, device, quantization):
+    """plan_for_stage with ``auto`` (torch's CUDA queries stand in for a GPU with 20 GiB free):
+    a rank of a data-parallel run asks its own GPU, not GPU 0, and never switches to 16 bits alone."""
+    from smm.training.memory_plan import plan_for_stage
+
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: asked.append(index) or (20 * GIB, 24 * GIB))
+    cfg = compose_config("stage=train", "preset=demo", "model.quantization=4bit", "training.gradient_checkpointing=true")
+    p = plan_for_stage(cfg, resolve_base_model(cfg.model), "hf")
+    assert asked == [device]
+    assert p.budget_gib == pytest.approx(20 * 0.9 - 1)
+    assert p.quantization == quantization and p.layers_without_recompute == p.layers == 2
