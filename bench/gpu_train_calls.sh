@@ -33,6 +33,10 @@
 set -uo pipefail
 START=$(date +%s); END=$((START + ${CALL_S:-515}))  # M: the call's own deadline
 left() { echo $((END - $(date +%s))); }
+budget() { local t=$(( $(left) - $1 )); [ "$t" -gt 20 ] && echo "$t" || echo 20; }  # seconds a step may take, keeping $1 for the rest
+# M, N, O: the whole output to $OUT/log_<call>.txt, results and errors on the screen
+keep() { grep -vE "it/s\]|s/it\]" | tee -a "$OUT/log_$CALL.txt" | grep -E '^\{|Packed attention|Memory plan|failed|rror' | cut -c1-900; }
+CALL=${1:-A}
 if [ -n "${WHL:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/whl_site "$WHL"/*.whl || exit 1
   SITE=/tmp/whl_site:${SITE:-$PWD/.site}
@@ -58,7 +62,7 @@ stage_ddp() {
   mkdir -p "$OUT/adapter_ddp" && cp /tmp/adapter_ddp/{adapter_model.safetensors,adapter_config.json,metrics.json} "$OUT/adapter_ddp/"
   ls /tmp/ckpt_ddp; grep -c "Effective batch" /tmp/run_ddp/*.log
 }
-case "${1:-A}" in
+case "$CALL" in
   A) run A --backend unsloth --shapes rows4096,mix_packed,mix_padded,rows1024
      run A --backend bare --shapes rows4096,rows1024,mix ;;
   B) run B --backend unsloth --shapes rows4096,mix_packed,rows4096_padded
@@ -101,9 +105,6 @@ case "${1:-A}" in
        ddp K --backend hf --shapes rows4096,mix_packed --warmup 8; }
      stage_ddp ;;
   M) echo "model made at $(( $(date +%s) - START )) s"
-     LOG="$OUT/log_M.txt"
-     keep() { grep -vE "it/s\]|s/it\]" | tee -a "$LOG" | grep -E '^\{|Packed attention|Memory plan|failed|rror' | cut -c1-700; }
-     budget() { local t=$(( $(left) - $1 )); [ "$t" -gt 20 ] && echo "$t" || echo 20; }
      B8=training.memory_budget_gib=8
      timeout "$(budget 190)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_M.jsonl" --backend unsloth \
        --warmup 5 --steps 6 --shapes "mix_packed+training.attention=flash+$B8,rows4096+$B8,rows4096+training.memory_budget_gib=24,rows4096+training.memory_budget_gib=48,mix_packed+training.attention=sdpa+$B8,mix_packed+training.attention=flex+$B8" 2>&1 | keep
@@ -117,10 +118,7 @@ case "${1:-A}" in
      echo "e2e starts at $(( $(date +%s) - START )) s"
      python3 bench/train_throughput.py e2e --model /tmp/m7b --tokenizer /tmp/tok --examples 300 --budget-s "$(budget 8)" \
        --set training.memory_budget_gib=auto --json "$OUT/e2e_M.jsonl" 2>&1 | keep ;;
-  N) LOG="$OUT/log_N.txt"
-     keep() { grep -vE "it/s\]|s/it\]" | tee -a "$LOG" | grep -E '^\{|Packed attention|Memory plan|failed|rror' | cut -c1-600; }
-     budget() { local t=$(( $(left) - $1 )); [ "$t" -gt 20 ] && echo "$t" || echo 20; }
-     echo "model made at $(( $(date +%s) - START )) s"
+  N) echo "model made at $(( $(date +%s) - START )) s"
      timeout "$(budget 380)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_N.jsonl" --backend bare_unsloth \
        --warmup 2 --steps 5 --shapes rows4096,mix 2>&1 | keep
      B=training.memory_budget_gib  # loaded in 4 bits under an 8 GiB budget; each shape's budget then plans its layers
@@ -137,9 +135,7 @@ case "${1:-A}" in
        --backend unsloth --warmup 4 --steps 4 --set $B=8 --shapes "mix_packed+training.attention=flex+$B=8" 2>&1 | keep
      [ "${BARE:-1}" = 1 ] && [ "$(left)" -gt 80 ] && timeout "$(budget 5)" python3 bench/train_throughput.py run --model /tmp/m7b \
        --json "$OUT/train_N.jsonl" --backend bare --warmup 2 --steps 3 --shapes rows4096,mix 2>&1 | keep ;;
-  O) LOG="$OUT/log_O.txt"
-     keep() { grep -vE "it/s\]|s/it\]" | tee -a "$LOG" | grep -E '^\{|failed|rror' | cut -c1-900; }
-     echo "model made at $(( $(date +%s) - START )) s"
+  O) echo "model made at $(( $(date +%s) - START )) s"
      python3 bench/train_throughput.py e2e --model /tmp/m7b --tokenizer /tmp/tok --examples 3000 --recipes smm,unsloth,hf \
        --cap-s "${CAP_S:-30}" --budget-s $(( $(left) * 63 / 100 )) --json "$OUT/e2e_O.jsonl" 2>&1 | keep
      python3 bench/train_throughput.py e2e --model /tmp/m7b --tokenizer /tmp/tok --examples 300 --recipes smm,unsloth,hf \
