@@ -102,6 +102,7 @@ def test_presets():
     ("training.method=ppo", "error: training.method: 'ppo' is not one of auto, sft, dpo, sft_then_dpo"),
     ("training.dpo.beta=0", "error: training.dpo.beta: 0.0 must be greater than 0.0"),
     ("eval.batch_size=0", "error: eval.batch_size: 0 must be at least 1"),
+    ("training.budget_allows_16bit=maybe", "error: training.budget_allows_16bit: Value 'maybe' is not a valid bool (type str)"),
     ("loop.from_step=deploy", "error: loop.from_step: 'deploy' is not one of null, feedback, prepare, train, export, evaluate, promote"),
     ("pipeline.stages=[loop]", "error: pipeline.stages: 'loop' is not a stage a pipeline runs (use prepare, train, export, evaluate, feedback)"),
     ("pipeline.stages=[]", "error: pipeline.stages: empty; name the stages to run, e.g. [prepare, train]"),
