@@ -14,6 +14,7 @@ from smm.config import GROUPS, unknown_key_error, validate
 from smm.errors import SmmError
 from smm.io import atomic_writer
 from smm.secrets import mask_url, url_secrets
+from smm.training.cpu_threads import set_wait_policy
 
 # Overrides that hold secrets: taken off the command line before Hydra records it, and handed
 # to the stage (or the sweeper) through the environment variable it reads anyway.
@@ -206,6 +207,7 @@ def guarded(main: Callable[[], object], config_dir: str | None = None) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     sys.argv = [sys.argv[0], *move_secrets_to_env(sys.argv[1:])]
+    set_wait_policy()  # before torch loads OpenMP
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     if full_error:
         os.environ[_USER_FULL_ERROR] = "1"

@@ -102,6 +102,7 @@ def run(cfg: DictConfig) -> float:
     clock = PhaseClock()
     loaded = load_for_training(base, cfg, backend)
     clock.lap("load")
+    from smm.training.cpu_threads import share_cpu
     from smm.training.sft import build_trainer
     from smm.training.tokenize import tokenize_examples
 
@@ -128,6 +129,7 @@ def run(cfg: DictConfig) -> float:
         start_wandb(cfg)
 
     trainer, throughput = build_trainer(cfg, loaded, train_tok, val_tok, memory_plan)
+    share_cpu(trainer, cfg.training.cpu_threads, loaded.device)
     clock.lap("trainer_setup")
     has_val = trainer.eval_dataset is not None
     result = _train(trainer, resume, cfg)

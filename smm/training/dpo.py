@@ -22,6 +22,7 @@ from typing import Any
 from smm.errors import SmmError
 from smm.io import read_jsonl
 from smm.data.preferences import TRAIN_FILE, VAL_FILE
+from smm.training.cpu_threads import share_cpu
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ def train_dpo(cfg, loaded, data_dir: Path) -> dict[str, Any]:
         model=loaded.model, args=dpo_config(cfg, loaded.device, loaded.dtype, loaded.backend, val is not None),
         train_dataset=train, eval_dataset=val, processing_class=loaded.tokenizer,
     )
+    share_cpu(trainer, cfg.training.cpu_threads, loaded.device)
     before = _held_out(trainer) if val is not None else None
     result = trainer.train()
     after = _held_out(trainer) if val is not None else None
