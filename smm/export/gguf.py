@@ -94,6 +94,20 @@ def convert_to_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, outtyp
     return out
 
 
+def build_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, quantization: str, name: str | None = None) -> Path:
+    """``model_dir`` as a GGUF of ``quantization`` at ``out``: converted directly for f16/bf16, else
+    converted to an f16 file beside ``out`` (removed afterwards) and quantized."""
+    out = Path(out)
+    if quantization in CONVERTER_TYPES:
+        return convert_to_gguf(model_dir, out, quantization, name=name)
+    intermediate = out.with_name(f".{out.name}.{INTERMEDIATE_TYPE}.gguf")
+    try:
+        convert_to_gguf(model_dir, intermediate, INTERMEDIATE_TYPE, name=name)
+        return quantize_gguf(intermediate, out, quantization)
+    finally:
+        intermediate.unlink(missing_ok=True)
+
+
 class _QuantizeLog:
     """Captures llama.cpp's log during quantization: drives a progress bar, keeps errors."""
 

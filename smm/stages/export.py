@@ -9,7 +9,10 @@ Steps, each logged with its time and peak RAM:
 5. verify    the GGUF's chat template and end-of-turn token, then the llama.cpp smoke test
 6. publish   ``{model_name}-{quantization}.gguf``, its ``Modelfile``, ``schemas/<task>.json`` (the
              answer schema of each task, for Ollama's ``format``) and ``manifest.json``
-7. register  ``ollama create`` (``export.register=true``)
+7. base      with ``export.base_gguf``: the untuned base model as ``{model_name}-base-{quantization}.gguf``,
+             made by the same converter and quantizer (only the adapter differs), for evaluating the
+             two side by side (``eval.baseline``)
+8. register  ``ollama create`` (``export.register=true``)
 
 Which base model (smm.models.base.choose_base): ``model.recipe``'s when set (``model=tiny_qwen2``),
 else ``model.base_model``, else (``model.base_model=null``) the one
@@ -47,6 +50,11 @@ def gguf_filename(model_name: str, quantization: str) -> str:
     if not MODEL_NAME.fullmatch(model_name):
         raise SmmError(f"export.model_name: {model_name!r} must be letters, digits, '.', '_' or '-' (it names the Ollama model and the file)")
     return f"{model_name}-{quantization}.gguf"
+
+
+def base_gguf_filename(model_name: str, quantization: str) -> str:
+    """The file ``export.base_gguf`` writes: the untuned base beside the fine-tune."""
+    return gguf_filename(f"{model_name}-base", quantization)
 
 
 def remove_stale_staging(output_dir: Path, filename: str) -> None:
@@ -128,7 +136,7 @@ def run(cfg: DictConfig) -> float:
     quant = ex.quantization
     output_dir, merged_dir = Path(ex.output_dir), Path(ex.merged_dir)
     filename = gguf_filename(ex.model_name, quant)
-    steps = Steps(total=7)
+    steps = Steps(total=8)
     remove_stale_staging(output_dir, filename)
 
     with steps.step("check", "Checking the adapter, the base model and free disk space") as rec:
@@ -190,6 +198,13 @@ def run(cfg: DictConfig) -> float:
         schemas=[str(output_dir / "schemas" / f.name) for f in schema_files],
         merged={"dir": str(merged_dir), "reused": reuse, "base_model": found.base_name, "base_source": found.base_source},
     )
+    if ex.base_gguf:
+        base_file = output_dir / base_gguf_filename(ex.model_name, quant)
+        with steps.step("base", f"Writing the untuned base model {found.base_name} as {base_file}"):
+            gguf.build_gguf(found.base_dir, base_file, quant, name=f"{ex.model_name}-base")
+        manifest_args["base_gguf"] = {"file": base_file.name, "sha256": sha256_file(base_file), "base_model": found.base_name}
+    else:
+        steps.skip("base", "export.base_gguf=false")
     write_manifest(output_dir, "export", steps=steps.records, **manifest_args)
 
     if ex.register:
