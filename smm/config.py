@@ -92,6 +92,7 @@ class TrainingConfig:
     optimizer: str = _f("auto", "auto = 8-bit AdamW on CUDA with 4/8-bit weights, else torch AdamW.", choices=("auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"))
     packing: bool = _f(True, "Pack short conversations into rows of max_seq_length tokens, attention kept inside each conversation (padding-free); skipped when conversations already fill 90% of max_seq_length.")
     gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass to save memory.")
+    cpu_threads: Any = _f("auto", "Threads of CPU training: auto = adapt before each step to the cores other processes leave free (measured every 2 s; each change is logged), or a fixed number. OMP_NUM_THREADS set in the environment wins. Idle OpenMP threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE unless set): a busy machine no longer slows training 8-10x (docs/benchmarks.md). Not used on a GPU.")
     attention: str = _f("auto", "Attention kernel for packed rows (attention kept inside each conversation): flash = a varlen flash kernel (flash-attn where installed, else the one in PyTorch; CUDA, 16-bit), flex = PyTorch FlexAttention with a document mask (CUDA), sdpa = each backend's own SDPA path; auto = flash on CUDA with Unsloth (or with flash-attn installed), else sdpa. The choice is logged; on backend hf a value other than auto decides over model.attn_implementation.", choices=("auto", "sdpa", "flex", "flash"))
     memory_budget_gib: Any = _f("auto", "GPU memory the train stage may plan for (GiB; auto = 90% of the GPU's free memory when training starts, less 1 GiB; null = off, every layer recomputed): as many decoder layers as fit keep their activations instead of recomputing them in the backward pass (faster), and see training.budget_allows_16bit; the plan is logged and recorded in metrics.json beside the measured peak (docs/benchmarks.md: measured peaks stay within the plan's 0.5 GiB margin). Set a number when the GPU is shared. A number too small for the model at model.max_seq_length x training.batch_size tokens is an error before loading. Not used on the CPU or with gradient_checkpointing off.")
     budget_allows_16bit: bool = _f(True, "Where training.memory_budget_gib holds the base model in 16 bits with every layer's activations kept, load it unquantized instead of model.quantization (LoRA instead of QLoRA: no dequantization, faster; export merges into the same 16-bit base). Not under data parallelism (every rank keeps model.quantization); false keeps it always.")
@@ -117,6 +118,7 @@ class ExportConfig:
     register: bool = _f(False, "Run `ollama create` after exporting (when ollama is on PATH).")
     force: bool = _f(False, "Redo the merge even if the merged model is up to date.")
     smoke_test: bool = _f(True, "Load the GGUF with llama.cpp and generate a few tokens after exporting.")
+    base_gguf: bool = _f(False, "Also write the untuned base model as {model_name}-base-{quantization}.gguf (same converter and quantizer), to evaluate beside the fine-tune with eval.baseline (preset=demo does).")
 
 
 @dataclass
@@ -330,10 +332,12 @@ def _check(node: Any, schema: type, prefix: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check choices and bounds of every key; raise ConfigError naming the first bad key."""
     _check(cfg, Config, "")
+    from smm.training.cpu_threads import check as check_cpu_threads
     from smm.training.memory_plan import budget_gib
 
     try:
         budget_gib(cfg.training.memory_budget_gib, None)  # a number > 0, auto or null
+        check_cpu_threads(cfg.training.cpu_threads)  # auto or a number >= 1; OMP_NUM_THREADS too
     except SmmError as exc:
         raise ConfigError(str(exc)) from None
     if not cfg.pipeline.stages:
@@ -342,6 +346,8 @@ def validate(cfg: DictConfig) -> None:
         if stage not in STAGE_NAMES or stage in NOT_IN_PIPELINE:
             usable = [s for s in STAGE_NAMES if s not in NOT_IN_PIPELINE]
             raise ConfigError(f"pipeline.stages: {stage!r} is not a stage a pipeline runs (use {', '.join(usable)})")
+    if "chat" in cfg.pipeline.stages and cfg.chat.prompt is None:
+        raise ConfigError("pipeline.stages: chat in a pipeline needs chat.prompt (the message to ask; a pipeline reads no stdin)")
 
 
 def _mask_urls(value):

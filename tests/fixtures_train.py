@@ -1,5 +1,6 @@
-"""Train-stage fixtures: the prepared seed data, a small subset of it, and one run of the README's
-demo per session (``python run.py stage=pipeline preset=demo``).
+"""Train-stage fixtures: the prepared seed data, a small subset of it, and one run per session of the
+README's demo pipeline on the tiny model (``preset=tiny`` with ``preset=demo``'s pipeline: prepare →
+train → export with the base model's GGUF → evaluate beside it → chat).
 
 Every run writes only under pytest's tmp folders: data, adapter, checkpoints and Hydra's run dir.
 """
@@ -20,7 +21,7 @@ SECRET = "s3cretpw"
 SECRET_URL = f"postgresql://u:{SECRET}@h/db"
 
 # Small runs: the demo's model and optimizer on 4 short conversations (306-348 tokens), one per row.
-SMALL = ("preset=demo", "model.max_seq_length=400")
+SMALL = ("preset=tiny", "model.max_seq_length=400")
 
 
 @dataclass
@@ -103,17 +104,30 @@ def small_data(prepared_seed, tmp_path_factory) -> Path:
     return data
 
 
+def demo_shape() -> tuple[str, ...]:
+    """``preset=demo``'s pipeline as overrides (stages, the base model's GGUF, the baseline, the chat
+    message), for running it with the tiny model."""
+    from conftest import compose_config
+
+    demo = compose_config("preset=demo")
+    return (f"pipeline.stages=[{','.join(demo.pipeline.stages)}]", f"export.base_gguf={demo.export.base_gguf}",
+            "eval.baseline=${export.output_dir}/${export.model_name}-base-${export.quantization}.gguf",
+            f"chat.task={demo.chat.task}", f"chat.language={demo.chat.language}", f"chat.platform={demo.chat.platform}",
+            f"chat.prompt='{demo.chat.prompt}'")
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> TrainRun:
-    """The README's demo, ``python run.py stage=pipeline preset=demo`` (prepare → train → export →
-    evaluate on the tiny model), once per session with every output under one tmp folder, and with
-    a database URL on the command line and in the environment that must not leak."""
+    """The README's demo pipeline (``python run.py stage=pipeline preset=demo``) on the tiny model
+    (``preset=tiny``: prepare → train → export with the base GGUF → evaluate beside it → chat), once
+    per session with every output under one tmp folder, and with a database URL on the command line
+    and in the environment that must not leak."""
     root = tmp_path_factory.mktemp("demo")
     outputs = (
         f"data.sources=[{REPO / 'data' / 'seed'}]", f"data.output_dir={root / 'data'}", f"training.output_dir={root / 'adapter'}",
         f"training.checkpoint_dir={root / 'checkpoints'}", f"export.merged_dir={root / 'merged'}",
         f"export.output_dir={root / 'gguf'}", f"eval.output_dir={root / 'eval'}", f"hydra.run.dir={root / 'run'}",
     )
-    result = run_smm("stage=pipeline", "preset=demo", *outputs, f"feedback.database_url={SECRET_URL}",
+    result = run_smm("stage=pipeline", "preset=tiny", *demo_shape(), *outputs, f"feedback.database_url={SECRET_URL}",
                      cwd=root, env={"DATABASE_URL": SECRET_URL})
     return TrainRun(root, result).check()

@@ -81,6 +81,26 @@ def test_the_hf_backend_batches_eight_conversations_unless_told():
     assert compose_config("eval.batch_size=60").eval.batch_size == 60
 
 
+def test_cpu_threads_adapt_unless_fixed():
+    assert compose_config().training.cpu_threads == "auto"
+    assert compose_config("training.cpu_threads=3").training.cpu_threads == 3
+
+
+def test_bad_omp_num_threads_stops_in_one_line(tmp_path: Path):
+    result = run_smm("stage=prepare", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env={"OMP_NUM_THREADS": "lots"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: OMP_NUM_THREADS='lots': give a whole number of threads >= 1"
+
+
+def test_the_demo_preset_trains_a_real_model_and_shows_base_beside_tuned():
+    demo = compose_config("preset=demo")
+    assert demo.model.recipe == "smollm2_135m_instruct" and demo.training.method == "sft"
+    assert list(demo.data.sources) == ["data/seed", "data/simulated_feedback"]
+    assert list(demo.pipeline.stages) == ["prepare", "train", "export", "evaluate", "chat"] and demo.chat.prompt
+    assert demo.export.base_gguf and demo.eval.baseline == f"{demo.export.output_dir}/social-media-marketer-base-q8_0.gguf"
+    assert compose_config().export.base_gguf is False
+
+
 def test_presets():
     low = compose_config("preset=low_vram_8gb")
     assert (low.training.batch_size, low.training.gradient_accumulation_steps, low.model.max_seq_length, low.lora.rank) == (1, 8, 2048, 8)
@@ -103,8 +123,11 @@ def test_presets():
     ("training.dpo.beta=0", "error: training.dpo.beta: 0.0 must be greater than 0.0"),
     ("eval.batch_size=0", "error: eval.batch_size: 0 must be at least 1"),
     ("training.budget_allows_16bit=maybe", "error: training.budget_allows_16bit: Value 'maybe' is not a valid bool (type str)"),
+    ("training.cpu_threads=0", "error: training.cpu_threads=0: give auto or a whole number of threads >= 1"),
+    ("training.cpu_threads=many", "error: training.cpu_threads='many': give auto or a whole number of threads >= 1"),
+    ("pipeline.stages=[prepare,chat]", "error: pipeline.stages: chat in a pipeline needs chat.prompt (the message to ask; a pipeline reads no stdin)"),
     ("loop.from_step=deploy", "error: loop.from_step: 'deploy' is not one of null, feedback, prepare, train, export, evaluate, promote"),
-    ("pipeline.stages=[loop]", "error: pipeline.stages: 'loop' is not a stage a pipeline runs (use prepare, train, export, evaluate, feedback)"),
+    ("pipeline.stages=[loop]", "error: pipeline.stages: 'loop' is not a stage a pipeline runs (use prepare, train, export, evaluate, feedback, chat)"),
     ("pipeline.stages=[]", "error: pipeline.stages: empty; name the stages to run, e.g. [prepare, train]"),
 ])
 def test_config_mistakes_stop_in_one_line(tmp_path: Path, override: str, message: str):

@@ -12,9 +12,10 @@ from types import ModuleType
 from smm.errors import StageNotAvailable
 
 NAMES = ("prepare", "train", "export", "evaluate", "feedback", "chat", "pipeline", "sweep_report", "loop", "rollback")
-NOT_IN_PIPELINE = ("chat", "pipeline", "sweep_report", "loop", "rollback")
-"""Stages a pipeline cannot contain (chat reads stdin, a pipeline does not nest, sweep_report reads a
-study, loop and rollback run pipelines of their own)."""
+NOT_IN_PIPELINE = ("pipeline", "sweep_report", "loop", "rollback")
+"""Stages a pipeline cannot contain (a pipeline does not nest, sweep_report reads a study, loop and
+rollback run pipelines of their own). ``chat`` may end a pipeline when ``chat.prompt`` is set (a
+pipeline reads no stdin)."""
 
 
 def load(name: str) -> ModuleType:

@@ -2,7 +2,9 @@
 
 Each stage is the same ``run(cfg)`` that ``stage=<name>`` calls, so the stages still talk only
 through the files their config names. The first stage that fails stops the pipeline with its own
-one-line error. Returns the last stage's result (for the default list: the evaluation score).
+one-line error. The last log line gives each stage's time (the last table on the screen stays the
+evaluation's, and ``chat``, where it ends the list, prints its answer after it). Returns the last
+stage's result (for the default list: the evaluation score).
 """
 from __future__ import annotations
 
@@ -10,8 +12,6 @@ import logging
 import time
 
 from omegaconf import DictConfig
-from rich.console import Console
-from rich.table import Table
 
 from smm import stages as registry
 
@@ -26,11 +26,6 @@ def run(cfg: DictConfig) -> float:
         started = time.perf_counter()
         result = registry.run(name, cfg)
         results.append((name, result, time.perf_counter() - started))
-    table = Table(title="Pipeline")
-    table.add_column("stage")
-    table.add_column("result", justify="right")
-    table.add_column("seconds", justify="right")
-    for name, result, seconds in results:
-        table.add_row(name, f"{result:.4g}", f"{seconds:.0f}")
-    Console().print(table)
+    summary = " · ".join(f"{name} {seconds:.0f} s" for name, _, seconds in results)
+    log.info("Pipeline done in %.0f s: %s; %s returned %.4g", sum(r[2] for r in results), summary, results[-1][0], results[-1][1])
     return results[-1][1]

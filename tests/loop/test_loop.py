@@ -44,7 +44,7 @@ def test_loop_promotes_skips_refuses_resumes_and_rolls_back(feedback_db, tmp_pat
     ollama = make_fake_ollama(tmp_path / "bin")
     runs, current = tmp_path / "output" / "runs", tmp_path / "output" / "current"
     env = {**ollama.env, "DATABASE_URL": feedback_db.url}
-    base = ["stage=loop", "preset=demo", "export=f16", f"data.sources=[{tmp_path / 'feedback'}]",
+    base = ["stage=loop", "preset=tiny", "export=f16", f"data.sources=[{tmp_path / 'feedback'}]",
             f"feedback.output_dir={tmp_path / 'feedback'}", f"feedback.state_file={tmp_path / 'feedback' / 'state.json'}",
             f"export.merged_dir={tmp_path / 'merged'}", f"loop.runs_dir={runs}", f"loop.current={current}",
             "training.max_steps=2", "training.dpo.max_steps=2", "eval.max_cases=2", "eval.max_tokens=8",

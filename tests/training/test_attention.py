@@ -83,7 +83,7 @@ def test_flex_document_mask_equals_each_conversation_alone():
 
 
 def test_flex_on_the_cpu_is_refused_before_loading(tmp_path):
-    cfg = compose_config("stage=train", "preset=demo", "training.attention=flex", f"training.checkpoint_dir={tmp_path}")
+    cfg = compose_config("stage=train", "preset=tiny", "training.attention=flex", f"training.checkpoint_dir={tmp_path}")
     with pytest.raises(SmmError, match="training.attention=flex needs a CUDA GPU"):
         load_for_training(resolve_base_model(cfg.model), cfg)
 
@@ -92,7 +92,7 @@ def test_transformers_flex_attention_keeps_packed_conversations_apart(tmp_path, 
     """Backend hf with flex_attention: per-token log-probs of conversations packed into one row
     (positions restarting, as the trainer's collator gives them) equal each conversation alone."""
     rows = read_rows(prepared_seed / "train.jsonl")[:4]
-    cfg = compose_config("stage=train", "preset=demo", f"training.checkpoint_dir={tmp_path / 'ck'}")
+    cfg = compose_config("stage=train", "preset=tiny", f"training.checkpoint_dir={tmp_path / 'ck'}")
     loaded = load_for_training(resolve_base_model(cfg.model), cfg)
     train = tokenize_examples(loaded.tokenizer, rows, cfg.model.max_seq_length)
     with caplog.at_level("INFO", logger="smm.training.attention"):

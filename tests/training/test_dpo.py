@@ -44,7 +44,7 @@ def test_dpo_loss_falls_and_held_out_margin_rises_on_an_overfit_set(tiny_model_d
     data = tmp_path / "data"
     write_rows(data / TRAIN_FILE, PAIRS)
     write_rows(data / VAL_FILE, PAIRS)  # overfit: the held-out set is the training set
-    cfg = compose_config("preset=demo", f"training.checkpoint_dir={tmp_path / 'ckpt'}", "training.dpo.max_steps=12",
+    cfg = compose_config("preset=tiny", f"training.checkpoint_dir={tmp_path / 'ckpt'}", "training.dpo.max_steps=12",
                          "training.dpo.learning_rate=5e-3", "training.dpo.beta=0.5", "model.max_seq_length=256")
     loaded = load_for_training(str(tiny_model_dir), cfg, "hf")
     columns, dropped = tokenize_pairs(loaded.tokenizer, PAIRS, 256)
@@ -70,7 +70,7 @@ def test_method_dpo_without_an_sft_adapter_stops_in_one_line_before_loading(tmp_
     from fixtures_train import train_args
 
     write_rows(tmp_path / "data" / TRAIN_FILE, PAIRS)
-    result = run_smm(*train_args(tmp_path, tmp_path / "data", "preset=demo", "training.method=dpo"), cwd=tmp_path)
+    result = run_smm(*train_args(tmp_path, tmp_path / "data", "preset=tiny", "training.method=dpo"), cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == (f"error: training.method=dpo continues from an SFT adapter, and {tmp_path / 'adapter' / 'adapter_config.json'} "
                                      "does not exist: train one first (training.method=sft) or set training.dpo.adapter")
@@ -84,7 +84,7 @@ def test_method_dpo_continues_a_saved_adapter_and_saves_only_the_trained_one(tin
 
     write_rows(tmp_path / "data" / TRAIN_FILE, PAIRS)
     write_rows(tmp_path / "data" / VAL_FILE, PAIRS[:1])
-    result = run_smm(*train_args(tmp_path, tmp_path / "data", "preset=demo", "lora.rank=8", "lora.alpha=16",
+    result = run_smm(*train_args(tmp_path, tmp_path / "data", "preset=tiny", "lora.rank=8", "lora.alpha=16",
                                  "training.method=dpo", f"training.dpo.adapter={tiny_adapter}", "training.dpo.max_steps=2",
                                  "training.dpo.learning_rate=1e-3"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -119,7 +119,7 @@ def test_a_bad_budget_stops_at_config_validation():
 def test_a_layer_that_keeps_its_activations_gives_the_same_gradients(tmp_path):
     """On the tiny model (backend hf, CPU): with gradient checkpointing on, turning recomputation off
     on the last layer changes what is recomputed, not the gradients."""
-    cfg = compose_config("stage=train", "preset=demo", f"training.checkpoint_dir={tmp_path}", "lora.dropout=0")
+    cfg = compose_config("stage=train", "preset=tiny", f"training.checkpoint_dir={tmp_path}", "lora.dropout=0")
     model_dir = resolve_base_model(cfg.model)
     assert shape_of(model_dir) == Shape(2, 256, 512, 4, 2, 151936, tied=False)
     model = load_for_training(model_dir, cfg).model
@@ -153,7 +153,7 @@ def test_the_trainer_keeps_the_planned_layers_while_it_trains_and_sets_them_back
     from smm.training.sft import build_trainer
     from smm.training.tokenize import tokenize_examples
 
-    cfg = compose_config("stage=train", "preset=demo", f"training.checkpoint_dir={tmp_path}", "training.max_steps=2",
+    cfg = compose_config("stage=train", "preset=tiny", f"training.checkpoint_dir={tmp_path}", "training.max_steps=2",
                          "training.gradient_checkpointing=true", "training.batch_size=1", "training.gradient_accumulation_steps=1")
     loaded = load_for_training(resolve_base_model(cfg.model), cfg)
     rows = read_rows(prepared_seed / "train.jsonl")[:4]
@@ -188,7 +188,7 @@ def test_auto_reads_the_free_memory_of_the_process_s_own_gpu(monkeypatch, env, d
     asked = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: asked.append(index) or (20 * GIB, 24 * GIB))
-    cfg = compose_config("stage=train", "preset=demo", "model.quantization=4bit", "training.gradient_checkpointing=true")
+    cfg = compose_config("stage=train", "preset=tiny", "model.quantization=4bit", "training.gradient_checkpointing=true")
     p = plan_for_stage(cfg, resolve_base_model(cfg.model), "hf")
     assert asked == [device]
     assert p.budget_gib == pytest.approx(20 * 0.9 - 1)

@@ -30,7 +30,7 @@ class GradientsBeforeStep(TrainerCallback):
 
 def one_step(tmp_path, conversations, batch_size: int, accumulation: int):
     cfg = compose_config(
-        "stage=train", "preset=demo", f"training.checkpoint_dir={tmp_path / f'ck{batch_size}'}",
+        "stage=train", "preset=tiny", f"training.checkpoint_dir={tmp_path / f'ck{batch_size}'}",
         f"training.batch_size={batch_size}", f"training.gradient_accumulation_steps={accumulation}",
         "training.max_steps=1", "training.max_grad_norm=1e9", "training.logging_steps=1", "lora.dropout=0",
     )

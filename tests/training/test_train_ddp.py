@@ -61,7 +61,7 @@ def test_ranks_end_with_the_same_adapter_which_only_rank_0_writes(torchrun):
 
 def test_training_devices_relaunches_on_that_many_processes(small_data, tmp_path):
     # 320 tokens truncate some conversations: a warning that every rank meets.
-    run = run_train(tmp_path, small_data, "preset=demo", "model.max_seq_length=320", "training.max_steps=1", "training.devices=2").check()
+    run = run_train(tmp_path, small_data, "preset=tiny", "model.max_seq_length=320", "training.max_steps=1", "training.devices=2").check()
     metrics, manifest = run.metrics(), run.manifest()
     assert metrics["processes"] == 2 and metrics["device"] == "2 x cpu" and metrics["effective_batch_size"] == 2
     assert manifest["metrics"]["effective_batch_size"] == 2
@@ -102,7 +102,7 @@ def test_peak_memory_is_the_busiest_gpu_and_each_gpu():
 
 
 def test_a_bad_setup_fails_in_one_line_before_launching(small_data, tmp_path):
-    run = run_train(tmp_path, small_data, "preset=demo", "model.quantization=4bit", "training.devices=2")
+    run = run_train(tmp_path, small_data, "preset=tiny", "model.quantization=4bit", "training.devices=2")
     assert run.result.returncode == 1
     assert run.result.stderr.strip().splitlines() == ["error: model.quantization=4bit needs a CUDA GPU; on CPU or Mac use preset=cpu"]
     assert "Launching" not in run.log
@@ -137,7 +137,7 @@ def test_sft_then_dpo_runs_data_parallel_and_rank_0_writes_the_dpo_adapter(small
     data = shutil.copytree(small_data, tmp_path / "data")
     write_rows(data / TRAIN_FILE, PAIRS * 2)  # 4 pairs: one per rank and step
     write_rows(data / VAL_FILE, PAIRS)
-    run = run_train(tmp_path / "run", data, "preset=demo", "model.max_seq_length=320", "training.max_steps=1",
+    run = run_train(tmp_path / "run", data, "preset=tiny", "model.max_seq_length=320", "training.max_steps=1",
                     "training.devices=2", "training.dpo.max_steps=2", "training.dpo.learning_rate=5e-3").check()
     metrics = run.metrics()
     assert metrics["method"] == "sft_then_dpo" and metrics["processes"] == 2

@@ -1,4 +1,4 @@
-"""The CPU demo's training (`python run.py stage=pipeline preset=demo`, run once per session): the tiny
+"""The CPU demo's training (`python run.py stage=pipeline preset=tiny`, run once per session): the tiny
 model learns the seed conversations, and the adapter folder holds everything later stages need."""
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_demo_adapter_folder_holds_adapter_tokenizer_metrics_and_manifest(demo_r
             "metrics.json", "manifest.json"} <= files
     adapter_config = json.loads((demo_run.adapter / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(tiny_model_dir)
-    assert adapter_config["r"] == 16 and adapter_config["lora_alpha"] == 32  # preset=demo's LoRA
+    assert adapter_config["r"] == 16 and adapter_config["lora_alpha"] == 32  # preset=tiny's LoRA
     assert AutoTokenizer.from_pretrained(demo_run.adapter).chat_template == CHAT_TEMPLATE
 
     metrics = demo_run.metrics()

@@ -35,8 +35,8 @@ def conversations(prepared_seed) -> list[dict]:
 
 
 def stage_trainer(tmp_path, conversations, *overrides: str):
-    """(trainer, tokenizer, tokenized conversations) as ``stage=train preset=demo`` builds them."""
-    cfg = compose_config("stage=train", "preset=demo", f"training.checkpoint_dir={tmp_path / 'ck'}", *overrides)
+    """(trainer, tokenizer, tokenized conversations) as ``stage=train preset=tiny`` builds them."""
+    cfg = compose_config("stage=train", "preset=tiny", f"training.checkpoint_dir={tmp_path / 'ck'}", *overrides)
     loaded = load_for_training(resolve_base_model(cfg.model), cfg)
     train = tokenize_examples(loaded.tokenizer, conversations, cfg.model.max_seq_length)
     val = tokenize_examples(loaded.tokenizer, [], cfg.model.max_seq_length)
