@@ -18,6 +18,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -76,6 +77,11 @@ class Task:
     @property
     def keys(self) -> tuple[str, ...]:
         return tuple(self.schema["properties"])
+
+    @cached_property
+    def system_message(self) -> dict[str, str]:
+        """The system turn, one dict shared by every conversation of the task (feedback maps millions)."""
+        return {"role": "system", "content": self.system_prompt}
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,12 @@ class _PlatformsView(Sequence):
 
     def __len__(self) -> int:
         return len(current().platform_limits)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(current().platform_limits)
+
+    def __contains__(self, platform: object) -> bool:
+        return platform in current().platform_limits
 
     def __repr__(self) -> str:
         return f"PLATFORMS{tuple(self)}"
