@@ -179,7 +179,7 @@ def read_folder(folder: Path) -> tuple[dict, dict[str, int]]:
     files = {p.stem: p for p in sorted(folder.glob("*.yaml")) if not p.name.startswith("_")}
     for name, path in files.items():
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
-            raise _fail(path, "", "a task file's name is the task's: lowercase letters, digits and _ (e.g. comment_reply.yaml)")
+            raise _fail(path, "", "a task file's name is the task's: lowercase letters, digits and _ (e.g. carousel_caption.yaml)")
     if not files:
         raise ConfigError(f"tasks_dir: {folder} holds no task file (<task>.yaml)")
     for name in order:
