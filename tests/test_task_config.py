@@ -135,4 +135,5 @@ def test_a_seventh_task_trains_exports_evaluates_and_chats_without_code(tmp_path
                    'chat.prompt="Reply to this comment on X: the croissants were lovely!"', f"hydra.run.dir={root / 'chat'}",
                    cwd=tmp_path, timeout=300)
     assert chat.returncode == 0, chat.stderr[-3000:]
-    assert "task comment_reply" in chat.stdout and "[constrained]" in chat.stdout and "-> score" in chat.stdout
+    assert "task comment_reply, language en, platform x, answers constrained" in chat.stdout + chat.stderr
+    assert "[constrained]" in chat.stdout and "checks: json pass, schema pass" in chat.stdout  # the grammar held the schema
