@@ -137,3 +137,50 @@ def test_a_seventh_task_trains_exports_evaluates_and_chats_without_code(tmp_path
     assert chat.returncode == 0, chat.stderr[-3000:]
     assert "task comment_reply, language en, platform x, answers constrained" in chat.stdout + chat.stderr
     assert "[constrained]" in chat.stdout and "checks: json pass, schema pass" in chat.stdout  # the grammar held the schema
+
+
+def test_the_gate_says_when_deployed_and_candidate_were_trained_on_different_contracts(tmp_path):
+    from smm.loop import lineage
+    from smm.loop.gate import contract_note
+    from smm.stages.loop import promote
+
+    assert contract_note("1176f5bcdb9f48be", "1176f5bcdb9f48be") is None
+    runs = tmp_path / "runs"
+    (runs / "old").mkdir(parents=True)
+    lineage.write_manifest(runs / "old", {"kind": "loop", "status": "promoted", "task_contract": "aaaaaaaaaaaaaaaa"})
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"score": 0.5, "comparison": {"score": 0.5, "baseline_score": 0.6, "delta": -0.1, "checks": {}}}))
+    manifest = {"deployed_before": "old", "task_contract": "bbbbbbbbbbbbbbbb", "steps": {"evaluate": {"outputs": {"report": str(report)}}}}
+    cfg = compose_config(f"loop.runs_dir={runs}", f"loop.current={tmp_path / 'current'}")
+    gate = promote(cfg, runs / "new", manifest)["metrics"]["gate"]
+    assert not gate["passed"] and gate["notes"] == [
+        "the deployed model was trained on task contract aaaaaaaaaaaaaaaa, this run on bbbbbbbbbbbbbbbb: the tasks' "
+        "prompts or schemas changed, so the scores compare answers to different task definitions"]
+    lineage.write_manifest(runs / "old", {"kind": "loop", "status": "promoted", "task_contract": "bbbbbbbbbbbbbbbb"})
+    assert promote(cfg, runs / "new", manifest)["metrics"]["gate"]["notes"] == []
+
+
+def test_feedback_maps_rows_of_a_task_that_only_a_task_file_defines(tmp_path):
+    from smm.feedback.mapping import Mapper, sft_example
+
+    use(task_folder(tmp_path, EXAMPLE / "comment_reply.yaml"))
+    try:
+        task = TASKS["comment_reply"]
+        mapper = Mapper()
+        prompt = mapper.prompt("comment_reply", "en-US", "Instagram", task.system_prompt, "Reply to: love the new tart!")
+        text, _ = mapper.answer(task, '{"reply": "Thank you, we love it too!", "tone": "grateful", "escalate": false}', "empty", "invalid")
+        example = sft_example(prompt, text, {})
+        assert (example["task"], example["language"], example["platform"]) == ("comment_reply", "en", "instagram")
+        assert example["messages"][0] == {"role": "system", "content": task.system_prompt}
+        with pytest.raises(Exception, match="invalid"):
+            mapper.answer(task, '{"reply": "Thanks!", "tone": "smug", "escalate": false}', "empty", "invalid")
+    finally:
+        use(DEFAULT_TASKS_DIR)
+    assert "comment_reply" not in TASKS
+
+
+def test_the_readme_request_example_is_the_task_files_schema():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    body = json.loads(readme.split("that is, the body\n\n```json\n", 1)[1].split("```", 1)[0])
+    schema = json.loads(json.dumps(TASKS["post_generation"].schema).replace(json.dumps(TASKS["post_generation"].schema["properties"]["hashtags"]["items"]["pattern"]), '"…"'))
+    assert body["format"] == schema  # the README spells the hashtag pattern as "…"
