@@ -1,6 +1,7 @@
 """Task-aware checks of one model answer, all derived from the task registry (smm/tasks.py).
 
-Each check passes, fails (with reasons) or does not apply to the case's task:
+A task file lists the checks that apply to its task (``checks``; conf/tasks/<task>.yaml); each
+passes, fails (with reasons) or does not apply (the case does not ask for it):
 
 ========== ====== ===========================================================================
 check      weight passes when
