@@ -48,7 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fixture_texts import CITIES, KINDS, MONTHS, PLATFORM_NAMES, SLOT_TIMES, SLOTS, SURNAMES, L  # noqa: E402
 from smm.secrets import mask_url  # noqa: E402
-from smm.tasks import LANGUAGES, PLATFORM_LIMITS, PLATFORMS, TASKS, WEEKDAYS, published_lengths  # noqa: E402
+from smm.tasks import LANGUAGES, PLATFORM_LIMITS, PLATFORMS, TASKS, published_lengths  # noqa: E402
+
+WEEKDAYS = TASKS["posting_times"].schema["properties"]["recommendations"]["items"]["properties"]["day"]["enum"]
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
 MODEL_NAMES = ("social-media-marketer-q4", "social-media-marketer-v2-q4")

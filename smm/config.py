@@ -18,7 +18,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from smm.errors import ConfigError, SmmError
 from smm.secrets import mask_url
 from smm.stages import NAMES as STAGE_NAMES, NOT_IN_PIPELINE
-from smm.tasks import LANGUAGES, PLATFORMS, TASKS
+from smm import tasks
+from smm.tasks import LANGUAGES
 
 CONSTRAINED = ("off", "on", "both")
 LOOP_STEPS = ("feedback", "prepare", "train", "export", "evaluate", "promote")
@@ -158,9 +159,9 @@ class EvalConfig:
 
 @dataclass
 class ChatConfig:
-    task: str = _f("post_generation", "Task whose system prompt and checks the chat uses.", choices=tuple(TASKS))
+    task: str = _f("post_generation", "Task whose system prompt and checks the chat uses (one of the task files in tasks_dir).")
     language: str = _f("en", "Language the checks expect the answer in.", choices=tuple(LANGUAGES))
-    platform: str = _f("instagram", "Platform whose character limit the checks apply.", choices=PLATFORMS)
+    platform: str = _f("instagram", "Platform whose character limit the checks apply (one of the platforms of tasks_dir's _registry.yaml).")
     prompt: Optional[str] = _f(None, "Ask this one message and exit; unset = read messages from stdin, one per line, until an empty line or EOF.")
     constrained: str = _f("${eval.constrained}", "Constrain answers to the task's JSON schema: off, on, or both (each message answered both ways).", choices=CONSTRAINED)
 
@@ -243,6 +244,7 @@ class LoopConfig:
 @dataclass
 class Config:
     stage: str = _f("prepare", "Stage to run.", choices=STAGE_NAMES)
+    tasks_dir: Optional[str] = _f(None, "Folder of the task files (null = conf/tasks beside run.py): one <task>.yaml per task (system prompt, JSON schema, published fields, checks) and _registry.yaml (platforms and their character limits); read and validated when the config loads. docs/tasks.md: adding or changing a task.")
     study: str = _f("smm_lora", "Optuna study: the one hparams_search=optuna adds trials to and stage=sweep_report summarises.")
     model: ModelConfig = MISSING
     lora: LoraConfig = MISSING
@@ -330,7 +332,8 @@ def _check(node: Any, schema: type, prefix: str) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check choices and bounds of every key; raise ConfigError naming the first bad key."""
+    """Check choices and bounds of every key and load the task registry of ``tasks_dir`` (made current:
+    smm/tasks.py); raise ConfigError naming the first bad key (or task file and key)."""
     _check(cfg, Config, "")
     from smm.training.cpu_threads import check as check_cpu_threads
     from smm.training.memory_plan import budget_gib
@@ -340,6 +343,11 @@ def validate(cfg: DictConfig) -> None:
         check_cpu_threads(cfg.training.cpu_threads)  # auto or a number >= 1; OMP_NUM_THREADS too
     except SmmError as exc:
         raise ConfigError(str(exc)) from None
+    registry = tasks.use(cfg.tasks_dir or tasks.DEFAULT_TASKS_DIR)
+    if cfg.chat.task not in registry.tasks:
+        raise ConfigError(f"chat.task: {cfg.chat.task!r} is not one of {', '.join(registry.tasks)}")
+    if cfg.chat.platform not in registry.platform_limits:
+        raise ConfigError(f"chat.platform: {cfg.chat.platform!r} is not one of {', '.join(registry.platform_limits)}")
     if not cfg.pipeline.stages:
         raise ConfigError("pipeline.stages: empty; name the stages to run, e.g. [prepare, train]")
     for stage in cfg.pipeline.stages:

@@ -213,8 +213,11 @@ def write_manifest(
     hashes: dict[str, str] | None = None,
     **extra: Any,
 ) -> Path:
-    """Write ``manifest.json`` (config without secrets, input hashes, metrics, versions) into ``directory``;
-    ``hashes`` holds SHA-256s already computed (by path), the other inputs are hashed here."""
+    """Write ``manifest.json`` (config without secrets, input hashes, metrics, versions, the hash of the
+    task contract in use) into ``directory``; ``hashes`` holds SHA-256s already computed (by path), the
+    other inputs are hashed here."""
+    from smm.tasks import current
+
     hashes = hashes or {}
     path = Path(directory) / "manifest.json"
     write_json(
@@ -226,6 +229,7 @@ def write_manifest(
             "inputs": {str(p): hashes.get(str(p)) or sha256_file(p) for p in inputs},
             "metrics": metrics or {},
             "versions": versions(),
+            "task_contract": current().contract_hash,
             **extra,
             "config": config,
         },

@@ -1,6 +1,6 @@
 """What the app sends with each request to the served model: the task's JSON schema.
 
-The schemas are the task registry's (smm/tasks.py), unchanged. The export stage writes one file
+The schemas are the task files' (conf/tasks/<task>.yaml, through smm/tasks.py), unchanged. The export stage writes one file
 per task (``schemas/<task>.json``) next to the GGUF; the app puts it in Ollama's ``format`` or an
 OpenAI-compatible server's ``response_format`` (README, "Answers that always parse").
 """

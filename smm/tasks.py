@@ -1,18 +1,26 @@
-"""The task registry: the single source of truth for the six tasks smm trains and evaluates.
+"""The task registry: the tasks smm trains and evaluates, read from a task folder (``conf/tasks``).
 
 For every task it holds the JSON schema of the answer, the system prompt, which answer fields
 carry prose in the requested language, which fields are published on the platform (and so are
-bound by its character limit), and which hold hashtags. Prepare validates with it, train formats
-prompts with it, feedback filters with it and evaluate derives every check from it; nothing else
-hard-codes task keys.
+bound by its character limit), which hold hashtags and which checks apply. Prepare validates with
+it, train formats prompts with it, feedback filters with it, evaluate derives every check from it,
+export writes its schemas; nothing else hard-codes task keys. docs/tasks.md: adding a task.
+
+One registry is current per process: the folder the config names (``tasks_dir``), loaded and made
+current by :func:`use` when the config is validated (smm/config.py), before any stage runs; until
+then the repository's ``conf/tasks``. ``TASKS``, ``PLATFORM_LIMITS`` and ``PLATFORMS`` are read-only
+views of the current registry, so modules that import them follow it. Folders are read once
+(cached until a file in them changes).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property
+from pathlib import Path
 from typing import Any, Iterator
-
-from jsonschema import Draft202012Validator
 
 from smm import strict_json
 
@@ -23,41 +31,19 @@ LANGUAGES: dict[str, str] = {
     "es": "Spanish",
     "pt": "Portuguese",
 }
-
-# Characters a post may have on each platform (the published text, hashtags included).
-PLATFORM_LIMITS: dict[str, int] = {
-    "facebook": 63206,
-    "linkedin": 3000,
-    "instagram": 2200,
-    "x": 280,
-    "threads": 500,
-}
-PLATFORMS: tuple[str, ...] = tuple(PLATFORM_LIMITS)
+"""The languages smm writes: language detection and the formality word lists are per language."""
 
 # "#" and 1-100 characters that are not "#", whitespace (every character \s matches, spelled
 # out: llama.cpp's grammars know no \s), quotes, backslashes or control characters, so the grammar
-# Ollama and llama.cpp make from the schema can only produce valid JSON strings.
+# Ollama and llama.cpp make from the schema can only produce valid JSON strings. The task files'
+# hashtag schemas use it; the hashtags check tests each tag against it.
 HASHTAG_PATTERN = r'^#[^#"\\\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{1,100}$'
-SENTIMENT_LABELS = ("positive", "negative", "neutral", "mixed")
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-
-_TEXT = {"type": "string", "minLength": 1}
-_HASHTAGS = {"type": "array", "items": {"type": "string", "pattern": HASHTAG_PATTERN}}
-
-
-def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    """A JSON-schema object with exactly these keys (all required unless listed otherwise)."""
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties) if required is None else required,
-        "additionalProperties": False,
-    }
+DEFAULT_TASKS_DIR = Path(__file__).resolve().parent.parent / "conf" / "tasks"
 
 
 @dataclass(frozen=True)
 class Task:
-    """One task type: what the model is asked and what a valid answer looks like."""
+    """One task type: what the model is asked and what a valid answer looks like (one task file)."""
 
     name: str
     title: str
@@ -79,192 +65,158 @@ class Task:
     free_numbers: str = ""
     """Numbers the answer may add: ``clock`` (times of day, hours 0-24), ``score`` (values from -1
     to 1) or ``""`` (none beyond the request's)."""
+    checks: tuple[str, ...] = ()
+    """The evaluation checks that apply to the task (smm/eval/checks.py), where the case asks for them."""
     example: dict[str, Any] = field(default_factory=dict)
     """A minimal valid answer (documentation, and a test fixture for the schema)."""
+    eval_cases: tuple[dict, ...] = ()
+    """Built-in evaluation cases of the task (rows of a case file without ``task``)."""
+    source: str = ""
+    """The task file."""
 
     @property
     def keys(self) -> tuple[str, ...]:
         return tuple(self.schema["properties"])
 
-
-def _system(instruction: str, shape: str) -> str:
-    return (
-        "You are an expert social media marketer for small businesses. "
-        f"{instruction} Write every text in the language the user asks for. "
-        f"Answer with one JSON object only, no prose around it, of this shape: {shape}"
-    )
+    @cached_property
+    def system_message(self) -> dict[str, str]:
+        """The system turn, one dict shared by every conversation of the task (feedback maps millions)."""
+        return {"role": "system", "content": self.system_prompt}
 
 
-TASKS: dict[str, Task] = {
-    task.name: task
-    for task in (
-        Task(
-            name="post_generation",
-            title="Post from keywords",
-            system_prompt=_system(
-                "Write one ready-to-publish post for the platform the user names, built from their "
-                "keywords, within the platform's character limit (hashtags included).",
-                '{"post": string, "hashtags": [string], "call_to_action": string}',
-            ),
-            schema=_object({"post": _TEXT, "hashtags": _HASHTAGS, "call_to_action": _TEXT}),
-            text_fields=("post", "call_to_action"),
-            published_fields=("post",),
-            hashtag_fields=("hashtags",),
-            hashtags_published=True,
-            addressed_fields=("post", "call_to_action"),
-            fact_source="prompt",
-            example={"post": "Fresh bread every morning.", "hashtags": ["#bakery"], "call_to_action": "Visit us!"},
-        ),
-        Task(
-            name="hashtags",
-            title="Categorized hashtags",
-            system_prompt=_system(
-                "Suggest hashtags for the user's topic and platform, grouped as primary (core "
-                "topic, high relevance), secondary (related), trending (currently popular) and "
-                "niche (small, specific communities), and explain the strategy in one or two sentences.",
-                '{"primary": [string], "secondary": [string], "trending": [string], '
-                '"niche": [string], "strategy": string}',
-            ),
-            schema=_object(
-                {
-                    "primary": {**_HASHTAGS, "minItems": 1},
-                    "secondary": _HASHTAGS,
-                    "trending": _HASHTAGS,
-                    "niche": _HASHTAGS,
-                    "strategy": _TEXT,
-                }
-            ),
-            text_fields=("strategy",),
-            hashtag_fields=("primary", "secondary", "trending", "niche"),
-            example={"primary": ["#coffee"], "secondary": [], "trending": [], "niche": [], "strategy": "Lead with the core topic."},
-        ),
-        Task(
-            name="ab_variations",
-            title="A/B variations",
-            system_prompt=_system(
-                "Write at least two clearly different variations of the post the user describes, "
-                "for an A/B test on the named platform; label them A, B, ..., name each one's "
-                "angle and state what the test will tell.",
-                '{"variations": [{"label": string, "post": string, "angle": string}], '
-                '"test_hypothesis": string}',
-            ),
-            schema=_object(
-                {
-                    "variations": {
-                        "type": "array",
-                        "minItems": 2,
-                        "items": _object(
-                            {"label": {"type": "string", "pattern": "^[A-Z]$"}, "post": _TEXT, "angle": _TEXT}
-                        ),
-                    },
-                    "test_hypothesis": _TEXT,
-                }
-            ),
-            text_fields=("variations[].post", "variations[].angle", "test_hypothesis"),
-            published_fields=("variations[].post",),
-            addressed_fields=("variations[].post",),
-            fact_source="prompt",
-            example={
-                "variations": [
-                    {"label": "A", "post": "Save 20% today.", "angle": "discount"},
-                    {"label": "B", "post": "Our best seller is back.", "angle": "scarcity"},
-                ],
-                "test_hypothesis": "Discounts beat scarcity.",
-            },
-        ),
-        Task(
-            name="sentiment",
-            title="Sentiment analysis",
-            system_prompt=_system(
-                "Analyse the sentiment of the social media text the user quotes: a label "
-                f"({', '.join(SENTIMENT_LABELS)}), a score from -1 (very negative) to 1 (very "
-                "positive), the key phrases that carry it (quoted from the text), a one-sentence "
-                "summary and a reply the brand could post.",
-                '{"sentiment": string, "score": number, "key_phrases": [string], "summary": string, '
-                '"suggested_reply": string}',
-            ),
-            schema=_object(
-                {
-                    "sentiment": {"type": "string", "enum": list(SENTIMENT_LABELS)},
-                    "score": {"type": "number", "minimum": -1, "maximum": 1},
-                    "key_phrases": {"type": "array", "items": _TEXT},
-                    "summary": _TEXT,
-                    "suggested_reply": _TEXT,
-                }
-            ),
-            text_fields=("summary", "suggested_reply"),
-            published_fields=("suggested_reply",),
-            addressed_fields=("suggested_reply",),
-            free_numbers="score",
-            example={"sentiment": "positive", "score": 0.8, "key_phrases": ["love it"], "summary": "A happy customer.", "suggested_reply": "Thank you!"},
-        ),
-        Task(
-            name="posting_times",
-            title="Posting-time recommendations",
-            system_prompt=_system(
-                "Recommend the best days and times to post for the audience, platform and time "
-                "zone the user describes; days as lowercase English weekday names, times as 24-hour "
-                "HH:MM in that time zone, each with a short reason.",
-                '{"timezone": string, "recommendations": [{"day": string, "time": string, '
-                '"reason": string}]}',
-            ),
-            schema=_object(
-                {
-                    "timezone": _TEXT,
-                    "recommendations": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": _object(
-                            {
-                                "day": {"type": "string", "enum": list(WEEKDAYS)},
-                                "time": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},
-                                "reason": _TEXT,
-                            }
-                        ),
-                    },
-                }
-            ),
-            text_fields=("recommendations[].reason",),
-            free_numbers="clock",
-            example={"timezone": "Europe/Berlin", "recommendations": [{"day": "tuesday", "time": "09:00", "reason": "Commute scrolling."}]},
-        ),
-        Task(
-            name="brand_voice",
-            title="Brand-voice adaptation",
-            system_prompt=_system(
-                "Rewrite the user's post in the brand voice they describe, keeping its facts and "
-                "fitting the named platform; list the voice traits you applied and the changes you made.",
-                '{"adapted_post": string, "voice_traits": [string], "changes": [string]}',
-            ),
-            schema=_object(
-                {
-                    "adapted_post": _TEXT,
-                    "voice_traits": {"type": "array", "minItems": 1, "items": _TEXT},
-                    "changes": {"type": "array", "minItems": 1, "items": _TEXT},
-                }
-            ),
-            text_fields=("adapted_post", "changes[]"),
-            published_fields=("adapted_post",),
-            addressed_fields=("adapted_post",),
-            fact_source="quoted",
-            example={"adapted_post": "Hey friends, new beans just landed!", "voice_traits": ["playful"], "changes": ["Added a greeting."]},
-        ),
-    )
-}
+@dataclass(frozen=True)
+class Registry:
+    """The tasks of one task folder and the platforms' character limits."""
+
+    folder: Path
+    tasks: dict[str, Task]
+    platform_limits: dict[str, int]
+    _validators: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def contract_hash(self) -> str:
+        """SHA-256 (16 hex digits) of what the app and the model agree on: each task's name, system
+        prompt and JSON schema. Recorded in manifests; a different hash means a different contract."""
+        contract = {name: {"system_prompt": t.system_prompt, "schema": t.schema} for name, t in sorted(self.tasks.items())}
+        return hashlib.sha256(json.dumps(contract, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+    def validator(self, kind: str, task_name: str):
+        """The task's schema validator, built once: ``jsonschema`` (lists every error) or ``fast``
+        (fastjsonschema: compiled to Python, raises on the first error, ~20x faster)."""
+        key = (kind, task_name)
+        if key not in self._validators:
+            schema = self.tasks[task_name].schema
+            if kind == "fast":
+                import fastjsonschema
+
+                self._validators[key] = fastjsonschema.compile(schema)
+            else:
+                from jsonschema import Draft202012Validator
+
+                self._validators[key] = Draft202012Validator(schema)
+        return self._validators[key]
 
 
-@lru_cache(maxsize=None)
-def schema_validator(task_name: str) -> Draft202012Validator:
-    """The task's JSON-schema validator (jsonschema: lists every error, with its location)."""
-    return Draft202012Validator(TASKS[task_name].schema)
+_loaded: dict[Path, tuple[tuple, Registry]] = {}
+_current: list[Registry] = []
 
 
-@lru_cache(maxsize=None)
+def _stamp(folder: Path) -> tuple:
+    return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.iterdir())) if folder.is_dir() else ()
+
+
+def load_registry(folder: str | Path = DEFAULT_TASKS_DIR) -> Registry:
+    """The registry of a task folder, read and validated once (again when a file in it changes);
+    ``ConfigError`` naming the file and key of the first problem."""
+    from smm.task_files import read_folder
+
+    folder = Path(folder).resolve()
+    stamp = _stamp(folder)
+    if folder not in _loaded or _loaded[folder][0] != stamp:
+        tasks, platforms = read_folder(folder)
+        _loaded[folder] = (stamp, Registry(folder, tasks, platforms))
+    return _loaded[folder][1]
+
+
+def use(tasks_dir: str | Path) -> Registry:
+    """Load ``tasks_dir`` (the config's) and make it the registry every module reads."""
+    registry = load_registry(tasks_dir)
+    _current[:] = [registry]
+    return registry
+
+
+def current() -> Registry:
+    """The registry in use: the last :func:`use`'s, else the repository's ``conf/tasks``."""
+    if not _current:
+        _current.append(load_registry(DEFAULT_TASKS_DIR))
+    return _current[0]
+
+
+class _TasksView(Mapping):
+    """The current registry's tasks by name."""
+
+    def __getitem__(self, name: str) -> Task:
+        return current().tasks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(current().tasks)
+
+    def __len__(self) -> int:
+        return len(current().tasks)
+
+    def __repr__(self) -> str:
+        return f"TASKS({', '.join(self)})"
+
+
+class _LimitsView(Mapping):
+    """The current registry's platforms and their character limits."""
+
+    def __getitem__(self, platform: str) -> int:
+        return current().platform_limits[platform]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(current().platform_limits)
+
+    def __len__(self) -> int:
+        return len(current().platform_limits)
+
+    def __repr__(self) -> str:
+        return f"PLATFORM_LIMITS({dict(self)})"
+
+
+class _PlatformsView(Sequence):
+    """The current registry's platform names, in order."""
+
+    def __getitem__(self, index):
+        return tuple(current().platform_limits)[index]
+
+    def __len__(self) -> int:
+        return len(current().platform_limits)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(current().platform_limits)
+
+    def __contains__(self, platform: object) -> bool:
+        return platform in current().platform_limits
+
+    def __repr__(self) -> str:
+        return f"PLATFORMS{tuple(self)}"
+
+
+TASKS: Mapping[str, Task] = _TasksView()
+PLATFORM_LIMITS: Mapping[str, int] = _LimitsView()
+"""Characters a post may have on each platform (the published text, hashtags included)."""
+PLATFORMS: Sequence[str] = _PlatformsView()
+
+
+def schema_validator(task_name: str):
+    """The task's jsonschema validator (lists every error, with its location)."""
+    return current().validator("jsonschema", task_name)
+
+
 def fast_validator(task_name: str):
     """The task's schema compiled to Python by fastjsonschema: raises on the first error, ~20x faster."""
-    import fastjsonschema
-
-    return fastjsonschema.compile(TASKS[task_name].schema)
+    return current().validator("fast", task_name)
 
 
 def schema_errors(task: Task, answer: Any) -> list[str]:

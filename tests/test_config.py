@@ -18,7 +18,7 @@ from smm.io import write_manifest
 
 GROUP_OPTIONS = sorted(
     (group.name, option.stem)
-    for group in (REPO / "conf").iterdir() if group.is_dir()
+    for group in (REPO / "conf").iterdir() if group.is_dir() and group.name != "tasks"  # task files, not a group
     for option in group.glob("*.yaml")
 )
 

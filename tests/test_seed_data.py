@@ -15,8 +15,10 @@ import pytest
 from smm.chat import render
 from smm.language import detect_language
 from smm.tasks import (
-    LANGUAGES, PLATFORM_LIMITS, PLATFORMS, SENTIMENT_LABELS, TASKS, hashtags, parse_answer, published_lengths, texts,
+    LANGUAGES, PLATFORM_LIMITS, PLATFORMS, TASKS, hashtags, parse_answer, published_lengths, texts,
 )
+
+SENTIMENT_LABELS = TASKS["sentiment"].schema["properties"]["sentiment"]["enum"]  # from conf/tasks/sentiment.yaml
 
 SEED_FILE = Path(__file__).resolve().parent.parent / "data" / "seed" / "social_media_examples.jsonl"
 MIN_PER_PLATFORM = 4

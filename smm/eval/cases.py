@@ -20,7 +20,8 @@ A case file is JSONL, one object per line::
 - ``timezone``: the IANA time zone a ``posting_times`` answer must name, e.g. ``"Europe/Berlin"``.
 
 The system prompt is not stored: it comes from the task registry, so a case is asked exactly as
-the model was trained. Every problem is reported as ``file:line: reason``.
+the model was trained. The built-in set is ``cases.jsonl`` (the six original tasks) plus the
+``eval_cases`` of each task file (conf/tasks/<task>.yaml; rows without ``task``). Every problem is reported as ``file:line: reason``.
 """
 from __future__ import annotations
 
@@ -223,6 +224,21 @@ def load_cases(path: str | os.PathLike) -> list[EvalCase]:
     return cases
 
 
+def task_file_cases() -> list[EvalCase]:
+    """The built-in cases that the task files bring (``eval_cases``); ``SmmError("file: eval_cases[i]: reason")``."""
+    cases = []
+    for task in TASKS.values():
+        for index, row in enumerate(task.eval_cases):
+            where = f"{task.source}: eval_cases[{index}]"
+            try:
+                if "task" in row:
+                    raise ValueError("'task' is the task file's name; leave it out")
+                cases.append(parse_case({**row, "task": task.name}, where))
+            except ValueError as exc:
+                raise SmmError(f"{where}: {exc}") from None
+    return cases
+
+
 def _check_unique(cases: list[EvalCase]) -> None:
     seen: dict[str, EvalCase] = {}
     for case in cases:
@@ -253,7 +269,7 @@ def select_cases(test_file: str | None = None, test_mode: str = "add", max_cases
     cut to ``max_cases`` (0 = all) spread over tasks, languages and platforms. Case ids must be unique."""
     if test_mode == "replace" and not test_file:
         raise SmmError("eval.test_mode=replace needs eval.test_file (a JSONL file of your own cases)")
-    cases = [] if test_mode == "replace" else load_cases(builtin)
+    cases = [] if test_mode == "replace" else load_cases(builtin) + task_file_cases()
     if test_file:
         cases += load_cases(test_file)
     _check_unique(cases)

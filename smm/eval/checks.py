@@ -1,6 +1,7 @@
 """Task-aware checks of one model answer, all derived from the task registry (smm/tasks.py).
 
-Each check passes, fails (with reasons) or does not apply to the case's task:
+A task file lists the checks that apply to its task (``checks``; conf/tasks/<task>.yaml); each
+passes, fails (with reasons) or does not apply (the case does not ask for it):
 
 ========== ====== ===========================================================================
 check      weight passes when
@@ -420,31 +421,41 @@ def check_timezone(task: Task, case, answer: dict) -> CheckResult:
 @dataclass(frozen=True)
 class Check:
     weight: float
-    applies: Callable[[Task, Any], bool]
+    fits: Callable[[Task], bool]
+    """Whether the check can apply to a task at all (a task file may list it only then)..."""
+    asked: Callable[[Task, Any], bool]
+    """...and whether the case asks for it (for checks that need something of the case)."""
     run: Callable[[Task, Any, dict], CheckResult] | None
     description: str
+    needs: str = ""
+    """What ``fits`` needs of a task, in words (for the task file's error)."""
+
+
+def _always(*_) -> bool:
+    return True
 
 
 CHECKS: dict[str, Check] = {
-    "json": Check(2, lambda t, c: True, None, "one strict JSON object, no code fence or prose"),
-    "schema": Check(2, lambda t, c: True, check_schema, "the task's keys, no others, right types and formats"),
-    "language": Check(1, lambda t, c: bool(t.text_fields), check_language, "prose in the requested language"),
-    "length": Check(1, lambda t, c: bool(t.published_fields), check_length, "published texts within the platform limit and the case's bounds"),
-    "hashtags": Check(1, lambda t, c: bool(t.hashtag_fields), check_hashtags, "hashtag lists present, tags well-formed and unique"),
-    "enums": Check(1, lambda t, c: _has_enum(t.schema), check_enums, "fixed-choice fields hold allowed values"),
-    "variations": Check(1, lambda t, c: bool(variation_roots(t)), check_variations, "enough alternatives, all different"),
-    "expect": Check(1, lambda t, c: bool(c.expect), check_expect, "values equal the case's expected values"),
-    "echo": Check(2, lambda t, c: bool(t.text_fields), check_echo, "prose does not merely repeat the request"),
-    "facts": Check(2, lambda t, c: bool(t.fact_source or c.required_facts), check_facts, "keeps the request's numbers, codes, links and the case's required facts"),
-    "numbers": Check(1, lambda t, c: bool(t.text_fields), check_numbers, "invents no number the request does not give"),
-    "loops": Check(1, lambda t, c: True, check_loops, "no degenerate repetition"),
-    "formality": Check(1, lambda t, c: c.formality is not None, check_formality, "addresses the reader as the case asks (du/Sie, tu/vous, ...)"),
-    "timezone": Check(1, lambda t, c: "timezone" in t.keys, check_timezone, "an IANA time zone, the case's when given"),
+    "json": Check(2, _always, _always, None, "one strict JSON object, no code fence or prose"),
+    "schema": Check(2, _always, _always, check_schema, "the task's keys, no others, right types and formats"),
+    "language": Check(1, lambda t: bool(t.text_fields), _always, check_language, "prose in the requested language", "text_fields"),
+    "length": Check(1, lambda t: bool(t.published_fields), _always, check_length, "published texts within the platform limit and the case's bounds", "published_fields"),
+    "hashtags": Check(1, lambda t: bool(t.hashtag_fields), _always, check_hashtags, "hashtag lists present, tags well-formed and unique", "hashtag_fields"),
+    "enums": Check(1, lambda t: _has_enum(t.schema), _always, check_enums, "fixed-choice fields hold allowed values", "an enum in the schema"),
+    "variations": Check(1, lambda t: bool(variation_roots(t)), _always, check_variations, "enough alternatives, all different", "a published field inside a list, e.g. variations[].post"),
+    "expect": Check(1, _always, lambda t, c: bool(c.expect), check_expect, "values equal the case's expected values"),
+    "echo": Check(2, lambda t: bool(t.text_fields), _always, check_echo, "prose does not merely repeat the request", "text_fields"),
+    "facts": Check(2, _always, lambda t, c: bool(t.fact_source or c.required_facts), check_facts, "keeps the request's numbers, codes, links and the case's required facts"),
+    "numbers": Check(1, lambda t: bool(t.text_fields), _always, check_numbers, "invents no number the request does not give", "text_fields"),
+    "loops": Check(1, _always, _always, check_loops, "no degenerate repetition"),
+    "formality": Check(1, lambda t: bool(t.addressed_fields), lambda t, c: c.formality is not None, check_formality, "addresses the reader as the case asks (du/Sie, tu/vous, ...)", "addressed_fields"),
+    "timezone": Check(1, lambda t: "timezone" in t.keys, _always, check_timezone, "an IANA time zone, the case's when given", "a timezone key in the schema"),
 }
 
 
 def applicable_checks(task: Task, case) -> list[str]:
-    return [name for name, check in CHECKS.items() if check.applies(task, case)]
+    """The task file's checks that the case asks for, in the order of :data:`CHECKS`."""
+    return [name for name, check in CHECKS.items() if name in task.checks and check.fits(task) and check.asked(task, case)]
 
 
 def weighted_score(results: dict[str, CheckResult]) -> float:

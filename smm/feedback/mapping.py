@@ -28,7 +28,7 @@ import orjson
 from smm.chat import neutralize_control_tokens
 from smm.feedback import EDITED, RATINGS, THUMBS_DOWN, THUMBS_UP
 from smm.feedback.pii import Scrubber
-from smm.tasks import LANGUAGES, PLATFORMS, TASKS, Task, fast_validator, parse_answer
+from smm.tasks import LANGUAGES, PLATFORM_LIMITS, TASKS, Task, fast_validator, parse_answer
 
 # Why a rating row gives no example (keys of CollectResult.skipped).
 GENERATION_MISSING = "generation missing"
@@ -49,9 +49,6 @@ SAME_ANSWER = "approved and thumbs-down answers are the same"
 INVALID_CHOSEN = "approved answer not valid for its task"
 OTHER_PROMPT = "prompts differ (hash collision)"
 
-_PLATFORMS = frozenset(PLATFORMS)
-# The registry's system messages, built once: nearly every example shares one of them.
-_SYSTEM_MESSAGES = {task.system_prompt: {"role": "system", "content": task.system_prompt} for task in TASKS.values()}
 
 
 class Skip(Exception):
@@ -72,7 +69,7 @@ class Prompt(NamedTuple):
     user: str
 
     def messages(self) -> list[dict[str, str]]:
-        system = _SYSTEM_MESSAGES.get(self.system) or {"role": "system", "content": self.system}
+        system = self.task.system_message if self.system == self.task.system_prompt else {"role": "system", "content": self.system}
         return [system, {"role": "user", "content": self.user}]
 
     def fields(self) -> dict[str, Any]:
@@ -90,14 +87,14 @@ def _language(value: str | None) -> str:
 
 
 def _platform(value: str | None, task: Task) -> str | None:
-    if value in _PLATFORMS:
+    if value in PLATFORM_LIMITS:
         return value
     name = (value or "").strip().lower()
     if not name:
         if task.published_fields:
             raise Skip(MISSING_PLATFORM, f"{task.name} answers are published on a platform")
         return None
-    if name not in _PLATFORMS:
+    if name not in PLATFORM_LIMITS:
         raise Skip(UNKNOWN_PLATFORM, repr(value))
     return name
 

@@ -3,7 +3,9 @@
 It reads the evaluation report of the new model, whose ``comparison`` (smm/eval/report.py) holds the
 score and per-check pass rates of both models on the cases they share. It passes when the score
 rises by at least ``min_delta`` and no check that the deployed model passed at least sometimes
-(pass rate > 0) loses more than ``max_regression`` of its pass rate.
+(pass rate > 0) loses more than ``max_regression`` of its pass rate. When the two models were trained
+on different task contracts (task prompts and schemas: the ``task_contract`` hash in their manifests),
+the verdict says so in ``notes``: their scores then compare answers to different task definitions.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ class Verdict:
     baseline_score: float | None = None
     delta: float | None = None
     blocking_checks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What the verdict should be read with (a change of the task contract); never blocks."""
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -42,3 +46,12 @@ def judge(report: dict, min_delta: float, max_regression: float) -> Verdict:
                                    f"(drop {-change:.0%} > loop.max_regression {max_regression:.0%})")
     verdict.passed = not verdict.reasons
     return verdict
+
+
+def contract_note(candidate: str | None, deployed: str | None) -> str | None:
+    """The note for a candidate and a deployed model trained on different task contracts (or None)."""
+    if candidate == deployed:
+        return None
+    return (f"the deployed model was trained on task contract {deployed or 'unrecorded'}, this run on "
+            f"{candidate or 'unrecorded'}: the tasks' prompts or schemas changed, so the scores compare "
+            "answers to different task definitions")

@@ -39,6 +39,7 @@ from smm.eval.judge import judge_records, judge_url
 from smm.eval.report import build_report, make_record, pct, recheck, render_markdown, signed
 from smm.secrets import mask_url
 from smm.serving import answer_schema
+from smm.tasks import TASKS
 
 log = logging.getLogger(__name__)
 HTTP_BACKENDS = ("ollama", "openai")
@@ -266,7 +267,8 @@ def run(cfg: DictConfig) -> float:
     check_can_constrain(e.backend, e.constrained)
     modes = MODES[e.constrained]
     cases = select_cases(e.test_file, e.test_mode, e.max_cases)
-    inputs = ([] if e.test_mode == "replace" else [str(BUILTIN_CASES)]) + ([e.test_file] if e.test_file else [])
+    builtin = [str(BUILTIN_CASES), *(t.source for t in TASKS.values() if t.eval_cases)]
+    inputs = ([] if e.test_mode == "replace" else builtin) + ([e.test_file] if e.test_file else [])
     baseline_plan = plan_baseline(cfg, cases)
     log.info("Evaluating %d cases with eval.backend=%s (%s)", len(cases), e.backend, " and ".join(modes))
 

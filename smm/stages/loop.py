@@ -32,11 +32,11 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from smm import stages
+from smm import stages, tasks
 from smm.config import LOOP_STEPS, to_plain
 from smm.errors import GateRefused, NothingNew, SmmError
 from smm.loop import lineage
-from smm.loop.gate import judge
+from smm.loop.gate import contract_note, judge
 
 log = logging.getLogger(__name__)
 FEEDBACK_FILES = ("feedback_sft.jsonl", "feedback_dpo.jsonl")
@@ -175,6 +175,12 @@ def promote(cfg: DictConfig, run_dir: Path, manifest: dict) -> dict:
 
     report = json.loads(Path(manifest["steps"]["evaluate"]["outputs"]["report"]).read_text(encoding="utf-8"))
     verdict = judge(report, cfg.loop.min_delta, cfg.loop.max_regression)
+    if manifest.get("deployed_before"):
+        deployed_manifest = lineage.read_manifest(Path(cfg.loop.runs_dir) / manifest["deployed_before"])
+        note = contract_note(manifest.get("task_contract"), deployed_manifest.get("task_contract"))
+        if note:
+            log.warning("Gate: %s", note)
+            verdict.notes.append(note)
     record = {"outputs": {}, "metrics": {"gate": verdict.as_dict()}}
     if not verdict.passed:
         record["refused"] = True
@@ -276,7 +282,7 @@ def run(cfg: DictConfig) -> float:
             manifest = {"kind": "loop", "run_id": run_dir.name, "created_at": lineage.now(), "steps": {}}
             first = 0
         manifest.update(status="running", error=None, code=lineage.code_revision(),
-                        deployed_before=deployed.name if deployed else None)
+                        deployed_before=deployed.name if deployed else None, task_contract=tasks.current().contract_hash)
         c = run_config(cfg, run_dir, baseline_for(cfg, deployed))
         manifest["config"] = to_plain(c)
         lineage.write_manifest(run_dir, manifest)
@@ -312,12 +318,13 @@ def _run_steps(cfg: DictConfig, c: DictConfig, run_dir: Path, manifest: dict, fi
         manifest["status"] = "refused"
         lineage.write_manifest(run_dir, manifest)
         deployed = manifest.get("deployed_before") or "none"
-        raise GateRefused(f"run {run_dir.name} not promoted, the deployed run ({deployed}) stays: " + "; ".join(gate["reasons"]))
+        raise GateRefused(f"run {run_dir.name} not promoted, the deployed run ({deployed}) stays: " + "; ".join(gate["reasons"] + gate["notes"]))
     manifest["status"] = "promoted"
     lineage.write_manifest(run_dir, manifest)
     score = gate["score"]
     versus = f" (deployed was {gate['baseline_score']:.3f}, delta {gate['delta']:+.3f})" if gate["delta"] is not None else ""
-    print(f"promoted: run {run_dir.name}, score {score:.3f}{versus}; {cfg.loop.current} → {run_dir}")
+    notes = "".join(f" (note: {note})" for note in gate["notes"])
+    print(f"promoted: run {run_dir.name}, score {score:.3f}{versus}; {cfg.loop.current} → {run_dir}{notes}")
     return float(score)
 
 

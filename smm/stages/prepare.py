@@ -118,9 +118,12 @@ class Record:
     __getitem__ = object.__getattribute__  # record["task"] as for a dict, without a Python call
 
 
-TASK_NAMES = tuple(TASKS)
 LANGUAGE_NAMES = tuple(LANGUAGES)
-PLATFORM_NAMES = (None, *PLATFORMS)
+
+
+def _names() -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    """The task and platform names of the current registry (the columns hold their indexes)."""
+    return tuple(TASKS), (None, *PLATFORMS)
 
 
 @dataclass
@@ -156,7 +159,7 @@ def check_block(path: str, offset: int, size: int, first_line: int, language_che
     with open(path, "rb") as fh:
         data = os.pread(fh.fileno(), size, offset)
     out, sizes, ids, columns, texts, rejected, mismatches = [], [], [], [], [], [], []
-    count = 0
+    count, (task_names, platform_names) = 0, _names()
     for number, raw in block_lines(data, first_line):
         count += 1
         value, error = parse_line(raw)
@@ -179,8 +182,8 @@ def check_block(path: str, offset: int, size: int, first_line: int, language_che
         out.append(line)
         sizes.append(len(line))
         ids.append(int(example["id"], 16))
-        columns.append((TASK_NAMES.index(example["task"]), LANGUAGE_NAMES.index(example["language"]),
-                        PLATFORM_NAMES.index(example["platform"]), conversation_chars(example),
+        columns.append((task_names.index(example["task"]), LANGUAGE_NAMES.index(example["language"]),
+                        platform_names.index(example["platform"]), conversation_chars(example),
                         conversation_chars(example, "assistant")))
         texts.append(_conversation_text(example))
     sketches = dedup.sketches(texts) if texts else np.zeros((0, dedup.BINS), dtype=np.uint16)
@@ -256,7 +259,8 @@ class Spooled:
 
 
 def _records(columns: np.ndarray) -> list[Record]:
-    return [Record(TASK_NAMES[t], LANGUAGE_NAMES[lang], PLATFORM_NAMES[p], chars, answer, row)
+    task_names, platform_names = _names()
+    return [Record(task_names[t], LANGUAGE_NAMES[lang], platform_names[p], chars, answer, row)
             for row, (t, lang, p, chars, answer) in enumerate(columns.tolist())]
 
 
