@@ -39,7 +39,7 @@ from smm.loop import lineage
 from smm.loop.gate import judge
 
 log = logging.getLogger(__name__)
-FEEDBACK_FILES = ("feedback_sft.jsonl", "feedback_dpo.jsonl")
+FEEDBACK_FILES = ("feedback_sft.jsonl", "feedback_dpo.jsonl", "feedback_kto.jsonl")
 
 
 def run_config(cfg: DictConfig, run_dir: Path, baseline: str | None) -> DictConfig:

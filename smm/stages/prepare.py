@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from smm import outdir
-from smm.data import dedup, preferences, split
+from smm.data import dedup, preferences, split, unpaired
 from smm.config import to_plain
 from smm.data.stats import conversation_chars, print_summary, save_chart, split_stats
 from smm.errors import SmmError
@@ -44,9 +44,9 @@ from smm.language import detect_language, mismatch
 from smm.tasks import LANGUAGES, PLATFORMS, TASKS
 
 log = logging.getLogger(__name__)
-PREFERENCE_SUFFIX = "_dpo.jsonl"
-OUTPUTS = frozenset({"train.jsonl", "val.jsonl", preferences.TRAIN_FILE, preferences.VAL_FILE, "stats.json",
-                     "distribution.png", "manifest.json"})
+PREFERENCE_SUFFIXES = (preferences.PAIR_SUFFIX, unpaired.SUFFIX)
+OUTPUTS = frozenset({"train.jsonl", "val.jsonl", preferences.TRAIN_FILE, preferences.VAL_FILE, unpaired.TRAIN_FILE,
+                     unpaired.VAL_FILE, "stats.json", "distribution.png", "manifest.json"})
 BLOCK_BYTES = 2 << 20  # a block of whole lines checked in one go (about 1,400 examples)
 PARALLEL_FROM_BYTES = 4 << 20  # smaller inputs are checked in this process (no start-up cost)
 SHOWN_PER_REASON = 5
@@ -77,10 +77,10 @@ def source_files(sources: list[str]) -> list[Path]:
     files: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():
-            found = sorted(p for p in source.rglob("*.jsonl") if not p.name.endswith(PREFERENCE_SUFFIX))
-            skipped = sorted(p.name for p in source.rglob(f"*{PREFERENCE_SUFFIX}"))
+            found = sorted(p for p in source.rglob("*.jsonl") if not p.name.endswith(PREFERENCE_SUFFIXES))
+            skipped = sorted(p.name for p in source.rglob("*.jsonl") if p.name.endswith(PREFERENCE_SUFFIXES))
             if skipped:
-                log.info("%s: skipping preference-pair files %s", source, ", ".join(skipped))
+                log.info("%s: skipping preference files %s (read separately)", source, ", ".join(skipped))
             files += found
         elif source.exists() or source.is_symlink():
             files.append(source)
@@ -443,12 +443,16 @@ def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) ->
     }
     stats["pairs"] = preferences.prepare_pairs(list(data.sources), staging / "train.jsonl", staging / "val.jsonl",
                                                data.train_split, data.seed, staging)
+    stats["unpaired"] = unpaired.prepare_unpaired(list(data.sources), staging / "train.jsonl", staging / "val.jsonl",
+                                                  data.train_split, data.seed, staging)
     write_json(staging / "stats.json", stats)
     save_chart(stats["task_language"], staging / "distribution.png")
     write_manifest(
-        staging, "prepare", to_plain(cfg), inputs=files + [Path(f) for f in stats["pairs"]["files"]], hashes=spooled.hashes,
+        staging, "prepare", to_plain(cfg), inputs=files + [Path(f) for f in stats["pairs"]["files"] + stats["unpaired"]["files"]],
+        hashes=spooled.hashes,
         metrics={"train": len(train), "val": len(val), "rejected": len(rejected), "duplicates": duplicates,
-                 "train_pairs": stats["pairs"]["train"], "val_pairs": stats["pairs"]["val"]},
+                 "train_pairs": stats["pairs"]["train"], "val_pairs": stats["pairs"]["val"],
+                 "train_kto": stats["unpaired"]["train"], "val_kto": stats["unpaired"]["val"]},
     )
     print_summary(stats, Console())
     log.info("Wrote %s (train %d, val %d)", data.output_dir, len(train), len(val))
