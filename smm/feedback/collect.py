@@ -10,7 +10,7 @@ Steps, all inside one read-only snapshot of the database:
    state counted, some were deleted (or appeared too late for the overlap): the export becomes
    a full one, so no line of a deleted rating or generation is left;
 3. an incremental export drops the earlier lines of the generations it writes anew (the latest
-   rating wins, across exports too) and of the thumbs-downs it pairs anew;
+   rating wins, across exports too) and the earlier pairs of the thumbs-downs it pairs anew;
 4. each generation's latest rating, streamed through a server-side cursor in batches of
    ``batch_size`` (read ahead by a thread) → SFT examples, DPO pairs of edits and KTO's
    labelled answers (thumbs-downs included, paired or not);
@@ -177,11 +177,12 @@ def collect_feedback(cfg, url: str, progress: bool = True) -> CollectResult:
             log.info("no new feedback since %s (id %s)", *state.mark)
             result.mark, result.files = state.mark, state.files
             return result
-        drop, pairs = set(), None
-        if not full:  # the generations written anew and the thumbs-downs paired anew lose their lines
-            drop = _fetch_column(conn, sql.fresh_query(names, since=flags["since"]), params)
+        drop, pairs = {}, None
+        if not full:  # the generations written anew lose their lines, and the thumbs-downs paired anew their pairs
+            fresh = _fetch_column(conn, sql.fresh_query(names, since=flags["since"]), params)
             pairs = _fetch_all(conn, sql.pairs_query(names, **flags), params, cfg.batch_size)
-            drop |= {d_gid for batch in pairs for _, _, d_gid in batch}
+            repaired = {d_gid for batch in pairs for _, _, d_gid in batch}
+            drop = {SFT_FILE: fresh, DPO_FILE: fresh | repaired, KTO_FILE: fresh}
         with contextlib.ExitStack() as stack:
             outputs = stack.enter_context(open_outputs(out_dir, None if full else state.files, drop))
             if cutoff is not None:

@@ -101,14 +101,16 @@ class JsonlOutput:
 
 
 @contextlib.contextmanager
-def open_outputs(directory: Path, previous: dict[str, FileState] | None, drop: set) -> Iterator[dict[str, JsonlOutput]]:
-    """The outputs, seeded with ``previous`` content (None = start empty); renamed into place on success."""
+def open_outputs(directory: Path, previous: dict[str, FileState] | None,
+                 drop: dict[str, set]) -> Iterator[dict[str, JsonlOutput]]:
+    """The outputs, seeded with ``previous`` content (None = start empty) less the lines about the
+    generations in ``drop[name]``; renamed into place on success."""
     with contextlib.ExitStack() as stack:
         outputs = {}
         for name in FILES:
             output = JsonlOutput(stack.enter_context(atomic_writer(directory / name, "wb")), ID_KEYS[name])
             if previous is not None:
-                output.keep_previous(directory / name, previous.get(name, FileState()).bytes, drop)
+                output.keep_previous(directory / name, previous.get(name, FileState()).bytes, drop.get(name, set()))
             outputs[name] = output
         yield outputs
         for output in outputs.values():

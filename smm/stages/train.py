@@ -77,6 +77,12 @@ def run(cfg: DictConfig) -> float:
     # Checked before the model loads: a bad checkpoint schedule or resume fails fast.
     save_schedule(cfg.training.save_steps, cfg.training.eval_steps, bool(cfg.training.early_stopping_patience and val_rows))
     resume = resolve_resume(cfg.training.resume, cfg.training.checkpoint_dir)
+    init_adapter = None
+    if cfg.training.init_adapter:
+        from smm.training.dpo import saved_adapter_config
+
+        init_adapter = saved_adapter_config(cfg.training.init_adapter, "training.init_adapter",
+                                            "set it to a trained adapter's folder, or null to start fresh")
     world = ranks()
     if world.distributed:
         quiet_replicas()
@@ -104,12 +110,10 @@ def run(cfg: DictConfig) -> float:
     cfg = with_planned_quantization(cfg, memory_plan)
     clock = PhaseClock()
     loaded = load_for_training(base, cfg, backend)
-    if cfg.training.init_adapter:
-        from smm.training.dpo import load_adapter_weights, saved_adapter_config
+    if init_adapter:
+        from smm.training.dpo import load_adapter_weights
 
-        saved = saved_adapter_config(cfg.training.init_adapter, "training.init_adapter",
-                                     "set it to a trained adapter's folder, or null to start fresh")
-        load_adapter_weights(loaded.model, cfg.training.init_adapter, saved)
+        load_adapter_weights(loaded.model, cfg.training.init_adapter, init_adapter)
         log.info("Warm start: SFT continues the adapter in %s", cfg.training.init_adapter)
     clock.lap("load")
     from smm.training.sft import build_trainer

@@ -12,7 +12,7 @@ from smm.config import FeedbackConfig
 from smm.errors import ConfigError
 from smm.feedback import mapping
 from smm.feedback.collect import collect_feedback
-from smm.feedback.output import DPO_FILE, SFT_FILE, JsonlOutput
+from smm.feedback.output import DPO_FILE, KTO_FILE, SFT_FILE, JsonlOutput
 from smm.tasks import TASKS
 
 POST = json.dumps(TASKS["post_generation"].example, ensure_ascii=False)
@@ -93,6 +93,28 @@ def test_thumbs_down_is_rejected_only_next_to_an_approved_answer(feedback_db, tm
     # a new thumbs-down meets the approved answer of an earlier export; the prompt's pairs are made anew
     assert (third.sft, third.dpo, third.dropped) == (0, 2, 1)
     assert [(p["rejected_feedback_id"], p["chosen_feedback_id"]) for p in read(tmp_path, DPO_FILE)] == [(down, up), (late, up)]
+
+
+def test_every_rated_answer_is_a_kto_example_and_a_lone_thumbs_down_is_kept(feedback_db, tmp_path):
+    up = feedback_db.rate(feedback_db.generation(user_input="Post about bread", model_output=POST), "THUMBS_UP")
+    edited = feedback_db.rate(feedback_db.generation(user_input="Post about rolls", model_output=POST), "EDITED",
+                              edited_output=BETTER_POST)
+    lone = feedback_db.rate(feedback_db.generation(user_input="Post about cake, call +49 171 2345678",
+                                                   model_output='{"post": "meh"}'), "THUMBS_DOWN")
+    result = export(feedback_db, tmp_path)
+    assert read(tmp_path, DPO_FILE)[0]["pair"] == "edited"  # the thumbs-down has no approved answer: no pair
+    kto = [(row["feedback_id"], row["label"], row["completion"]) for row in read(tmp_path, KTO_FILE)]
+    assert sorted(kto) == sorted([(up, True, POST), (edited, True, BETTER_POST), (edited, False, POST),
+                                  (lone, False, '{"post": "meh"}')])
+    [down] = [row for row in read(tmp_path, KTO_FILE) if row["feedback_id"] == lone]
+    assert "2345678" not in down["prompt"][1]["content"]  # a written thumbs-down's prompt is scrubbed too
+    assert result.by("kto", 1) == {"desirable": 2, "undesirable": 2}
+
+    # an incremental export pairing the thumbs-down keeps its KTO line; a re-rated generation replaces its own
+    feedback_db.rate(feedback_db.generation(user_input="Post about cake, call +49 171 2345678", model_output=POST), "THUMBS_UP")
+    again = export(feedback_db, tmp_path)
+    assert again.dpo == 1 and again.kto == 1
+    assert [row["feedback_id"] for row in read(tmp_path, KTO_FILE)].count(lone) == 1
 
 
 def test_a_thumbs_down_pairs_with_the_newest_approved_or_edited_answer(feedback_db, tmp_path):
