@@ -157,7 +157,7 @@ def test_a_new_rating_replaces_what_an_earlier_export_wrote(feedback_db, tmp_pat
     result = export(feedback_db, tmp_path)
     sft = read(tmp_path, SFT_FILE)
     assert [(e["generation_id"], e["rating"]) for e in sft] == [(kept, "THUMBS_UP"), (gid, "EDITED")]
-    assert (result.dropped, result.sft, result.dpo) == (1, 1, 1)
+    assert (result.dropped, result.sft, result.dpo) == (2, 1, 1)  # its SFT line and its KTO line
 
 
 def test_bad_rows_are_skipped_and_counted_by_id(feedback_db, tmp_path):
