@@ -355,8 +355,10 @@ def test_another_schema_maps_by_configuration_only(postgres_server, tmp_path):
         assert sorted(p["pair"] for p in read(tmp_path, DPO_FILE)) == ["edited", "thumbs_down"]
         db.execute("INSERT INTO app.ratings VALUES (3, 7, 'THUMBS_UP', NULL, NULL, '2025-02-02 09:00')")
         again = export(db, tmp_path, **OTHER_NAMES)
-        # re-rated: its SFT example and both pairs it was in are replaced; the thumbs-down pairs again
-        assert (again.sft, again.dpo, again.dropped) == (1, 1, 3)
+        # re-rated: its SFT example, both pairs it was in and its two KTO lines are replaced; the
+        # thumbs-down pairs again and keeps its KTO line
+        assert (again.sft, again.dpo, again.dropped) == (1, 1, 5)
+        assert sorted((r["generation_id"], r["label"]) for r in read(tmp_path, KTO_FILE)) == [(7, True), (8, False)]
         assert [(p["pair"], p["chosen_feedback_id"]) for p in read(tmp_path, DPO_FILE)] == [("thumbs_down", 3)]
     finally:
         db.close()
