@@ -63,6 +63,7 @@ class DataConfig:
     language_check: str = _f("warn", "Check each example's declared language (common function words, then lingua where they are not clear): warn, reject or off.", choices=("warn", "reject", "off"))
     strict: bool = _f(False, "Treat any rejected line as fatal: exit 1 and write nothing.")
     near_duplicate_threshold: float = _f(0.9, "Report pairs of examples at least this similar (0.7-1) as near-duplicates (kept on one side of the split); the search finds 99.9% of pairs from 0.7 up.", ge=0.7, le=1.0)
+    balance: float = _f(0.0, "Rebalance labels: no label of a task (a sentiment answer's label) keeps more than this many times the examples of the task's rarest label, and A/B answers whose variations are near-copies are dropped (0 = off; the skew is reported in stats.json either way).", ge=0.0)
     workers: int = _f(0, "Processes that check input lines in parallel (0 = one per CPU core; inputs under 4 MiB are checked in one process).", ge=0)
 
 
@@ -77,8 +78,18 @@ class DpoConfig:
 
 
 @dataclass
+class KtoConfig:
+    beta: float = _f(0.1, "KTO beta: how far the model may move from the reference (the SFT adapter); higher = closer.", gt=0.0)
+    epochs: int = _f(1, "Passes over the rated answers.", ge=1)
+    max_steps: int = _f(0, "Stop KTO after this many optimizer steps (0 = run all its epochs).", ge=0)
+    learning_rate: float = _f(5e-6, "Peak learning rate of the KTO phase.", gt=0.0)
+    adapter: Optional[str] = _f(None, "The SFT adapter that training.method=kto continues from (null = the adapter already in training.output_dir).")
+
+
+@dataclass
 class TrainingConfig:
-    method: str = _f("auto", "sft, dpo (preference pairs only, continuing from an SFT adapter) or sft_then_dpo; auto = sft_then_dpo when prepare wrote preference pairs, else sft.", choices=("auto", "sft", "dpo", "sft_then_dpo"))
+    method: str = _f("auto", "sft; dpo / kto (preference data only, continuing from an SFT adapter); sft_then_dpo / sft_then_kto. auto = sft_then_kto when some thumbs-downs have no approved answer to pair with, else sft_then_dpo when prepare wrote preference pairs, else sft (the choice and why are logged).", choices=("auto", "sft", "dpo", "sft_then_dpo", "kto", "sft_then_kto"))
+    init_adapter: Optional[str] = _f(None, "Start SFT from this saved adapter's weights instead of a fresh adapter (a warm start; same lora.rank and target modules); loop.warm_start sets it to the deployed run's adapter.")
     backend: str = _f("auto", "auto = Unsloth when it imports and CUDA is there, else transformers + PEFT.", choices=("auto", "unsloth", "hf"))
     devices: int = _f(1, "Train data-parallel on this many GPUs of this host, one process each (torch DDP; 0 = every visible GPU; without CUDA: CPU processes). Under torchrun / accelerate launch the launcher's process count is used instead.", ge=0)
     epochs: int = _f(3, "Passes over the training data.", ge=1)
@@ -107,6 +118,7 @@ class TrainingConfig:
     output_dir: str = _f("output/lora_adapter", "Where the trained adapter, tokenizer, metrics.json and manifest.json go.")
     checkpoint_dir: str = _f("output/checkpoints", "Where training checkpoints go.")
     dpo: DpoConfig = field(default_factory=DpoConfig, metadata={"help": "Preference training (DPO) on the pairs from feedback edits."})
+    kto: KtoConfig = field(default_factory=KtoConfig, metadata={"help": "Training on unpaired rated answers (KTO): thumbs-ups and edits desirable, thumbs-downs and edited originals undesirable."})
 
 
 @dataclass
@@ -238,6 +250,8 @@ class LoopConfig:
     run_id: Optional[str] = _f(None, "The run loop.from_step resumes (default: the latest run that did not finish).")
     min_delta: float = _f(0.01, "Promote only if the score beats the deployed model's by at least this much.")
     max_regression: float = _f(0.05, "Refuse if a check that passed before loses more than this share of its pass rate.", ge=0.0)
+    warm_start: bool = _f(False, "Continue from the deployed run's adapter (training.init_adapter) on the feedback that is new since that run plus a replayed sample of the data it trained on (loop.replay), instead of training from scratch on everything. Nothing deployed: a full run.")
+    replay: float = _f(0.25, "With loop.warm_start: the share (0-1) of the deployed run's training examples replayed beside the new feedback, so the model does not forget them.", ge=0.0, le=1.0)
     baseline: Optional[str] = _f(None, "What the first run is compared with while nothing is deployed: a .gguf, a report.json or a model on eval's server (null = promote the first run that completes).")
 
 

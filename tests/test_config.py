@@ -76,6 +76,18 @@ def test_dpo_and_loop_defaults():
     assert compose_config("training.dpo.loss_type=ipo", "loop.from_step=export").loop.from_step == "export"
 
 
+def test_kto_warm_start_and_balance_defaults():
+    cfg = compose_config()
+    k = cfg.training.kto
+    assert (k.beta, k.epochs, k.max_steps, k.learning_rate, k.adapter) == (0.1, 1, 0, 5e-6, None)
+    assert (cfg.training.init_adapter, cfg.loop.warm_start, cfg.loop.replay, cfg.data.balance) == (None, False, 0.25, 0.0)
+    cfg = compose_config("training.method=sft_then_kto", "training.kto.beta=0.3", "loop.warm_start=true",
+                         "loop.replay=0.5", "data.balance=1.5", "training.init_adapter=/a")
+    assert (cfg.training.method, cfg.training.kto.beta, cfg.loop.warm_start, cfg.loop.replay, cfg.data.balance,
+            cfg.training.init_adapter) == ("sft_then_kto", 0.3, True, 0.5, 1.5, "/a")
+    assert compose_config("preset=demo").training.kto.learning_rate == 1e-3
+
+
 def test_the_hf_backend_batches_eight_conversations_unless_told():
     assert compose_config().eval.batch_size == 8
     assert compose_config("eval.batch_size=60").eval.batch_size == 60
@@ -119,7 +131,12 @@ def test_presets():
     ("model=llama", "error: model=llama: no such option (available: qwen2_5_7b_instruct, smollm2_135m_instruct, tiny_qwen2)"),
     ("stage=deploy", "error: stage: 'deploy' is not one of prepare, train, export, evaluate, feedback, chat, pipeline, sweep_report, loop, rollback"),
     ("sweep.objective=bleu", "error: sweep.objective: 'bleu' is not one of val_loss, eval_score"),
-    ("training.method=ppo", "error: training.method: 'ppo' is not one of auto, sft, dpo, sft_then_dpo"),
+    ("training.method=ppo", "error: training.method: 'ppo' is not one of auto, sft, dpo, sft_then_dpo, kto, sft_then_kto"),
+    ("training.kto.beta=0", "error: training.kto.beta: 0.0 must be greater than 0.0"),
+    ("training.kto.epochs=0", "error: training.kto.epochs: 0 must be at least 1"),
+    ("loop.replay=1.5", "error: loop.replay: 1.5 must be at most 1.0"),
+    ("loop.warm_start=maybe", "error: loop.warm_start: Value 'maybe' is not a valid bool (type str)"),
+    ("data.balance=-1", "error: data.balance: -1.0 must be at least 0.0"),
     ("training.dpo.beta=0", "error: training.dpo.beta: 0.0 must be greater than 0.0"),
     ("eval.batch_size=0", "error: eval.batch_size: 0 must be at least 1"),
     ("training.budget_allows_16bit=maybe", "error: training.budget_allows_16bit: Value 'maybe' is not a valid bool (type str)"),

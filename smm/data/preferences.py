@@ -35,11 +35,8 @@ def prompt_key(messages: list[dict]) -> str:
     return hashlib.sha256(json.dumps(turns, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
-def normalize_pair(obj: Any) -> dict:
-    """The validated pair with normalized texts; raises InvalidPair naming the first problem."""
-    if not isinstance(obj, dict):
-        raise InvalidPair(f"line is a JSON {type(obj).__name__}, not an object")
-    prompt = obj.get("prompt")
+def normalize_prompt(prompt: Any) -> list[dict]:
+    """A pair's or unpaired example's prompt, validated and normalized; raises InvalidPair."""
     if not isinstance(prompt, list) or not prompt:
         raise InvalidPair("'prompt' must be a non-empty list of messages")
     messages = []
@@ -49,6 +46,14 @@ def normalize_pair(obj: Any) -> dict:
         messages.append({"role": message["role"], "content": normalize_text(message["content"])})
     if messages[-1]["role"] != "user":
         raise InvalidPair("the prompt must end with a user message")
+    return messages
+
+
+def normalize_pair(obj: Any) -> dict:
+    """The validated pair with normalized texts; raises InvalidPair naming the first problem."""
+    if not isinstance(obj, dict):
+        raise InvalidPair(f"line is a JSON {type(obj).__name__}, not an object")
+    messages = normalize_prompt(obj.get("prompt"))
     answers = {}
     for key in ("chosen", "rejected"):
         value = obj.get(key)
@@ -61,14 +66,14 @@ def normalize_pair(obj: Any) -> dict:
     return {"prompt": messages, **answers, **fields, "prompt_id": prompt_key(messages)}
 
 
-def pair_files(sources: list[str]) -> list[Path]:
-    """The ``*_dpo.jsonl`` files under each source (a folder, searched recursively, or such a file)."""
+def source_files(sources: list[str], suffix: str = PAIR_SUFFIX) -> list[Path]:
+    """The ``*<suffix>`` files under each source (a folder, searched recursively, or such a file)."""
     files: list[Path] = []
     for source in map(Path, sources):
-        if source.is_file() and source.name.endswith(PAIR_SUFFIX):
+        if source.is_file() and source.name.endswith(suffix):
             files.append(source)
         elif source.is_dir():
-            files += sorted(source.rglob(f"*{PAIR_SUFFIX}"))
+            files += sorted(source.rglob(f"*{suffix}"))
     return files
 
 
@@ -111,7 +116,7 @@ def split_pairs(pairs: list[dict], train_keys: set[str], val_keys: set[str], tra
     return train, [p for p in pairs if p["prompt_id"] in val_prompts]
 
 
-def _prompt_keys(split_file: Path) -> set[str]:
+def prompt_keys_of(split_file: Path) -> set[str]:
     """The prompts of the examples in a written ``train.jsonl`` / ``val.jsonl``."""
     with open(split_file, encoding="utf-8") as fh:
         return {prompt_key(json.loads(line)["messages"]) for line in fh if line.strip()}
@@ -121,11 +126,11 @@ def prepare_pairs(sources: list[str], train_file: Path, val_file: Path,
                   train_share: float, seed: int, out: Path) -> dict[str, Any]:
     """Read, split (beside the examples already written to ``train_file`` / ``val_file``) and write
     the pairs into ``out``; returns counts and files for the stats/manifest."""
-    files = pair_files(sources)
+    files = source_files(sources)
     pairs, rejected = read_pairs(files)
     for message in rejected[:20]:
         log.warning(message)
-    keys = (_prompt_keys(train_file), _prompt_keys(val_file)) if pairs else (set(), set())
+    keys = (prompt_keys_of(train_file), prompt_keys_of(val_file)) if pairs else (set(), set())
     train, val = split_pairs(pairs, *keys, train_share, seed)
     write_jsonl(out / TRAIN_FILE, train)
     write_jsonl(out / VAL_FILE, val)

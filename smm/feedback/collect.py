@@ -10,14 +10,15 @@ Steps, all inside one read-only snapshot of the database:
    state counted, some were deleted (or appeared too late for the overlap): the export becomes
    a full one, so no line of a deleted rating or generation is left;
 3. an incremental export drops the earlier lines of the generations it writes anew (the latest
-   rating wins, across exports too) and of the thumbs-downs it pairs anew;
+   rating wins, across exports too) and the earlier pairs of the thumbs-downs it pairs anew;
 4. each generation's latest rating, streamed through a server-side cursor in batches of
-   ``batch_size`` (read ahead by a thread) → SFT examples and DPO pairs of edits;
+   ``batch_size`` (read ahead by a thread) → SFT examples, DPO pairs of edits and KTO's
+   labelled answers (thumbs-downs included, paired or not);
 5. thumbs-down answers paired with the newest approved answer to the same prompt → DPO pairs.
    A full export computes them on a second connection that shares the snapshot while step 4
    runs; an incremental one re-pairs every thumbs-down of a prompt that changed, so the files
    hold what a full export would write;
-6. both files renamed into place, then the state saved. An interruption before that leaves the
+6. the files renamed into place, then the state saved. An interruption before that leaves the
    previous files and state as they were.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from smm.errors import ConfigError
 from smm.feedback import sql
 from smm.feedback.db import BatchStream, check_schema, read_only_session, snapshot_twin
 from smm.feedback.mapping import Mapper, Skip, map_pair, map_rating
-from smm.feedback.output import DPO_FILE, SFT_FILE, open_outputs
+from smm.feedback.output import DPO_FILE, FILES, KTO_FILE, SFT_FILE, open_outputs
 from smm.feedback.pii import Scrubber
 from smm.feedback.state import FileState, State, load, prefix_matches, save
 from smm.secrets import mask_url
@@ -89,7 +90,10 @@ class CollectResult:
     files: dict[str, FileState] = field(default_factory=dict)
 
     def add(self, output: str, example: dict) -> None:
-        self.made[(output, example.get("rating") or example["pair"], example["task"], example["language"])] += 1
+        label = example.get("rating") or example["pair"]
+        if output == "kto":
+            label = "desirable" if example["label"] else "undesirable"
+        self.made[(output, label, example["task"], example["language"])] += 1
 
     def by(self, output: str, position: int) -> Counter:
         """New ``output`` examples counted by label (1), task (2) or language (3)."""
@@ -106,6 +110,10 @@ class CollectResult:
     @property
     def dpo(self) -> int:
         return sum(n for key, n in self.made.items() if key[0] == "dpo")
+
+    @property
+    def kto(self) -> int:
+        return sum(n for key, n in self.made.items() if key[0] == "kto")
 
 
 def parse_since(value: str | None) -> datetime | None:
@@ -127,8 +135,11 @@ def _start_state(cfg, state_path: Path, out_dir: Path) -> tuple[State, bool]:
     state = load(state_path)
     if state.mark is None:
         return state, True
-    for name in (SFT_FILE, DPO_FILE):
-        if not prefix_matches(out_dir / name, state.files.get(name, FileState())):
+    for name in FILES:
+        if name not in state.files:
+            log.info("the last export wrote no %s (an older smm): exporting everything again", name)
+            return State(), True
+        if not prefix_matches(out_dir / name, state.files[name]):
             log.warning("%s is not what the last export wrote (changed or deleted): exporting everything again",
                         out_dir / name)
             return State(), True
@@ -166,11 +177,12 @@ def collect_feedback(cfg, url: str, progress: bool = True) -> CollectResult:
             log.info("no new feedback since %s (id %s)", *state.mark)
             result.mark, result.files = state.mark, state.files
             return result
-        drop, pairs = set(), None
-        if not full:  # the generations written anew and the thumbs-downs paired anew lose their lines
-            drop = _fetch_column(conn, sql.fresh_query(names, since=flags["since"]), params)
+        drop, pairs = {}, None
+        if not full:  # the generations written anew lose their lines, and the thumbs-downs paired anew their pairs
+            fresh = _fetch_column(conn, sql.fresh_query(names, since=flags["since"]), params)
             pairs = _fetch_all(conn, sql.pairs_query(names, **flags), params, cfg.batch_size)
-            drop |= {d_gid for batch in pairs for _, _, d_gid in batch}
+            repaired = {d_gid for batch in pairs for _, _, d_gid in batch}
+            drop = {SFT_FILE: fresh, DPO_FILE: fresh | repaired, KTO_FILE: fresh}
         with contextlib.ExitStack() as stack:
             outputs = stack.enter_context(open_outputs(out_dir, None if full else state.files, drop))
             if cutoff is not None:
@@ -261,7 +273,7 @@ def _open_window(conn, names, flags, params, limit, state, result) -> tuple | No
 def _write_ratings(conn, names, flags, params, batch_size, mapper, outputs, result, progress) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    sft, dpo = outputs[SFT_FILE], outputs[DPO_FILE]
+    sft, dpo, kto = outputs[SFT_FILE], outputs[DPO_FILE], outputs[KTO_FILE]
     columns = (TextColumn("feedback"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     ratings = BatchStream(conn, "smm_feedback_ratings", sql.ratings_query(names, **flags), params, batch_size)
     with ratings, Progress(*columns, disable=not progress) as bar:
@@ -280,6 +292,9 @@ def _write_ratings(conn, names, flags, params, batch_size, mapper, outputs, resu
                 if examples.dpo is not None:
                     dpo.write(examples.dpo)
                     result.add("dpo", examples.dpo)
+                for example in examples.kto:
+                    kto.write(example)
+                    result.add("kto", example)
                 if examples.no_pair:
                     result.no_pair.add(examples.no_pair, row[0])
             bar.advance(task, len(rows))

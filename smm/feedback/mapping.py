@@ -6,6 +6,9 @@
   leaves the answer unchanged).
 * THUMBS_DOWN → no SFT example; the answer becomes ``rejected`` of a DPO pair when an approved
   or edited answer to the same prompt exists (``sql.pairs_query`` finds those).
+* Every rating also gives KTO's unpaired examples ``{prompt, completion, label}``: a thumbs-up's
+  answer and an edit are desirable (``label`` true); a thumbs-down's answer, and the original an
+  edit changed, are undesirable, with or without an approved answer to pair them with.
 
 Examples use the seed format (``messages`` = system, user, assistant; ``task``, ``language``,
 ``platform``) plus provenance (``source``, ids, rating, time). A NULL or empty system prompt
@@ -110,7 +113,7 @@ class Mapper:
         # a failure is re-checked with the registry's parse_answer, which has the last word.
         self._validators = {name: fast_validator(name) for name in TASKS}
 
-    def prompt(self, task_name, language, platform, system, user, scrub: bool = True) -> Prompt:
+    def prompt(self, task_name, language, platform, system, user) -> Prompt:
         task = TASKS.get(task_name) if task_name else None
         if task is None:
             raise Skip(UNKNOWN_TASK, repr(task_name))
@@ -119,8 +122,6 @@ class Mapper:
         user = (user or "").strip()
         if not user:
             raise Skip(EMPTY_INPUT)
-        if not scrub:  # checked only: nothing of it is written
-            return Prompt(task, language, platform, system, user)
         system = (system or "").strip()
         system = self.scrub(system) if system and system != task.system_prompt else task.system_prompt
         # end users' text: a typed <|im_start|> must not become a control token in training
@@ -244,13 +245,20 @@ def dpo_pair(prompt: Prompt, chosen: str, rejected: str, provenance: dict) -> di
             "source": "feedback", **provenance}
 
 
+def kto_example(prompt: Prompt, completion: str, desirable: bool, provenance: dict) -> dict:
+    return {"prompt": prompt.messages(), "completion": completion, "label": desirable, **prompt.fields(),
+            "source": "feedback", **provenance}
+
+
 class Examples(NamedTuple):
-    """What one rating row gives: an SFT example, a DPO pair, and why a pair was not made."""
+    """What one rating row gives: an SFT example, a DPO pair, why a pair was not made, and KTO's
+    labelled answers."""
 
     rating: str
     sft: dict | None = None
     dpo: dict | None = None
     no_pair: str | None = None
+    kto: tuple[dict, ...] = ()
 
 
 def map_rating(mapper: Mapper, row: tuple) -> Examples:
@@ -260,28 +268,31 @@ def map_rating(mapper: Mapper, row: tuple) -> Examples:
     if not found:
         raise Skip(GENERATION_MISSING, f"generation {gid}")
     rating = rating_of(rating)
-    prompt = mapper.prompt(task, language, platform, system, user, scrub=rating != THUMBS_DOWN)
+    prompt = mapper.prompt(task, language, platform, system, user)
+    provenance = {"rating": rating, "generation_id": gid, "feedback_id": fid, "model_name": model_name,
+                  "rated_at": created_at}
     if rating == THUMBS_DOWN:
         if not (output or "").strip():
             raise Skip(EMPTY_OUTPUT)
-        return Examples(rating)
-    provenance = {"rating": rating, "generation_id": gid, "feedback_id": fid, "model_name": model_name,
-                  "rated_at": created_at}
+        return Examples(rating, kto=(kto_example(prompt, mapper.rejected(output), False, provenance),))
     if rating == THUMBS_UP:
         answer, _ = mapper.answer(prompt.task, output, EMPTY_OUTPUT, INVALID_ANSWER)
-        return Examples(rating, sft=sft_example(prompt, answer, provenance))
+        return Examples(rating, sft=sft_example(prompt, answer, provenance),
+                        kto=(kto_example(prompt, answer, True, provenance),))
     answer, value = mapper.answer(prompt.task, edited, EMPTY_EDIT, INVALID_EDIT)
     sft = sft_example(prompt, answer, provenance)
+    desirable = kto_example(prompt, answer, True, provenance)
     if not (output or "").strip():
-        return Examples(rating, sft=sft, no_pair=NO_ORIGINAL)
+        return Examples(rating, sft=sft, no_pair=NO_ORIGINAL, kto=(desirable,))
     chosen, rejected = canonical(value), mapper.rejected(output)
     if same_json(value, rejected):
-        return Examples(rating, sft=sft, no_pair=UNCHANGED_EDIT)
+        return Examples(rating, sft=sft, no_pair=UNCHANGED_EDIT, kto=(desirable,))
+    kto = (desirable, kto_example(prompt, rejected, False, provenance))
     pair = dpo_pair(prompt, chosen, rejected, {
         "pair": "edited", "chosen_generation_id": gid, "rejected_generation_id": gid,
         "chosen_feedback_id": fid, "rejected_feedback_id": fid, "model_name": model_name,
         "comment": mapper.scrub(comment) if comment else None, "rated_at": created_at})
-    return Examples(rating, sft=sft, dpo=pair)
+    return Examples(rating, sft=sft, dpo=pair, kto=kto)
 
 
 def map_pair(mapper: Mapper, down: tuple, approved: tuple) -> dict:

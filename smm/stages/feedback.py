@@ -1,9 +1,9 @@
-"""Stage feedback: export the Social Scheduler's ratings into SFT and DPO data.
+"""Stage feedback: export the Social Scheduler's ratings into SFT, DPO and KTO data.
 
 ``python run.py stage=feedback`` with ``DATABASE_URL=postgresql://user:password@host:5432/db``
 in the environment (or ``feedback.database_url=...``, which the entrypoint moves there before
-Hydra records anything). Appends new examples to ``feedback_sft.jsonl`` (read by prepare) and
-``feedback_dpo.jsonl`` in ``feedback.output_dir``, prints counts and writes ``manifest.json``.
+Hydra records anything). Appends new examples to ``feedback_sft.jsonl`` (read by prepare),
+``feedback_dpo.jsonl`` and ``feedback_kto.jsonl`` in ``feedback.output_dir``, prints counts and writes ``manifest.json``.
 Returns the number of new SFT examples.
 """
 from __future__ import annotations
@@ -48,16 +48,17 @@ def run(cfg: DictConfig) -> float:
     seconds = time.perf_counter() - started
     _print(result, Console())
     metrics = {
-        "new_sft": result.sft, "new_dpo": result.dpo, "skipped": result.skipped.total,
+        "new_sft": result.sft, "new_dpo": result.dpo, "new_kto": result.kto, "skipped": result.skipped.total,
         "ratings_in_window": result.in_window, "dropped_rerated": result.dropped, "seconds": round(seconds, 2),
         "total_sft": result.files["feedback_sft.jsonl"].lines if result.files else 0,
         "total_dpo": result.files["feedback_dpo.jsonl"].lines if result.files else 0,
+        "total_kto": result.files["feedback_kto.jsonl"].lines if result.files else 0,
     }
     write_manifest(cfg.feedback.output_dir, "feedback", to_plain(cfg), metrics=metrics,
                    source=mask_url(url), full_export=result.full, mark=result.mark,
                    skipped=result.skipped.as_dict(), no_dpo_pair=result.no_pair.as_dict())
-    log.info("%d new SFT examples, %d new DPO pairs (%s export, %.1f s); files: %s",
-             result.sft, result.dpo, "full" if result.full else "incremental", seconds, cfg.feedback.output_dir)
+    log.info("%d new SFT examples, %d new DPO pairs, %d new KTO examples (%s export, %.1f s); files: %s",
+             result.sft, result.dpo, result.kto, "full" if result.full else "incremental", seconds, cfg.feedback.output_dir)
     return float(result.sft)
 
 
@@ -66,14 +67,15 @@ def _print(result: CollectResult, console: Console) -> None:
         console.print("No new feedback.")
         return
     ratings = Table(title=f"Ratings ({result.in_window:,} in this export, latest per generation counted)")
-    for column in ("rating", "read", "SFT", "DPO"):
+    for column in ("rating", "read", "SFT", "DPO", "KTO"):
         ratings.add_column(column, justify="left" if column == "rating" else "right")
-    sft_by_rating, dpo_by_pair = result.by("sft", 1), result.by("dpo", 1)
+    sft_by_rating, dpo_by_pair, kto = result.by("sft", 1), result.by("dpo", 1), result.by("kto", 1)
     for rating in sorted(set(result.latest) | {"THUMBS_UP", "EDITED", "THUMBS_DOWN"}):
         pair = {"EDITED": "edited", "THUMBS_DOWN": "thumbs_down"}.get(rating)
         ratings.add_row(rating, f"{result.latest[rating]:,}", f"{sft_by_rating[rating]:,}",
-                        f"{dpo_by_pair[pair]:,}" if pair else "-")
-    ratings.add_row("skipped", f"{result.skipped.total:,}", "", "")
+                        f"{dpo_by_pair[pair]:,}" if pair else "-", "")
+    ratings.add_row("skipped", f"{result.skipped.total:,}", "", "", "")
+    ratings.add_row("KTO desirable / undesirable", "", "", "", f"{kto['desirable']:,} / {kto['undesirable']:,}")
     console.print(ratings)
     for position, kind in ((2, "task"), (3, "language")):
         sft, dpo = result.by("sft", position), result.by("dpo", position)

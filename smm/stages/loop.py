@@ -14,6 +14,8 @@ into the run folder (``export.merged_dir``, an intermediate, stays shared).
   registers ``<export.model_name>:<run-id>``, moves ``:latest`` to it (or prints the Ollama
   commands) and swaps the ``loop.current`` symlink (exit 0); a refusal touches nothing that is
   deployed and names the blocking checks (exit 3).
+* ``loop.warm_start=true`` (smm/loop/warm.py): with a run deployed, the new run trains from its
+  adapter on the feedback that is new since it plus a replayed sample of its training data.
 * ``loop.from_step=<step>`` resumes a run, reusing the steps before it; ``loop.dry_run=true``
   prints the plan. A lock file keeps a second loop out (exit 5). The symlink swap is the commit
   point: a loop killed before it leaves the deployed run in place, and the next loop puts
@@ -35,18 +37,22 @@ from omegaconf import DictConfig, OmegaConf
 from smm import stages, tasks
 from smm.config import LOOP_STEPS, to_plain
 from smm.errors import GateRefused, NothingNew, SmmError
-from smm.loop import lineage
+from smm.loop import lineage, warm
 from smm.loop.gate import contract_note, judge
 
 log = logging.getLogger(__name__)
-FEEDBACK_FILES = ("feedback_sft.jsonl", "feedback_dpo.jsonl")
+FEEDBACK_FILES = ("feedback_sft.jsonl", "feedback_dpo.jsonl", "feedback_kto.jsonl")
 
 
-def run_config(cfg: DictConfig, run_dir: Path, baseline: str | None) -> DictConfig:
-    """``cfg`` with every step's outputs moved into ``run_dir``."""
+def run_config(cfg: DictConfig, run_dir: Path, baseline: str | None, deployed: Path | None = None) -> DictConfig:
+    """``cfg`` with every step's outputs moved into ``run_dir`` (and, with ``loop.warm_start`` and a
+    ``deployed`` run, its data and starting adapter those of a warm start)."""
     c = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     feedback_dir = Path(cfg.feedback.output_dir)
     c.data.sources = [str(run_dir / "feedback") if Path(s) == feedback_dir else s for s in cfg.data.sources]
+    if cfg.loop.warm_start and deployed is not None:
+        c.data.sources = [str(run_dir / "feedback"), str(run_dir / warm.REPLAY)]
+        c.training.init_adapter = str(deployed / "adapter")
     c.data.output_dir = str(run_dir / "data")
     c.training.output_dir = str(run_dir / "adapter")
     c.training.checkpoint_dir = str(run_dir / "checkpoints")
@@ -73,12 +79,13 @@ def data_sources(cfg: DictConfig) -> list[str]:
 
 def plan(cfg: DictConfig, run_dir: Path, deployed: Path | None) -> list[tuple[str, str, str]]:
     """``(step, inputs, outputs)`` of every step, for the dry run."""
-    c = run_config(cfg, run_dir, baseline_for(cfg, deployed, check=False))
+    c = run_config(cfg, run_dir, baseline_for(cfg, deployed, check=False), deployed)
+    start = f"warm start from {c.training.init_adapter}" if c.training.init_adapter else "a fresh adapter"
     source = f"PostgreSQL (DATABASE_URL) → {cfg.feedback.output_dir}" if cfg.loop.feedback else f"{cfg.feedback.output_dir} as it is"
     return [
         ("feedback", source, f"{run_dir / 'feedback'} (a snapshot of {', '.join(FEEDBACK_FILES)})"),
         ("prepare", ", ".join(c.data.sources), c.data.output_dir),
-        ("train", f"{c.data.output_dir} (method {cfg.training.method}), base {cfg.model.recipe or cfg.model.base_model}",
+        ("train", f"{c.data.output_dir} (method {cfg.training.method}, {start}), base {cfg.model.recipe or cfg.model.base_model}",
          c.training.output_dir),
         ("export", c.training.output_dir, f"{c.export.output_dir} (merged model in {c.export.merged_dir})"),
         ("evaluate", f"the new model ({cfg.eval.backend}); baseline: {c.eval.baseline or 'none (first run)'}",
@@ -111,22 +118,40 @@ def baseline_for(cfg: DictConfig, deployed: Path | None, check: bool = True) -> 
 
 def step_feedback(cfg: DictConfig, c: DictConfig, run_dir: Path) -> dict:
     """Snapshot the feedback files into the run (hard links: the feedback export replaces its
-    files by rename, so the run keeps exactly what it trained on)."""
+    files by rename, so the run keeps exactly what it trained on); a warm start takes only the
+    lines the deployed run did not have, and a replayed sample of its training data."""
     target = run_dir / "feedback"
     target.mkdir(parents=True, exist_ok=True)
+    deployed = warm.deployed_run(c)
     copied = {}
     for name in FEEDBACK_FILES:
         source = Path(cfg.feedback.output_dir) / name
         if not source.is_file():
             continue
         (target / name).unlink(missing_ok=True)
+        if deployed is not None:
+            copied[name] = warm.write_new_lines(source, deployed / "feedback" / name, target / name)
+            continue
         try:
             os.link(source, target / name)
         except OSError:
             shutil.copy2(source, target / name)
         with open(target / name, "rb") as fh:
             copied[name] = sum(1 for line in fh if line.strip())
-    return {"outputs": {"dir": str(target)}, "metrics": {f"{name.split('.')[0]}_lines": n for name, n in copied.items()}}
+    metrics = {f"{name.split('.')[0]}_lines": n for name, n in copied.items()}
+    outputs = {"dir": str(target)}
+    if deployed is not None:
+        replay = run_dir / warm.REPLAY / warm.REPLAY_FILE
+        replay.parent.mkdir(exist_ok=True)
+        from smm.stages.prepare import source_files
+
+        others = [s for s in cfg.data.sources if Path(s) != Path(cfg.feedback.output_dir)]
+        pool = source_files(others) + [deployed / "feedback" / FEEDBACK_FILES[0]]
+        metrics["replayed"] = warm.write_replay(pool, cfg.loop.replay, cfg.data.seed, replay)
+        outputs.update(replay=str(replay), warm_start_from=deployed.name)
+        log.info("Warm start from run %s: %s new feedback lines, %d replayed training examples", deployed.name,
+                 ", ".join(f"{n} {name}" for name, n in copied.items()), metrics["replayed"])
+    return {"outputs": outputs, "metrics": metrics}
 
 
 def _stage_step(name: str, outputs: Callable[[DictConfig], dict]):
@@ -283,7 +308,7 @@ def run(cfg: DictConfig) -> float:
             first = 0
         manifest.update(status="running", error=None, code=lineage.code_revision(),
                         deployed_before=deployed.name if deployed else None, task_contract=tasks.current().contract_hash)
-        c = run_config(cfg, run_dir, baseline_for(cfg, deployed))
+        c = run_config(cfg, run_dir, baseline_for(cfg, deployed), deployed)
         manifest["config"] = to_plain(c)
         lineage.write_manifest(run_dir, manifest)
         return _run_steps(cfg, c, run_dir, manifest, first)

@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from smm import outdir
-from smm.data import dedup, preferences, split
+from smm.data import dedup, leaks, preferences, skew, split, unpaired
 from smm.config import to_plain
 from smm.data.stats import conversation_chars, print_summary, save_chart, split_stats
 from smm.errors import SmmError
@@ -44,9 +44,9 @@ from smm.language import detect_language, mismatch
 from smm.tasks import LANGUAGES, PLATFORMS, TASKS
 
 log = logging.getLogger(__name__)
-PREFERENCE_SUFFIX = "_dpo.jsonl"
-OUTPUTS = frozenset({"train.jsonl", "val.jsonl", preferences.TRAIN_FILE, preferences.VAL_FILE, "stats.json",
-                     "distribution.png", "manifest.json"})
+PREFERENCE_SUFFIXES = (preferences.PAIR_SUFFIX, unpaired.SUFFIX)
+OUTPUTS = frozenset({"train.jsonl", "val.jsonl", preferences.TRAIN_FILE, preferences.VAL_FILE, unpaired.TRAIN_FILE,
+                     unpaired.VAL_FILE, "stats.json", "distribution.png", "manifest.json"})
 BLOCK_BYTES = 2 << 20  # a block of whole lines checked in one go (about 1,400 examples)
 PARALLEL_FROM_BYTES = 4 << 20  # smaller inputs are checked in this process (no start-up cost)
 SHOWN_PER_REASON = 5
@@ -77,10 +77,10 @@ def source_files(sources: list[str]) -> list[Path]:
     files: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():
-            found = sorted(p for p in source.rglob("*.jsonl") if not p.name.endswith(PREFERENCE_SUFFIX))
-            skipped = sorted(p.name for p in source.rglob(f"*{PREFERENCE_SUFFIX}"))
+            found = sorted(p for p in source.rglob("*.jsonl") if not p.name.endswith(PREFERENCE_SUFFIXES))
+            skipped = sorted(p.name for p in source.rglob("*.jsonl") if p.name.endswith(PREFERENCE_SUFFIXES))
             if skipped:
-                log.info("%s: skipping preference-pair files %s", source, ", ".join(skipped))
+                log.info("%s: skipping preference files %s (read separately)", source, ", ".join(skipped))
             files += found
         elif source.exists() or source.is_symlink():
             files.append(source)
@@ -139,6 +139,7 @@ class Checked:
     sketches: np.ndarray  # MinHash sketches of the kept examples
     rejected: list[tuple[int, str]]
     mismatches: list[tuple[int, str]]
+    leaks: list[tuple[int, str]]  # (line, evaluation case id) of examples holding an evaluation prompt
 
 
 def block_lines(data: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
@@ -154,11 +155,14 @@ def block_lines(data: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
             yield number, raw
 
 
-def check_block(path: str, offset: int, size: int, first_line: int, language_check: str) -> Checked:
-    """Validate and normalize the lines in ``size`` bytes at ``offset`` of ``path`` (whole lines)."""
+def check_block(path: str, offset: int, size: int, first_line: int, language_check: str,
+                eval_file: str | None = None) -> Checked:
+    """Validate and normalize the lines in ``size`` bytes at ``offset`` of ``path`` (whole lines);
+    examples holding an evaluation case's prompt (``eval_file``'s or a built-in one) are noted as leaks."""
     with open(path, "rb") as fh:
         data = os.pread(fh.fileno(), size, offset)
-    out, sizes, ids, columns, texts, rejected, mismatches = [], [], [], [], [], [], []
+    prompts = leaks.eval_prompts(eval_file)
+    out, sizes, ids, columns, texts, rejected, mismatches, leaked = [], [], [], [], [], [], [], []
     count, (task_names, platform_names) = 0, _names()
     for number, raw in block_lines(data, first_line):
         count += 1
@@ -177,6 +181,8 @@ def check_block(path: str, offset: int, size: int, first_line: int, language_che
         except InvalidExample as exc:
             rejected.append((number, str(exc)))
             continue
+        if case := leaks.leaked_case(example, prompts):
+            leaked.append((number, case))
         example["source"] = f"{path}:{number}"
         line = (spool_line(example) + "\n").encode("utf-8")
         out.append(line)
@@ -188,7 +194,7 @@ def check_block(path: str, offset: int, size: int, first_line: int, language_che
         texts.append(_conversation_text(example))
     sketches = dedup.sketches(texts) if texts else np.zeros((0, dedup.BINS), dtype=np.uint16)
     return Checked(count, b"".join(out), np.array(sizes, dtype=np.int64), np.array(ids, dtype=np.uint64),
-                   np.array(columns, dtype=np.int64).reshape(-1, 5), sketches, rejected, mismatches)
+                   np.array(columns, dtype=np.int64).reshape(-1, 5), sketches, rejected, mismatches, leaked)
 
 
 def _blocks(files: list[Path], hashes: dict[str, str]) -> Iterator[tuple[int, int, int, int]]:
@@ -208,19 +214,21 @@ def _blocks(files: list[Path], hashes: dict[str, str]) -> Iterator[tuple[int, in
         hashes[str(path)] = digest.hexdigest()
 
 
-def checked_blocks(files: list[Path], language_check: str, workers: int, hashes: dict[str, str]) -> Iterator[tuple[int, int, Checked]]:
+def checked_blocks(files: list[Path], language_check: str, workers: int, hashes: dict[str, str],
+                   eval_file: str | None = None) -> Iterator[tuple[int, int, Checked]]:
     """``(file index, bytes, Checked)`` per block, in input order, checked by ``workers`` processes
     (each reads its block itself: only offsets and results cross between processes)."""
     if workers <= 1:
         for index, offset, size, line in _blocks(files, hashes):
-            yield index, size, check_block(str(files[index]), offset, size, line, language_check)
+            yield index, size, check_block(str(files[index]), offset, size, line, language_check, eval_file)
         return
     if language_check != "off":
         detect_language("warm up")  # load lingua's models once, before forking: the workers share them
+    leaks.eval_prompts(eval_file)
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         pending: deque = deque()
         for index, offset, size, line in _blocks(files, hashes):
-            pending.append((index, size, pool.apply_async(check_block, (str(files[index]), offset, size, line, language_check))))
+            pending.append((index, size, pool.apply_async(check_block, (str(files[index]), offset, size, line, language_check, eval_file))))
             if len(pending) >= 2 * workers + 2:  # bounded: the reader never runs far ahead
                 index, size, job = pending.popleft()
                 yield index, size, job.get()
@@ -264,19 +272,20 @@ def _records(columns: np.ndarray) -> list[Record]:
             for row, (t, lang, p, chars, answer) in enumerate(columns.tolist())]
 
 
-def spool_examples(files: list[Path], spool: Path, language_check: str, workers: int) -> Spooled:
+def spool_examples(files: list[Path], spool: Path, language_check: str, workers: int, eval_file: str | None = None) -> Spooled:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     sizes, ids, columns, sketches, hashes = [], [], [], [], {}
-    rejected, mismatches, lines_per_file = [], [], Counter()
+    rejected, mismatches, leaked, lines_per_file = [], [], [], Counter()
     total = sum(p.stat().st_size for p in files)
     with open(spool, "wb") as out, Progress(
         TextColumn("prepare"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
         console=Console(stderr=True), transient=True, auto_refresh=False,  # no thread: the workers are forked
     ) as progress:
         bar = progress.add_task("reading", total=total)
-        for index, size, checked in checked_blocks(files, language_check, workers, hashes):
+        for index, size, checked in checked_blocks(files, language_check, workers, hashes, eval_file):
             path = str(files[index])
+            leaked += [(path, number, case) for number, case in checked.leaks]
             lines_per_file[index] += checked.lines
             rejected += [(path, number, message) for number, message in checked.rejected]
             mismatches += [(path, number, message) for number, message in checked.mismatches]
@@ -290,6 +299,11 @@ def spool_examples(files: list[Path], spool: Path, language_check: str, workers:
     for index, path in enumerate(files):
         if not lines_per_file[index]:
             log.warning("%s: empty file", path)
+    if leaked:
+        path, number, case = leaked[0]
+        raise SmmError(f"{path}:{number}: the user prompt of evaluation case {case} is in the training data "
+                       f"({len(leaked)} examples hold an evaluation prompt): remove them, the evaluation must "
+                       "measure prompts the model never saw; nothing written")
     log_grouped(rejected, "rejected")
     log_grouped(mismatches, "with a language warning")
     return Spooled(
@@ -398,7 +412,7 @@ def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) ->
     data = cfg.data
     spool = staging / SPOOL
     started = time.perf_counter()
-    spooled = spool_examples(files, spool, data.language_check, workers)
+    spooled = spool_examples(files, spool, data.language_check, workers, cfg.eval.test_file)
     log.info("Read and checked %d lines in %.1f s (%d workers)", spooled.lines_read, time.perf_counter() - started, workers)
     rejected = spooled.rejected
     if rejected:
@@ -414,6 +428,13 @@ def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) ->
     examples = split.sample([spooled.records[i] for i in unique], data.max_samples, data.seed)
     reader = SpoolReader(spool, spooled.offsets)
     try:
+        label_skew, labels, copies = skew.measure(examples, lambda i: reader.example(examples[i].row))
+        for line in skew.warnings(label_skew):
+            log.warning("label skew: %s", line)
+        balanced_away = 0
+        if data.balance:
+            examples, balanced_away = skew.rebalance(examples, labels, copies, data.balance, data.seed)
+            log.info("data.balance=%g: dropped %d examples (majority labels, near-copy alternatives)", data.balance, balanced_away)
         pairs = near_duplicates(examples, spooled, reader, data.near_duplicate_threshold)
     finally:
         reader.close()
@@ -442,17 +463,23 @@ def _prepare(cfg: DictConfig, files: list[Path], staging: Path, workers: int) ->
         "language_mismatches": spooled.mismatches,
         "near_duplicates": [{"a": p["a"], "b": p["b"], "similarity": p["similarity"]} for p in pairs],
         "task_language": {task: dict(langs) for task, langs in grid.items()},
+        "label_skew": label_skew,
+        "balanced_away": balanced_away,
         "train": split_stats(train),
         "val": split_stats(val),
     }
     stats["pairs"] = preferences.prepare_pairs(list(data.sources), staging / "train.jsonl", staging / "val.jsonl",
                                                data.train_split, data.seed, staging)
+    stats["unpaired"] = unpaired.prepare_unpaired(list(data.sources), staging / "train.jsonl", staging / "val.jsonl",
+                                                  data.train_split, data.seed, staging)
     write_json(staging / "stats.json", stats)
     save_chart(stats["task_language"], staging / "distribution.png")
     write_manifest(
-        staging, "prepare", to_plain(cfg), inputs=files + [Path(f) for f in stats["pairs"]["files"]], hashes=spooled.hashes,
+        staging, "prepare", to_plain(cfg), inputs=files + [Path(f) for f in stats["pairs"]["files"] + stats["unpaired"]["files"]],
+        hashes=spooled.hashes,
         metrics={"train": len(train), "val": len(val), "rejected": len(rejected), "duplicates": duplicates,
-                 "train_pairs": stats["pairs"]["train"], "val_pairs": stats["pairs"]["val"]},
+                 "train_pairs": stats["pairs"]["train"], "val_pairs": stats["pairs"]["val"],
+                 "train_kto": stats["unpaired"]["train"], "val_kto": stats["unpaired"]["val"]},
     )
     print_summary(stats, Console())
     log.info("Wrote %s (train %d, val %d)", data.output_dir, len(train), len(val))

@@ -8,9 +8,11 @@ validation loss (the Optuna objective). With ``training.devices=N``, or started 
 accelerate launch, it trains data-parallel on N processes (smm.training.distributed); rank 0 alone logs and
 writes.
 
-``training.method``: ``sft_then_dpo`` (``auto``'s choice when prepare wrote preference pairs)
-continues the adapter SFT just trained with DPO on ``train_pairs.jsonl`` (smm/training/dpo.py); ``dpo``
-skips SFT and continues a saved adapter (in one process); ``sft`` ignores the pairs.
+``training.method`` (smm/training/method.py; ``auto`` logs what it picked and why): ``sft_then_dpo``
+continues the adapter SFT just trained with DPO on ``train_pairs.jsonl`` (smm/training/dpo.py),
+``sft_then_kto`` with KTO on ``train_kto.jsonl`` (smm/training/kto.py); ``dpo`` and ``kto`` skip SFT
+and continue a saved adapter (in one process); ``sft`` ignores the preference data.
+``training.init_adapter`` starts SFT from a saved adapter's weights (the loop's warm start).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from omegaconf import DictConfig
 from smm.training.checkpoints import clear_checkpoints, resolve_resume, save_schedule
 from smm.config import to_plain
 from smm.training.distributed import device_count, gather, launch, quiet_replicas, ranks
-from smm.training.dpo import resolve_method
+from smm.training.method import resolve_method
 from smm.errors import SmmError
 from smm.io import atomic_directory, read_jsonl, write_json, write_manifest
 from smm.models.base import resolve_base_model
@@ -62,9 +64,10 @@ def run(cfg: DictConfig) -> float:
     validation data, with a warning)."""
     data_dir = Path(cfg.data.output_dir)
     train_file, val_file = data_dir / "train.jsonl", data_dir / "val.jsonl"
-    method = resolve_method(cfg.training.method, data_dir)
-    if method == "dpo":
-        return _run_dpo_only(cfg, data_dir)
+    method, why = resolve_method(cfg.training.method, data_dir)
+    log.info("Training method %s (%s)", method, why)
+    if method in ("dpo", "kto"):
+        return _run_preference_only(cfg, data_dir, method)
     if not train_file.is_file():
         raise SmmError(f"no prepared data at {train_file}: run `python run.py stage=prepare` first")
     train_rows = read_processed(train_file)
@@ -74,6 +77,12 @@ def run(cfg: DictConfig) -> float:
     # Checked before the model loads: a bad checkpoint schedule or resume fails fast.
     save_schedule(cfg.training.save_steps, cfg.training.eval_steps, bool(cfg.training.early_stopping_patience and val_rows))
     resume = resolve_resume(cfg.training.resume, cfg.training.checkpoint_dir)
+    init_adapter = None
+    if cfg.training.init_adapter:
+        from smm.training.dpo import saved_adapter_config
+
+        init_adapter = saved_adapter_config(cfg.training.init_adapter, "training.init_adapter",
+                                            "set it to a trained adapter's folder, or null to start fresh")
     world = ranks()
     if world.distributed:
         quiet_replicas()
@@ -101,6 +110,11 @@ def run(cfg: DictConfig) -> float:
     cfg = with_planned_quantization(cfg, memory_plan)
     clock = PhaseClock()
     loaded = load_for_training(base, cfg, backend)
+    if init_adapter:
+        from smm.training.dpo import load_adapter_weights
+
+        load_adapter_weights(loaded.model, cfg.training.init_adapter, init_adapter)
+        log.info("Warm start: SFT continues the adapter in %s", cfg.training.init_adapter)
     clock.lap("load")
     from smm.training.cpu_threads import share_cpu
     from smm.training.sft import build_trainer
@@ -172,9 +186,16 @@ def run(cfg: DictConfig) -> float:
         from smm.training.dpo import train_dpo
 
         metrics["dpo"] = train_dpo(cfg, loaded, data_dir)
-        inputs += pair_files(data_dir)
+        inputs += preference_files(data_dir, "dpo")
         clock.lap("dpo")
-    metrics["method"] = method
+    if method == "sft_then_kto":
+        from smm.training.kto import train_kto
+
+        metrics["kto"] = train_kto(cfg, loaded, data_dir)
+        inputs += preference_files(data_dir, "kto")
+        clock.lap("kto")
+    metrics["method"], metrics["method_reason"] = method, why
+    metrics["init_adapter"] = cfg.training.init_adapter
     log.info("Stage time by phase (s): %s", ", ".join(f"{phase} {seconds:g}" for phase, seconds in clock.seconds.items()))
     if world.main:  # the adapter, metrics and manifest are written once
         _save(cfg, loaded, base, metrics, inputs)
@@ -226,36 +247,40 @@ def _peak_memory(peaks: list[dict]) -> dict:
     return merged
 
 
-def pair_files(data_dir: Path) -> list[Path]:
-    from smm.data.preferences import TRAIN_FILE, VAL_FILE
+def preference_files(data_dir: Path, method: str) -> list[Path]:
+    """The prepared DPO pairs or KTO examples that ``method`` (dpo or kto) trained on."""
+    from smm.data import preferences, unpaired
 
-    return [data_dir / name for name in (TRAIN_FILE, VAL_FILE) if (data_dir / name).is_file()]
+    names = (preferences.TRAIN_FILE, preferences.VAL_FILE) if method == "dpo" else (unpaired.TRAIN_FILE, unpaired.VAL_FILE)
+    return [data_dir / name for name in names if (data_dir / name).is_file()]
 
 
-def _run_dpo_only(cfg: DictConfig, data_dir: Path) -> float:
-    """``training.method=dpo``: continue a saved SFT adapter with DPO; returns the held-out DPO loss."""
+def _run_preference_only(cfg: DictConfig, data_dir: Path, method: str) -> float:
+    """``training.method=dpo|kto``: continue a saved SFT adapter with DPO or KTO; returns the held-out loss."""
     from smm.training.dpo import load_adapter_weights, saved_adapter_config, train_dpo
+    from smm.training.kto import train_kto
     from smm.training.model import choose_backend, load_for_training
 
-    adapter = cfg.training.dpo.adapter or cfg.training.output_dir
-    saved = saved_adapter_config(adapter)  # before the (slow) model load
+    adapter = cfg.training[method].adapter or cfg.training.output_dir
+    saved = saved_adapter_config(adapter, f"training.method={method}",  # before the (slow) model load
+                                 f"train one first (training.method=sft) or set training.{method}.adapter")
     backend = choose_backend(cfg.training.backend, cfg.model.quantization)
     base = resolve_base_model(cfg.model)
     loaded = load_for_training(base, cfg, backend)
     load_adapter_weights(loaded.model, adapter, saved)
-    log.info("Continuing the adapter in %s with DPO", adapter)
+    log.info("Continuing the adapter in %s with %s", adapter, method.upper())
     if cfg.logger.name == "wandb":
         start_wandb(cfg)
-    dpo = train_dpo(cfg, loaded, data_dir)
-    metrics = {"method": "dpo", "backend": loaded.backend, "device": _device_name(loaded.device, 1),
-               "continued_from": str(adapter), "dpo": dpo}
-    _save(cfg, loaded, base, metrics, pair_files(data_dir))
+    phase = (train_dpo if method == "dpo" else train_kto)(cfg, loaded, data_dir)
+    metrics = {"method": method, "backend": loaded.backend, "device": _device_name(loaded.device, 1),
+               "continued_from": str(adapter), method: phase}
+    _save(cfg, loaded, base, metrics, preference_files(data_dir, method))
     if cfg.logger.name == "wandb":
         import wandb
 
         wandb.finish()
-    after = dpo["val_after"]
-    return float(after["loss"] if after else dpo["train_loss"])
+    after = phase["val_after"]
+    return float(after["loss"] if after else phase["train_loss"])
 
 
 def _train(trainer, resume: str | None, cfg: DictConfig):

@@ -39,17 +39,6 @@ def prepared_pairs(path: Path) -> list[dict]:
     return pairs
 
 
-def resolve_method(requested: str, data_dir: Path) -> str:
-    """``auto`` → sft_then_dpo when prepare wrote training pairs, else sft."""
-    has_pairs = bool(prepared_pairs(data_dir / TRAIN_FILE))
-    if requested == "auto":
-        return "sft_then_dpo" if has_pairs else "sft"
-    if requested != "sft" and not has_pairs:
-        raise SmmError(f"training.method={requested} needs preference pairs, and {data_dir / TRAIN_FILE} has none: "
-                       "export feedback with edits (stage=feedback), run prepare, or use training.method=sft")
-    return requested
-
-
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -143,14 +132,13 @@ def _held_out(trainer) -> dict[str, float]:
     }
 
 
-def saved_adapter_config(adapter_dir: str) -> dict:
-    """The ``adapter_config.json`` of the SFT adapter that ``training.method=dpo`` continues."""
+def saved_adapter_config(adapter_dir: str, needed_by: str, hint: str) -> dict:
+    """The ``adapter_config.json`` of the saved adapter that ``needed_by`` continues (``hint``: what to do without one)."""
     import json
 
     config_file = Path(adapter_dir) / "adapter_config.json"
     if not config_file.is_file():
-        raise SmmError(f"training.method=dpo continues from an SFT adapter, and {config_file} does not exist: "
-                       "train one first (training.method=sft) or set training.dpo.adapter")
+        raise SmmError(f"{needed_by} continues from an SFT adapter, and {config_file} does not exist: {hint}")
     try:
         return json.loads(config_file.read_text(encoding="utf-8"))
     except ValueError as exc:
@@ -192,7 +180,7 @@ def train_dpo(cfg, loaded, data_dir: Path) -> dict[str, Any]:
     before = _held_out(trainer) if val is not None else None
     result = trainer.train()
     after = _held_out(trainer) if val is not None else None
-    _drop_reference(loaded.model)
+    drop_reference(loaded.model)
     metrics = {
         "train_pairs": len(train), "val_pairs": len(val) if val is not None else 0,
         "beta": cfg.training.dpo.beta, "loss_type": cfg.training.dpo.loss_type,
@@ -210,7 +198,7 @@ def train_dpo(cfg, loaded, data_dir: Path) -> dict[str, Any]:
     return metrics
 
 
-def _drop_reference(model) -> None:
+def drop_reference(model) -> None:
     """Remove TRL's frozen ``ref`` copy so only the trained adapter is saved."""
     if "ref" in getattr(model, "peft_config", {}):
         model.set_adapter("default")

@@ -467,3 +467,76 @@ def test_publishing_swaps_the_output_folder_in_one_step(tmp_path: Path, monkeypa
     assert all(seen)
     assert json.loads((out / "manifest.json").read_text())["metrics"]["train"] + len(read_split(out)[1]) == 4 * len(TASKS)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def sentiment(i: int, label: str) -> dict:
+    return example("sentiment", f"How does review {i} read: the coffee was {label} today, number {i}?",
+                   {"sentiment": label, "score": 0.1, "key_phrases": [f"coffee {i}"], "summary": f"Review {i}.",
+                    "suggested_reply": f"Thanks for review {i}!"})
+
+
+def ab(i: int, second: str) -> dict:
+    return example("ab_variations", f"Two variations for our spring sale, shop {i}", {
+        "variations": [{"label": "A", "post": f"Spring sale at shop {i}: everything 20% off this week.", "angle": "discount"},
+                       {"label": "B", "post": second, "angle": "other"}], "test_hypothesis": "Which wins."})
+
+
+def test_label_skew_is_reported_and_data_balance_rebalances_it(tmp_path: Path, caplog):
+    rows = [sentiment(i, "mixed") for i in range(8)] + [sentiment(10 + i, "positive") for i in range(3)]
+    rows += [sentiment(20 + i, "negative") for i in range(2)]
+    rows += [ab(30, "Spring sale at shop 30: everything 20% off this week!"),  # a near-copy of A
+             ab(31, "New bikes just arrived: come and ride one before Sunday.")]
+    src = write_jsonl(tmp_path / "src" / "a.jsonl", rows)
+    run_prepare(tmp_path, f"data.sources=[{src}]")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["label_skew"]["sentiment"]["labels"] == {"sentiment=mixed": 8, "sentiment=positive": 3, "sentiment=negative": 2}
+    assert stats["label_skew"]["sentiment"]["majority"] == {"label": "sentiment=mixed", "share": 0.615}
+    assert stats["label_skew"]["ab_variations"] == {"near_copy_answers": 1, "answers": 2}
+    assert "label skew: sentiment: 62% of the answers say sentiment=mixed (mixed 8, positive 3, negative 2)" in caplog.text
+    assert stats["balanced_away"] == 0 and stats["train"]["examples"] + stats["val"]["examples"] == 15
+
+    run_prepare(tmp_path, f"data.sources=[{src}]", "data.balance=1.5")  # at most 1.5 x 2 = 3 of any label
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["balanced_away"] == 5 + 1  # five "mixed" answers and the near-copy A/B answer
+    train, val = read_split(tmp_path / "out")
+    labels = [json.loads(e["messages"][-1]["content"]).get("sentiment") for e in train + val]
+    assert labels.count("mixed") == 3 and labels.count("positive") == 3 and labels.count("negative") == 2
+    assert len([e for e in train + val if e["task"] == "ab_variations"]) == 1
+
+
+def test_an_evaluation_prompt_in_the_training_data_stops_prepare(tmp_path: Path):
+    from smm.eval.cases import BUILTIN_CASES, load_cases
+
+    case = load_cases(BUILTIN_CASES)[0]
+    leak = example(case.task, "  " + case.prompt.upper() + " ", TASKS[case.task].example, language=case.language,
+                   platform=case.platform)
+    src = write_jsonl(tmp_path / "src" / "a.jsonl", synthetic(1) + [leak])
+    result = run_smm("stage=prepare", f"data.sources=[{src}]", f"data.output_dir={tmp_path / 'out'}",
+                     "data.language_check=off", f"hydra.run.dir={tmp_path / 'hydra'}", cwd=tmp_path)
+    assert result.returncode == 1 and not (tmp_path / "out").exists()
+    assert result.stderr.strip() == (f"error: {src}:7: the user prompt of evaluation case {case.id} is in the training "
+                                     "data (1 examples hold an evaluation prompt): remove them, the evaluation must "
+                                     "measure prompts the model never saw; nothing written")
+
+
+def test_seed_data_holds_no_evaluation_prompt(tmp_path: Path):
+    run_prepare(tmp_path, f"data.sources=[{REPO / 'data' / 'seed'}]", "data.language_check=off")
+
+
+def test_unpaired_ratings_are_split_beside_the_examples_for_kto(tmp_path: Path):
+    src = write_jsonl(tmp_path / "src" / "a.jsonl", synthetic(3))
+    train_example = synthetic(3)[0]
+    prompt = train_example["messages"][:2]
+    write_jsonl(tmp_path / "src" / "feedback_kto.jsonl", [
+        {"prompt": prompt, "completion": train_example["messages"][2]["content"], "label": True, "rating": "THUMBS_UP"},
+        {"prompt": prompt, "completion": "{\"post\": \"meh\"}", "label": False, "rating": "THUMBS_DOWN"},
+        {"prompt": prompt, "completion": "x", "label": "yes"},
+    ])
+    run_prepare(tmp_path, f"data.sources=[{src.parent}]")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["files"] == [str(src)]  # the KTO file is not read as SFT examples
+    assert stats["unpaired"]["rejected"]["lines"] == [f"{tmp_path / 'src' / 'feedback_kto.jsonl'}:3: 'label' must be true "
+                                                      "(desirable) or false (undesirable)"]
+    rows = [json.loads(line) for name in ("train_kto.jsonl", "val_kto.jsonl")
+            for line in (tmp_path / "out" / name).read_text().splitlines()]
+    assert sorted(r["label"] for r in rows) == [False, True] and len({r["prompt_id"] for r in rows}) == 1

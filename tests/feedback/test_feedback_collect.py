@@ -12,7 +12,7 @@ from smm.config import FeedbackConfig
 from smm.errors import ConfigError
 from smm.feedback import mapping
 from smm.feedback.collect import collect_feedback
-from smm.feedback.output import DPO_FILE, SFT_FILE, JsonlOutput
+from smm.feedback.output import DPO_FILE, KTO_FILE, SFT_FILE, JsonlOutput
 from smm.tasks import TASKS
 
 POST = json.dumps(TASKS["post_generation"].example, ensure_ascii=False)
@@ -95,6 +95,28 @@ def test_thumbs_down_is_rejected_only_next_to_an_approved_answer(feedback_db, tm
     assert [(p["rejected_feedback_id"], p["chosen_feedback_id"]) for p in read(tmp_path, DPO_FILE)] == [(down, up), (late, up)]
 
 
+def test_every_rated_answer_is_a_kto_example_and_a_lone_thumbs_down_is_kept(feedback_db, tmp_path):
+    up = feedback_db.rate(feedback_db.generation(user_input="Post about bread", model_output=POST), "THUMBS_UP")
+    edited = feedback_db.rate(feedback_db.generation(user_input="Post about rolls", model_output=POST), "EDITED",
+                              edited_output=BETTER_POST)
+    lone = feedback_db.rate(feedback_db.generation(user_input="Post about cake, call +49 171 2345678",
+                                                   model_output='{"post": "meh"}'), "THUMBS_DOWN")
+    result = export(feedback_db, tmp_path)
+    assert read(tmp_path, DPO_FILE)[0]["pair"] == "edited"  # the thumbs-down has no approved answer: no pair
+    kto = [(row["feedback_id"], row["label"], row["completion"]) for row in read(tmp_path, KTO_FILE)]
+    assert sorted(kto) == sorted([(up, True, POST), (edited, True, BETTER_POST), (edited, False, POST),
+                                  (lone, False, '{"post": "meh"}')])
+    [down] = [row for row in read(tmp_path, KTO_FILE) if row["feedback_id"] == lone]
+    assert "2345678" not in down["prompt"][1]["content"]  # a written thumbs-down's prompt is scrubbed too
+    assert result.by("kto", 1) == {"desirable": 2, "undesirable": 2}
+
+    # an incremental export pairing the thumbs-down keeps its KTO line; a re-rated generation replaces its own
+    feedback_db.rate(feedback_db.generation(user_input="Post about cake, call +49 171 2345678", model_output=POST), "THUMBS_UP")
+    again = export(feedback_db, tmp_path)
+    assert again.dpo == 1 and again.kto == 1
+    assert [row["feedback_id"] for row in read(tmp_path, KTO_FILE)].count(lone) == 1
+
+
 def test_a_thumbs_down_pairs_with_the_newest_approved_or_edited_answer(feedback_db, tmp_path):
     prompt = "Hashtags for a flower shop"
     older = feedback_db.generation(task="hashtags", platform=None, user_input=prompt, model_output=HASHTAGS)
@@ -135,7 +157,7 @@ def test_a_new_rating_replaces_what_an_earlier_export_wrote(feedback_db, tmp_pat
     result = export(feedback_db, tmp_path)
     sft = read(tmp_path, SFT_FILE)
     assert [(e["generation_id"], e["rating"]) for e in sft] == [(kept, "THUMBS_UP"), (gid, "EDITED")]
-    assert (result.dropped, result.sft, result.dpo) == (1, 1, 1)
+    assert (result.dropped, result.sft, result.dpo) == (2, 1, 1)  # its SFT line and its KTO line
 
 
 def test_bad_rows_are_skipped_and_counted_by_id(feedback_db, tmp_path):
@@ -333,8 +355,10 @@ def test_another_schema_maps_by_configuration_only(postgres_server, tmp_path):
         assert sorted(p["pair"] for p in read(tmp_path, DPO_FILE)) == ["edited", "thumbs_down"]
         db.execute("INSERT INTO app.ratings VALUES (3, 7, 'THUMBS_UP', NULL, NULL, '2025-02-02 09:00')")
         again = export(db, tmp_path, **OTHER_NAMES)
-        # re-rated: its SFT example and both pairs it was in are replaced; the thumbs-down pairs again
-        assert (again.sft, again.dpo, again.dropped) == (1, 1, 3)
+        # re-rated: its SFT example, both pairs it was in and its two KTO lines are replaced; the
+        # thumbs-down pairs again and keeps its KTO line
+        assert (again.sft, again.dpo, again.dropped) == (1, 1, 5)
+        assert sorted((r["generation_id"], r["label"]) for r in read(tmp_path, KTO_FILE)) == [(7, True), (8, False)]
         assert [(p["pair"], p["chosen_feedback_id"]) for p in read(tmp_path, DPO_FILE)] == [("thumbs_down", 3)]
     finally:
         db.close()

@@ -113,3 +113,49 @@ def test_loop_promotes_skips_refuses_resumes_and_rolls_back(feedback_db, tmp_pat
     nothing_left = run_smm("stage=rollback", f"loop.runs_dir={runs}", f"loop.current={current}",
                            f"hydra.run.dir={tmp_path / 'hydra' / 'rollback2'}", cwd=tmp_path, env=env)
     assert nothing_left.returncode == 1 and "nothing to roll back to" in nothing_left.stderr
+
+
+def test_warm_start_trains_the_deployed_adapter_on_new_feedback_and_a_replayed_sample(feedback_db, tmp_path):
+    examples = [json.loads(line) for line in SEED.read_text(encoding="utf-8").splitlines()]
+    seed_ratings(feedback_db, examples[:8])
+    ollama = make_fake_ollama(tmp_path / "bin")
+    runs, current, seeds = tmp_path / "output" / "runs", tmp_path / "output" / "current", tmp_path / "seed"
+    seeds.mkdir()
+    (seeds / "seed.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples[20:30]), encoding="utf-8")
+    env = {**ollama.env, "DATABASE_URL": feedback_db.url}
+    base = ["stage=loop", "preset=demo", "export=f16", f"data.sources=[{seeds},{tmp_path / 'feedback'}]",
+            f"feedback.output_dir={tmp_path / 'feedback'}", f"feedback.state_file={tmp_path / 'feedback' / 'state.json'}",
+            f"export.merged_dir={tmp_path / 'merged'}", f"loop.runs_dir={runs}", f"loop.current={current}",
+            "training.max_steps=2", "training.dpo.max_steps=2", "training.kto.max_steps=2", "eval.max_cases=2",
+            "eval.max_tokens=8", "data.language_check=off", "export.smoke_test=false", "loop.warm_start=true",
+            "loop.replay=0.5", "loop.min_delta=-1"]
+
+    def loop(name: str):
+        return run_smm(*base, f"hydra.run.dir={tmp_path / 'hydra' / name}", cwd=tmp_path, env=env)
+
+    first = loop("first")  # nothing deployed: a full run
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run1,) = [d for d, _ in lineage.loop_runs(runs)]
+    assert "replayed" not in lineage.read_manifest(run1)["steps"]["feedback"]["metrics"]
+    assert json.loads((run1 / "adapter" / "metrics.json").read_text())["init_adapter"] is None
+
+    # two new ratings, one a thumbs-down no approved answer pairs with
+    system, user, answer = (m["content"] for m in examples[12]["messages"])
+    fields = dict(task=examples[12]["task"], language=examples[12]["language"], platform=examples[12]["platform"],
+                  system_prompt=system, user_input=user)
+    feedback_db.rate(feedback_db.generation(**fields, model_output=answer), "THUMBS_UP")
+    feedback_db.rate(feedback_db.generation(**{**fields, "user_input": user + " Please."}, model_output='{"x": 1}'),
+                     "THUMBS_DOWN")
+    second = loop("second")
+    assert second.returncode == 0, second.stderr[-3000:]
+    run2 = [d for d, _ in lineage.loop_runs(runs)][-1]
+    step = lineage.read_manifest(run2)["steps"]["feedback"]
+    assert step["outputs"]["warm_start_from"] == run1.name
+    # only the new lines: one SFT example, two KTO examples, no pair; half of 10 seeds + the 6 earlier SFT lines replayed
+    assert step["metrics"] == {"feedback_sft_lines": 1, "feedback_dpo_lines": 0,
+                                                          "feedback_kto_lines": 2, "replayed": 8}
+    metrics = json.loads((run2 / "adapter" / "metrics.json").read_text())
+    assert metrics["init_adapter"] == str(run1 / "adapter")
+    assert metrics["method"] == "sft_then_kto" and "1 thumbs-down answers have no approved answer" in metrics["method_reason"]
+    stats = json.loads((run2 / "data" / "stats.json").read_text())
+    assert stats["files"] == [str(run2 / "feedback" / "feedback_sft.jsonl"), str(run2 / "replay" / "replay.jsonl")]

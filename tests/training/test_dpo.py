@@ -10,7 +10,8 @@ from conftest import compose_config
 from fixtures_train import write_rows
 
 from smm.chat import IM_END, render
-from smm.training.dpo import resolve_method, tokenize_pairs
+from smm.training.dpo import tokenize_pairs
+from smm.training.method import resolve_method
 from smm.errors import SmmError
 from smm.data.preferences import TRAIN_FILE, VAL_FILE
 
@@ -29,12 +30,12 @@ PAIRS = [
 
 
 def test_method_auto_follows_the_prepared_pairs(tmp_path):
-    assert resolve_method("auto", tmp_path) == "sft"
+    assert resolve_method("auto", tmp_path)[0] == "sft"
     with pytest.raises(SmmError, match=r"training.method=dpo needs preference pairs"):
         resolve_method("dpo", tmp_path)
     write_rows(tmp_path / TRAIN_FILE, PAIRS)
-    assert resolve_method("auto", tmp_path) == "sft_then_dpo"
-    assert resolve_method("sft", tmp_path) == "sft"
+    assert resolve_method("auto", tmp_path)[0] == "sft_then_dpo"
+    assert resolve_method("sft", tmp_path)[0] == "sft"
 
 
 def test_dpo_loss_falls_and_held_out_margin_rises_on_an_overfit_set(tiny_model_dir, tmp_path):
