@@ -72,6 +72,7 @@ class DpoConfig:
     epochs: int = _f(1, "Passes over the preference pairs.", ge=1)
     max_steps: int = _f(0, "Stop DPO after this many optimizer steps (0 = run all its epochs).", ge=0)
     learning_rate: float = _f(5e-6, "Peak learning rate of the DPO phase.", gt=0.0)
+    packing: bool = _f(True, "Run each batch's chosen and rejected rows as one padding-free row (the same loss and gradients as the padded batch, without computing its padding).")
     adapter: Optional[str] = _f(None, "The SFT adapter that training.method=dpo continues from (null = the adapter already in training.output_dir).")
 
 
