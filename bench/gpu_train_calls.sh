@@ -144,12 +144,12 @@ case "$CALL" in
      python3 bench/train_throughput.py e2e --model /tmp/m7b --tokenizer /tmp/tok --examples 300 --recipes smm,unsloth,hf \
        --cap-s "${CAP_S:-30}" --budget-s $(( $(left) - 5 )) --json "$OUT/e2e_O.jsonl" 2>&1 | keep ;;
   Q) echo "model made at $(( $(date +%s) - START )) s"
-     B=training.memory_budget_gib  # 9.3 (4-bit) and 18.1 (16-bit): every layer recomputed; 200: none
+     B=training.memory_budget_gib  # 11.3 (4-bit) and 20.1 (16-bit): every layer recomputed; 200: none
      timeout "$(budget 310)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_Q.jsonl" --backend hf --warmup 2 --steps 3 \
-       --set $B=9.3 --set training.budget_allows_16bit=false --shapes "rows4096+$B=9.3,mix_packed+$B=9.3,rows4096+$B=200,mix_packed+$B=200" 2>&1 | keep
+       --set $B=11.3 --set training.budget_allows_16bit=false --shapes "rows4096+$B=11.3,mix_packed+$B=11.3,rows4096+$B=200,mix_packed+$B=200" 2>&1 | keep
      echo "hf 4-bit done at $(( $(date +%s) - START )) s"
      timeout "$(budget 235)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_Q.jsonl" --backend hf --warmup 2 --steps 3 \
-       --set $B=auto --shapes "rows4096+$B=18.1,mix_packed+$B=18.1,rows4096+$B=200,mix_packed+$B=200" 2>&1 | keep
+       --set $B=auto --shapes "rows4096+$B=20.1,mix_packed+$B=20.1,rows4096+$B=200,mix_packed+$B=200" 2>&1 | keep
      echo "hf 16-bit done at $(( $(date +%s) - START )) s"
      for r in "smm" "smm --set training.dpo.packing=false" "unsloth"; do
        timeout 75 python3 bench/train_throughput.py dpo --model /tmp/m7b --json "$OUT/dpo_Q.jsonl" --warmup 3 --steps 8 --recipe $r 2>&1 | keep
