@@ -30,6 +30,9 @@
 #   WHL=.whl bash bench/gpu_train_calls.sh M   # smm now imports jsonschema, which the GPU image lacks: carry the wheels
 #                                     # of jsonschema, jsonschema-specifications, referencing and rpds-py (cp312) in WHL;
 #                                     # CALL_S (default 515) is the seconds the call may take, start to last result
+#   bash bench/gpu_train_calls.sh Q   # issue 25: the transformers+PEFT path's peaks, 4-bit and 16-bit, every layer recomputed
+#                                     # and none (the memory plan's calibration); DPO on the 7B shape: smm (packed, padded)
+#                                     # vs TRL's DPO recipe with Unsloth; Unsloth's own loop on full rows
 set -uo pipefail
 START=$(date +%s); END=$((START + ${CALL_S:-515}))  # M: the call's own deadline
 left() { echo $((END - $(date +%s))); }
@@ -140,6 +143,20 @@ case "$CALL" in
        --cap-s "${CAP_S:-30}" --budget-s $(( $(left) * 63 / 100 )) --json "$OUT/e2e_O.jsonl" 2>&1 | keep
      python3 bench/train_throughput.py e2e --model /tmp/m7b --tokenizer /tmp/tok --examples 300 --recipes smm,unsloth,hf \
        --cap-s "${CAP_S:-30}" --budget-s $(( $(left) - 5 )) --json "$OUT/e2e_O.jsonl" 2>&1 | keep ;;
+  Q) echo "model made at $(( $(date +%s) - START )) s"
+     B=training.memory_budget_gib  # 11.3 (4-bit) and 20.1 (16-bit): every layer recomputed; 200: none
+     timeout "$(budget 310)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_Q.jsonl" --backend hf --warmup 2 --steps 3 \
+       --set $B=11.3 --set training.budget_allows_16bit=false --shapes "rows4096+$B=11.3,mix_packed+$B=11.3,rows4096+$B=200,mix_packed+$B=200" 2>&1 | keep
+     echo "hf 4-bit done at $(( $(date +%s) - START )) s"
+     timeout "$(budget 235)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_Q.jsonl" --backend hf --warmup 2 --steps 3 \
+       --set $B=auto --shapes "rows4096+$B=20.1,mix_packed+$B=20.1,rows4096+$B=200,mix_packed+$B=200" 2>&1 | keep
+     echo "hf 16-bit done at $(( $(date +%s) - START )) s"
+     for r in "smm" "smm --set training.dpo.packing=false" "unsloth"; do
+       timeout 75 python3 bench/train_throughput.py dpo --model /tmp/m7b --json "$OUT/dpo_Q.jsonl" --warmup 3 --steps 8 --recipe $r 2>&1 | keep
+     done
+     echo "dpo done at $(( $(date +%s) - START )) s"
+     [ "$(left)" -gt 45 ] && timeout "$(budget 3)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_Q.jsonl" \
+       --backend bare_unsloth --warmup 2 --steps 5 --shapes rows4096 2>&1 | keep ;;
   L) stage_ddp
      run L --backend unsloth --shapes mix_packed --warmup 14 --steps 12
      ddp L --backend unsloth --shapes mix_packed --warmup 14 --steps 12 ;;

@@ -674,6 +674,125 @@ def kernels(tokens: int, repeats: int) -> list[dict]:
     return results
 
 
+def preference_pairs(tokenizer, n: int, seed: int) -> list[dict]:
+    """``n`` synthetic prepared pairs (smm's format: prompt messages, chosen and rejected answers) of
+    the realistic mix: each answer is a mix-length conversation's, the second one's from another draw."""
+    first = conversations(tokenizer, shape_lengths("mix", n, seed), seed)
+    second = conversations(tokenizer, shape_lengths("mix", n, seed + 1), seed + 1)
+    return [{"prompt": a["messages"][:2], "chosen": a["messages"][2]["content"], "rejected": b["messages"][2]["content"]}
+            for a, b in zip(first, second)]
+
+
+def dpo_step_clock(trainer):
+    """Per optimizer step (gradient accumulation 1): (seconds, real tokens of the chosen and rejected
+    rows, prompt included) from the batches ``trainer.training_step`` sees; the steps' list."""
+    import torch
+    from transformers import TrainerCallback
+
+    steps, state = [], {"tokens": 0, "started": 0.0}
+    training_step = trainer.training_step
+
+    def counted(model, inputs, *args, **kwargs):
+        state["tokens"] += int(inputs["attention_mask"].sum())
+        return training_step(model, inputs, *args, **kwargs)
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, st, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_step_begin(self, args, st, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            state["tokens"], state["started"] = 0, time.perf_counter()
+
+        def on_step_end(self, args, st, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            steps.append((time.perf_counter() - state["started"], state["tokens"]))
+
+    trainer.training_step = counted
+    trainer.add_callback(Clock())
+    return steps
+
+
+def dpo(model_dir: Path, recipe_name: str, n_steps: int, warmup: int, workdir: Path, tiny: bool, overrides: list[str]) -> dict:
+    """DPO steps on the 7B shape, batch 2 pairs, one optimizer step per batch: ``smm`` = smm's path
+    (smm.training.dpo: its tokenized pairs, its DPOConfig, TRL's DPOTrainer, the reference a frozen
+    copy of the adapter as when DPO continues SFT), ``unsloth`` = TRL's DPO recipe with Unsloth
+    (FastLanguageModel 4-bit + LoRA, DPOTrainer with ref_model=None: the adapter disabled is the
+    reference, the conversational dataset templated by TRL), same pairs, seed and learning rate."""
+    import torch
+
+    pairs = preference_pairs(_tokenizer(model_dir), 2 * (n_steps + warmup), 6)
+    if recipe_name == "smm":
+        from omegaconf import open_dict
+
+        from smm.training.dpo import dpo_config, to_dataset, trainer_class
+        from smm.training.model import choose_backend, load_for_training
+
+        cfg = smm_config(model_dir, "hf" if tiny else "unsloth", None, workdir, tiny, [f"training.dpo.max_steps={n_steps + warmup}", *overrides])
+        choose_backend(cfg.training.backend, cfg.model.quantization)
+        loaded = load_for_training(str(model_dir), cfg)
+        with open_dict(cfg):
+            cfg.training.logging_steps = 1
+        args = dpo_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val=False)
+        trainer = trainer_class()(model=loaded.model, args=args, processing_class=loaded.tokenizer,
+                                  train_dataset=to_dataset(loaded.tokenizer, pairs, cfg.model.max_seq_length, "training"))
+        backend, quantization = loaded.backend, cfg.model.quantization
+        check = packed_logps_check(trainer, loaded.model)
+    else:
+        from datasets import Dataset
+        from trl import DPOConfig, DPOTrainer
+
+        model, tok = _bare_unsloth(model_dir)
+        dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                                      "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
+        args = DPOConfig(output_dir=str(workdir / "dpo_recipe"), per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                         max_steps=n_steps + warmup, learning_rate=5e-6, beta=0.1, optim="adamw_8bit", bf16=True,
+                         logging_steps=1, lr_scheduler_type="linear", seed=42, report_to="none", max_length=4096, save_strategy="no")
+        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tok)
+        backend, quantization, check = "unsloth", "4bit", {}
+    steps = dpo_step_clock(trainer)
+    started = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - started
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return emit(_result(f"dpo_{recipe_name}", "dpo_mix_pairs", steps, warmup, {
+        "backend_ran": backend, "quantization": quantization, "batch_pairs": 2, "wall_s": round(wall, 1),
+        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+        "overrides": overrides, "step_s": [round(s, 3) for s, _ in steps], "step_tokens": [t for _, t in steps],
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+        "precompute_ref_log_probs": bool(trainer.args.precompute_ref_log_probs), **check}))
+
+
+def packed_logps_check(trainer, model) -> dict:
+    """Sequence log-probs (summed over each answer) of the first batch, padded against packed
+    (training.dpo.packing): the largest difference, and the largest magnitude for scale."""
+    import torch
+
+    from smm.training.dpo_packing import packed_rows
+
+    batch = next(iter(trainer.get_train_dataloader()))
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    sums = []
+    for packed in (False, True):
+        with torch.no_grad(), packed_rows(model, packed):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, fused_lm_head=True)
+        sums.append(out.log_probs.float().sum(1))
+    return {"packed_vs_padded_logps_max_abs_diff": float((sums[0] - sums[1]).abs().max()),
+            "padded_logps_max_abs": float(sums[0].abs().max()), "first_batch_tokens": int(batch["attention_mask"].sum()),
+            "first_batch_padded_tokens": int(batch["attention_mask"].numel())}
+
+
+def _tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
 def environment() -> dict:
     import importlib.metadata as md
 
@@ -789,6 +908,15 @@ def main() -> None:
     kn.add_argument("--tokens", type=int, default=8192)
     kn.add_argument("--repeats", type=int, default=10)
     kn.add_argument("--json", type=Path)
+    dp = sub.add_parser("dpo", help="DPO steps: smm's path or TRL's DPO recipe with Unsloth")
+    dp.add_argument("--model", type=Path, required=True)
+    dp.add_argument("--recipe", choices=("smm", "unsloth"), required=True)
+    dp.add_argument("--steps", type=int, default=10)
+    dp.add_argument("--warmup", type=int, default=3)
+    dp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override (smm)")
+    dp.add_argument("--tiny", action="store_true")
+    dp.add_argument("--workdir", type=Path, default=Path("/tmp/smm-dpo"))
+    dp.add_argument("--json", type=Path)
     tb = sub.add_parser("table")
     tb.add_argument("files", type=Path, nargs="+")
     args = parser.parse_args()
@@ -800,6 +928,9 @@ def main() -> None:
     elif args.command == "accumulation":
         RESULTS_FILE = args.json
         accumulation(args.model, args.backend, args.tiny, args.workdir)
+    elif args.command == "dpo":
+        RESULTS_FILE = args.json
+        dpo(args.model, args.recipe, args.steps, args.warmup, args.workdir, args.tiny, args.set)
     elif args.command == "kernels":
         RESULTS_FILE = args.json
         kernels(args.tokens, args.repeats)

@@ -74,6 +74,7 @@ class DpoConfig:
     epochs: int = _f(1, "Passes over the preference pairs.", ge=1)
     max_steps: int = _f(0, "Stop DPO after this many optimizer steps (0 = run all its epochs).", ge=0)
     learning_rate: float = _f(5e-6, "Peak learning rate of the DPO phase.", gt=0.0)
+    packing: bool = _f(False, "Run each batch's chosen and rejected rows as one padding-free row (the same loss and gradients as the padded batch, without computing its padding; a CPU test compares them). Opt-in until measured on a GPU with Unsloth (bench/gpu_train_calls.sh Q).")
     adapter: Optional[str] = _f(None, "The SFT adapter that training.method=dpo continues from (null = the adapter already in training.output_dir).")
 
 

@@ -69,7 +69,8 @@ def test_the_default_export_option_is_named_for_its_quantization():
 def test_dpo_and_loop_defaults():
     cfg = compose_config()
     d = cfg.training.dpo
-    assert cfg.training.method == "auto" and (d.beta, d.loss_type, d.epochs, d.max_steps, d.learning_rate, d.adapter) == (0.1, "sigmoid", 1, 0, 5e-6, None)
+    assert cfg.training.method == "auto" and (d.beta, d.loss_type, d.epochs, d.max_steps, d.learning_rate, d.adapter, d.packing) == (0.1, "sigmoid", 1, 0, 5e-6, None, False)
+    assert compose_config("training.dpo.packing=true").training.dpo.packing is True
     loop = cfg.loop
     assert (loop.runs_dir, loop.current, loop.min_delta, loop.max_regression) == ("output/runs", "output/current", 0.01, 0.05)
     assert (loop.feedback, loop.force, loop.dry_run, loop.from_step, loop.run_id, loop.baseline) == (True, False, False, None, None, None)
@@ -138,6 +139,7 @@ def test_presets():
     ("loop.warm_start=maybe", "error: loop.warm_start: Value 'maybe' is not a valid bool (type str)"),
     ("data.balance=-1", "error: data.balance: -1.0 must be at least 0.0"),
     ("training.dpo.beta=0", "error: training.dpo.beta: 0.0 must be greater than 0.0"),
+    ("training.dpo.packing=sometimes", "error: training.dpo.packing: Value 'sometimes' is not a valid bool (type str)"),
     ("eval.batch_size=0", "error: eval.batch_size: 0 must be at least 1"),
     ("training.budget_allows_16bit=maybe", "error: training.budget_allows_16bit: Value 'maybe' is not a valid bool (type str)"),
     ("training.cpu_threads=0", "error: training.cpu_threads=0: give auto or a whole number of threads >= 1"),

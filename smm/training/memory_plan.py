@@ -20,7 +20,8 @@ estimates, from the model's shape alone (before loading):
 Calibration (docs/benchmarks.md, 7B shape, 8,192 tokens a step, Unsloth, one H200): every layer
 recomputed, planned 7.2 GiB, measured 7.31; a kept layer measured 0.84-0.89 GiB, planned 0.92; with the
 base in 16 bits, a kept layer measured ~1.08 GiB, planned 1.09 (every layer kept: 45.8 GiB, planned 46.4).
-transformers' path is planned with a larger, unmeasured per-layer figure. The stage logs the plan
+transformers + PEFT: with the base in 16 bits and 27 layers kept the old figures planned 56.1 GiB
+and the step peaked at 65.5 (issue 25); its base and per-layer figures now cover that peak. The stage logs the plan
 and records it beside the measured peak in metrics.json.
 """
 from __future__ import annotations
@@ -42,13 +43,20 @@ LORA_STATE_BYTES = 10  # fp32 weight + fp32 gradient + 8-bit AdamW moments (2 x 
 ACTIVATION_WORDS = {
     "unsloth": {"hidden": 6, "kv": 2, "intermediate": 2},
     "unsloth_16bit": {"hidden": 9, "kv": 2, "intermediate": 2},
-    "hf": {"hidden": 10, "kv": 2, "intermediate": 3},
+    "hf": {"hidden": 10, "kv": 2, "intermediate": 4},
 }
 """16-bit values a decoder layer keeps per token for its backward, per unit of each width: norms,
 q, attention output, residuals and LoRA inputs (hidden); k and v (kv); gate and up, and with
-transformers also their product (intermediate; Unsloth's fused SwiGLU recomputes it). Unsloth's
-figures are calibrated on measured peaks, with quantized and with 16-bit weights (its 16-bit LoRA
-path keeps more per layer); transformers' are a conservative count, not measured."""
+transformers also SiLU's output and the product that down_proj's LoRA reads (intermediate;
+Unsloth's fused SwiGLU recomputes them). Unsloth's figures are calibrated on measured peaks, with
+quantized and with 16-bit weights (its 16-bit LoRA path keeps more per layer). transformers': 1.72
+GiB a layer at 8,192 tokens, set from issue 25's H100 peaks with the base in 16 bits (65.5 GiB
+with 27 layers kept, where 1.43 a layer had planned 56.1); used for 4 and 8 bits too, unmeasured there."""
+WORKING_SET_WORDS = {"hidden": 10, "kv": 2, "intermediate": 3}
+"""The values of the one layer in its backward pass (part of every plan's base)."""
+HF_BASE_EXTRA_GIB = 2.0
+"""transformers + PEFT: measured above the counted base with every layer recomputed (issue 25, H100,
+the base in 16 bits: 19.5 GiB against 17.5 planned); not broken down yet, so added as measured."""
 
 
 @dataclass(frozen=True)
@@ -118,12 +126,13 @@ def estimate(shape: Shape, tokens: int, quantization: str, rank: int, targets, b
     weights = shape.layers * shape.projection_params() * WEIGHT_BYTES[quantization]
     weights += shape.vocab * shape.hidden * 2 * (1 if shape.tied else 2)
     lora = shape.lora_params(rank, targets) * LORA_STATE_BYTES
-    working_set = _activation_bytes(shape, tokens, ACTIVATION_WORDS["hf"])  # the layer in its backward: every value
+    working_set = _activation_bytes(shape, tokens, WORKING_SET_WORDS)  # the layer in its backward: every value
     sixteen_bit_words = ACTIVATION_WORDS.get(f"{backend}_16bit") if quantization == "none" else None
     kept_layer = _activation_bytes(shape, tokens, sixteen_bit_words or ACTIVATION_WORDS[backend])
     dequantized = 0 if quantization == "none" else shape.hidden * shape.intermediate * 2
     checkpoints = 0 if backend == "unsloth" else shape.layers * tokens * shape.hidden * 2
-    return (weights + lora + working_set + dequantized + checkpoints) / GIB, kept_layer / GIB
+    extra = 0 if backend == "unsloth" else HF_BASE_EXTRA_GIB
+    return (weights + lora + working_set + dequantized + checkpoints) / GIB + extra, kept_layer / GIB
 
 
 def _activation_bytes(shape: Shape, tokens: int, words: dict) -> int:
