@@ -14,7 +14,7 @@ from smm.config import GROUPS, unknown_key_error, validate
 from smm.errors import SmmError
 from smm.io import atomic_writer
 from smm.secrets import mask_url, url_secrets
-from smm.training.cpu_threads import set_wait_policy
+from smm.cpu_share import set_wait_policy
 
 # Overrides that hold secrets: taken off the command line before Hydra records it, and handed
 # to the stage (or the sweeper) through the environment variable it reads anyway.

@@ -159,7 +159,7 @@ class EvalConfig:
     batch_size: int = _f(8, "Conversations the hf backend generates together (left-padded; similar lengths batched together); 1 = one at a time.", ge=1)
     timeout_s: float = _f(120.0, "Seconds one answer may take in total (a deadline for the whole reply, not for each read).", gt=0.0)
     retries: int = _f(2, "Retries of a failed request (0-10); no retry starts more than 300 s after the first attempt.", ge=0, le=10)
-    threads: int = _f(0, "CPU threads of the llama_cpp backend (0 = every core this process may use).", ge=0)
+    threads: int = _f(0, "CPU threads of the llama_cpp backend (0 = the cores other processes leave free, looked at before each answer; each change is logged).", ge=0)
     temperature: float = _f(0.2, "Sampling temperature (the same for every backend).", ge=0.0)
     max_tokens: int = _f(768, "Most tokens an answer may have.", ge=1)
     seed: int = _f(0, "Sampling seed, where the backend supports one.")
@@ -350,7 +350,7 @@ def validate(cfg: DictConfig) -> None:
     """Check choices and bounds of every key and load the task registry of ``tasks_dir`` (made current:
     smm/tasks.py); raise ConfigError naming the first bad key (or task file and key)."""
     _check(cfg, Config, "")
-    from smm.training.cpu_threads import check as check_cpu_threads
+    from smm.cpu_share import check as check_cpu_threads
     from smm.training.memory_plan import budget_gib
 
     try:

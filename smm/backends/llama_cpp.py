@@ -10,16 +10,18 @@ characters (a tab or newline inside a string is not JSON), so smm uses llama.cpp
 (as in its C++ converter, which Ollama uses), and numbers bounded by whole-number ``minimum`` and
 ``maximum`` (the sentiment score, -1..1) are spelled out. The grammar is checked by llama.cpp's parser once per
 schema before it is used, so a schema it cannot handle is a one-line error, not a crash.
-Generation uses every core this process may run on unless ``threads`` says otherwise.
+Generation uses the cores other processes leave free, looked at before each answer
+(smm/cpu_share.py: llama.cpp's threads wait for each other, so a busy core slows every token),
+unless ``threads`` fixes the count.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from smm.backends import Generation, GenerationSettings, Messages, Schema, timed
+from smm.cpu_share import Adapter, usable_cores
 from smm.errors import SmmError
 
 log = logging.getLogger(__name__)
@@ -29,14 +31,6 @@ _FRACTION = '("." [0-9]{1,15})?'
 JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
 """One character of a JSON string (llama.cpp's common/json-schema-to-grammar.cpp)."""
 _ZEROS = '("." "0"{1,15})?'
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def bounded_number_rule(low: int, high: int) -> str:
@@ -89,7 +83,8 @@ class LlamaCppBackend:
 
         self.settings = settings
         self.label = f"llama_cpp:{path.name}"
-        self.threads = threads or available_cores()
+        self.threads = threads or len(usable_cores())
+        self.adapter = None if threads else Adapter()
         self._grammars: dict[str, object] = {}
         try:
             self.llm = Llama(str(path), n_ctx=n_ctx, seed=settings.seed, n_threads=self.threads,
@@ -119,8 +114,17 @@ class LlamaCppBackend:
             self._grammars[key] = LlamaGrammar.from_string(text, verbose=False)
         return self._grammars[key]
 
+    def _share_cpu(self) -> None:
+        """With ``threads=0``: as many threads as the cores other processes left free since the last answer."""
+        now = self.adapter.threads() if self.adapter else None
+        if now and now[0] != self.threads:
+            self.threads = now[0]
+            self.llm._ctx.set_n_threads(self.threads, self.threads)
+            log.info("llama.cpp threads: %d of %d cores (%s)", self.threads, len(self.adapter.cores), now[1])
+
     def generate(self, messages: Messages, schema: Schema | None = None) -> Generation:
         grammar = self.grammar(schema) if schema is not None else None
+        self._share_cpu()
 
         def run() -> tuple[str, int | None, bool]:
             result = self.llm.create_chat_completion(

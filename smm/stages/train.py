@@ -148,7 +148,7 @@ def run(cfg: DictConfig) -> float:
     has_val = trainer.eval_dataset is not None
     result = _train(trainer, resume, cfg)
     clock.lap("train")
-    final = trainer.evaluate() if has_val else {}
+    final = (last_validation(trainer) or trainer.evaluate()) if has_val else {}
     clock.lap("final_eval")
     val_loss = final.get("eval_loss")
     epochs_done = trainer.state.epoch or 0.0
@@ -206,6 +206,16 @@ def run(cfg: DictConfig) -> float:
     log.info("Adapter saved to %s (backend %s, eval loss %s, %s real tokens/s)",
              cfg.training.output_dir, loaded.backend, val_loss, metrics["real_tokens_per_s"])
     return _objective(metrics)
+
+
+def last_validation(trainer) -> dict | None:
+    """The validation the trainer ran after its last step, where the weights are still those it
+    validated (no best checkpoint loaded back): the final validation need not run twice."""
+    state = trainer.state
+    last = next((h for h in reversed(state.log_history) if "eval_loss" in h), None)
+    if last is None or last.get("step") != state.global_step or trainer.args.load_best_model_at_end:
+        return None
+    return last
 
 
 class PhaseClock:

@@ -1,109 +1,15 @@
-"""CPU training that shares the machine (``training.cpu_threads``).
+"""``training.cpu_threads``: CPU training that shares the machine (smm/cpu_share.py says why).
 
-torch splits every CPU operation over all cores, and each split part waits for the slowest. When
-another process keeps a core busy, the part on that core runs only in its time slices, so every
-operation waits for them: on 2 cores, one competing training made smm's steps 8-10x slower where a
-fair share would be 2x (docs/benchmarks.md, ``bench/cpu_contention.py``). Two measures:
-
-- OpenMP threads that wait for work sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, set by
-  the entrypoint before torch loads, unless the user set it): a spinning thread burns the share the
-  thread it waits for needs.
-- ``auto``: before each optimizer step, at most every :data:`INTERVAL_S` seconds, measure how many
-  of this process's cores other processes used since the last look (``/proc/stat``, less this
-  process's own CPU time) and give torch the cores that were left (at least one). Each change is
-  logged.
-
-A number fixes the thread count; so does ``OMP_NUM_THREADS`` set by the user (it wins over
-``auto`` and is logged).
+``auto`` adapts torch's thread count before each optimizer step to the cores other processes left
+free; a number, or ``OMP_NUM_THREADS`` in the environment, fixes it. Each change is logged.
 """
 from __future__ import annotations
 
 import logging
-import os
-import time
 
-from smm.errors import SmmError
+from smm.cpu_share import Adapter, fixed_threads
 
 log = logging.getLogger(__name__)
-
-INTERVAL_S = 2.0
-"""Seconds between two looks at the other processes' CPU use (shorter samples are noisy)."""
-WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def set_wait_policy() -> None:
-    """Make idle OpenMP threads sleep instead of spin, unless the user chose; call before torch loads."""
-    name, value = WAIT_POLICY
-    os.environ.setdefault(name, value)
-
-
-def usable_cores() -> list[int]:
-    """The CPUs this process may run on."""
-    return sorted(os.sched_getaffinity(0))
-
-
-def fixed_threads(requested) -> tuple[int | None, str]:
-    """The thread count ``training.cpu_threads`` fixes (None = adapt) and why."""
-    user = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if user:
-        if not user.isdigit() or int(user) < 1:
-            raise SmmError(f"OMP_NUM_THREADS={user!r}: give a whole number of threads >= 1")
-        return int(user), f"OMP_NUM_THREADS={user} in the environment"
-    if requested in (None, "auto"):
-        return None, "auto"
-    if isinstance(requested, bool) or not str(requested).isdigit() or int(requested) < 1:
-        raise SmmError(f"training.cpu_threads={requested!r}: give auto or a whole number of threads >= 1")
-    return int(requested), f"training.cpu_threads={requested}"
-
-
-def check(requested) -> None:
-    """Validate ``training.cpu_threads`` (and OMP_NUM_THREADS) before any work starts."""
-    fixed_threads(requested)
-
-
-class CpuUse:
-    """Cores of ``cpus`` that other processes used between two calls of :meth:`others`."""
-
-    def __init__(self, cpus: list[int]):
-        self.cpus = {f"cpu{n}" for n in cpus}
-        self.ticks_per_s = os.sysconf("SC_CLK_TCK")
-        self._last = self._sample()
-
-    def _busy_seconds(self) -> float | None:
-        try:
-            with open("/proc/stat", encoding="ascii") as fh:
-                lines = [line.split() for line in fh if line.startswith("cpu")]
-        except OSError:
-            return None
-        busy = 0
-        for fields in lines:
-            if fields[0] in self.cpus:
-                values = [int(v) for v in fields[1:]]
-                busy += sum(values) - values[3] - (values[4] if len(values) > 4 else 0)  # less idle and iowait
-        return busy / self.ticks_per_s
-
-    def _sample(self) -> tuple[float, float | None, float]:
-        times = os.times()
-        return time.monotonic(), self._busy_seconds(), times.user + times.system
-
-    def age(self) -> float:
-        """Seconds since the last sample."""
-        return time.monotonic() - self._last[0]
-
-    def others(self) -> tuple[float, float | None]:
-        """(seconds since the last call, cores other processes used in them; None where unknown)."""
-        now = self._sample()
-        (t0, busy0, own0), (t1, busy1, own1) = self._last, now
-        self._last = now
-        elapsed = t1 - t0
-        if busy0 is None or busy1 is None or elapsed <= 0:
-            return elapsed, None
-        return elapsed, max(0.0, ((busy1 - busy0) - (own1 - own0)) / elapsed)
-
-
-def threads_for(cores: int, others: float) -> int:
-    """Threads for the cores the others left free: rounded, at least 1, at most ``cores``."""
-    return max(1, min(cores, int(cores - others + 0.5)))
 
 
 def share_cpu(trainer, requested, device: str) -> None:
@@ -118,27 +24,23 @@ def make_callback(requested):
     from transformers import TrainerCallback
 
     fixed, why = fixed_threads(requested)
-    cores = usable_cores()
 
     class ShareCpu(TrainerCallback):
         def __init__(self):
-            self.use = CpuUse(cores)
+            self.adapter = Adapter()
             self.threads = 0
 
         def _set(self, threads: int, reason: str) -> None:
             if threads != self.threads:
                 torch.set_num_threads(threads)
-                log.info("CPU threads: %d of %d cores (%s)", threads, len(cores), reason)
+                log.info("CPU threads: %d of %d cores (%s)", threads, len(self.adapter.cores), reason)
             self.threads = threads
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self._set(fixed or len(cores), why if fixed else "auto: adapts to other processes' CPU use")
+            self._set(fixed or len(self.adapter.cores), why if fixed else "auto: adapts to other processes' CPU use")
 
         def on_step_begin(self, args, state, control, **kwargs):
-            if fixed or self.use.age() < INTERVAL_S:
-                return
-            elapsed, others = self.use.others()
-            if others is not None:
-                self._set(threads_for(len(cores), others), f"other processes used {others:.1f} cores over {elapsed:.0f} s")
+            if not fixed and (now := self.adapter.threads()):
+                self._set(*now)
 
     return ShareCpu()

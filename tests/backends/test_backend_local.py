@@ -31,6 +31,25 @@ def test_llama_cpp_uses_the_gguf_chat_template_and_counts_tokens(tiny_gguf):
     assert first.text == second.text  # temperature 0 and a fixed seed
 
 
+def test_llama_cpp_threads_follow_the_cores_others_leave_unless_fixed(tiny_gguf, monkeypatch, caplog):
+    import llama_cpp
+
+    from smm import cpu_share
+
+    monkeypatch.setattr(cpu_share.Adapter, "threads", lambda self: (1, "other processes used 1.6 cores over 3 s"))
+    adapting, fixed = LlamaCppBackend(str(tiny_gguf), SETTINGS, n_ctx=512), LlamaCppBackend(str(tiny_gguf), SETTINGS, n_ctx=512, threads=2)
+    try:
+        with caplog.at_level("INFO", logger="smm.backends.llama_cpp"):
+            answers = [adapting.generate(CASE.messages()), fixed.generate(CASE.messages())]
+        threads = [llama_cpp.llama_n_threads(b.llm._ctx.ctx) for b in (adapting, fixed)]
+    finally:
+        adapting.close()
+        fixed.close()
+    assert all(a.error is None for a in answers) and threads == [1, 2]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"llama.cpp threads: 1 of {len(cpu_share.usable_cores())} cores (other processes used 1.6 cores over 3 s)"]
+
+
 def test_llama_cpp_prompt_too_long_is_a_failed_case(tiny_gguf):
     backend = LlamaCppBackend(str(tiny_gguf), SETTINGS, n_ctx=256)
     try:
