@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 JUDGEMENT = {"sentiment accuracy": ("sentiment", "expect"), "distinct variations": ("ab_variations", "variations")}
 CHECKS = ("json", "schema", "language", "length", "hashtags")
-MODELS = {"tiny_qwen2": "preset=demo", "smollm2_135m_instruct": "preset=smollm2"}
+MODELS = {"tiny_qwen2": "preset=tiny", "smollm2_135m_instruct": "preset=smollm2"}
 
 
 def loop_args(work: Path, model: str, cases: int, extra: list[str]) -> list[str]:

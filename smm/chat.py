@@ -99,8 +99,10 @@ def _quote(text: str) -> str:
     return f'"""{text}"""'
 
 
-def render_modelfile(gguf: str, model_name: str = "social-media-marketer", system: str = DEFAULT_SYSTEM_PROMPT) -> str:
-    """An Ollama Modelfile for the GGUF at ``gguf`` (a path relative to the Modelfile)."""
+def render_modelfile(gguf: str, model_name: str = "social-media-marketer", system: str = DEFAULT_SYSTEM_PROMPT,
+                     repeat_penalty: float | None = None) -> str:
+    """An Ollama Modelfile for the GGUF at ``gguf`` (a path relative to the Modelfile); ``repeat_penalty``
+    replaces the default one (the value the model was evaluated with)."""
     lines = [
         "# Ollama Modelfile for smm's social-media model (Qwen2.5 ChatML), rendered by smm/chat.py.",
         "# Register it with:",
@@ -113,7 +115,8 @@ def render_modelfile(gguf: str, model_name: str = "social-media-marketer", syste
         "",
     ]
     lines += [f'PARAMETER stop "{token}"' for token in STOP_TOKENS]
-    lines += [f"PARAMETER {name} {value}" for name, value in MODELFILE_PARAMETERS]
+    chosen = {"repeat_penalty": repeat_penalty} if repeat_penalty is not None else {}
+    lines += [f"PARAMETER {name} {chosen.get(name, value)}" for name, value in MODELFILE_PARAMETERS]
     return "\n".join(lines) + "\n"
 
 

@@ -162,6 +162,7 @@ class EvalConfig:
     threads: int = _f(0, "CPU threads of the llama_cpp backend (0 = the cores other processes leave free, looked at before each answer; each change is logged).", ge=0)
     temperature: float = _f(0.2, "Sampling temperature (the same for every backend).", ge=0.0)
     max_tokens: int = _f(768, "Most tokens an answer may have.", ge=1)
+    repeat_penalty: Optional[float] = _f(None, "Penalty on tokens repeated in the last 64 (llama.cpp's and Ollama's repeat_penalty; transformers' repetition_penalty): 1.0 = none; null = the backend's default (Ollama: the Modelfile's). Small models loop in greedy decoding without one (docs/quality.md). A number also goes into the exported Modelfile, so Ollama serves what was evaluated. Not part of the OpenAI API: the openai backend refuses it.", gt=0.0)
     seed: int = _f(0, "Sampling seed, where the backend supports one.")
     n_ctx: int = _f(4096, "Context window for the llama_cpp backend.", ge=256)
     output_dir: str = _f("output/eval", "Reports go to a timestamped folder under this one.")
@@ -342,7 +343,7 @@ def _check(node: Any, schema: type, prefix: str) -> None:
             raise ConfigError(f"{key}: {value!r} is not one of {shown}")
         for name, (ok, words) in _LIMIT_CHECKS.items():
             bound = f.metadata.get(name)
-            if bound is not None and not ok(value, bound):
+            if bound is not None and value is not None and not ok(value, bound):  # null: an optional key unset
                 raise ConfigError(f"{key}: {value} must be {words} {bound}")
 
 
@@ -369,6 +370,8 @@ def validate(cfg: DictConfig) -> None:
         if stage not in STAGE_NAMES or stage in NOT_IN_PIPELINE:
             usable = [s for s in STAGE_NAMES if s not in NOT_IN_PIPELINE]
             raise ConfigError(f"pipeline.stages: {stage!r} is not a stage a pipeline runs (use {', '.join(usable)})")
+    if cfg.eval.backend == "openai" and cfg.eval.repeat_penalty is not None:
+        raise ConfigError("eval.repeat_penalty: the OpenAI API has no repeat penalty; use eval.backend=llama_cpp or ollama, or leave it null")
     if "chat" in cfg.pipeline.stages and cfg.chat.prompt is None:
         raise ConfigError("pipeline.stages: chat in a pipeline needs chat.prompt (the message to ask; a pipeline reads no stdin)")
 

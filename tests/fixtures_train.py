@@ -105,14 +105,14 @@ def small_data(prepared_seed, tmp_path_factory) -> Path:
 
 
 def demo_shape() -> tuple[str, ...]:
-    """``preset=demo``'s pipeline as overrides (stages, the base model's GGUF, the baseline, the chat
-    message), for running it with the tiny model."""
+    """``preset=demo``'s pipeline as overrides (stages, the base model's GGUF, the baseline, the repeat
+    penalty, the chat message), for running it with the tiny model."""
     from conftest import compose_config
 
     demo = compose_config("preset=demo")
     return (f"pipeline.stages=[{','.join(demo.pipeline.stages)}]", f"export.base_gguf={demo.export.base_gguf}",
             "eval.baseline=${export.output_dir}/${export.model_name}-base-${export.quantization}.gguf",
-            f"chat.task={demo.chat.task}", f"chat.language={demo.chat.language}", f"chat.platform={demo.chat.platform}",
+            f"eval.repeat_penalty={demo.eval.repeat_penalty}", f"chat.task={demo.chat.task}", f"chat.language={demo.chat.language}", f"chat.platform={demo.chat.platform}",
             f"chat.prompt='{demo.chat.prompt}'")
 
 

@@ -86,7 +86,7 @@ def test_kto_warm_start_and_balance_defaults():
                          "loop.replay=0.5", "data.balance=1.5", "training.init_adapter=/a")
     assert (cfg.training.method, cfg.training.kto.beta, cfg.loop.warm_start, cfg.loop.replay, cfg.data.balance,
             cfg.training.init_adapter) == ("sft_then_kto", 0.3, True, 0.5, 1.5, "/a")
-    assert compose_config("preset=demo").training.kto.learning_rate == 1e-3
+    assert compose_config("preset=tiny").training.kto.learning_rate == 1e-3
 
 
 def test_the_hf_backend_batches_eight_conversations_unless_told():
@@ -111,6 +111,7 @@ def test_the_demo_preset_trains_a_real_model_and_shows_base_beside_tuned():
     assert list(demo.data.sources) == ["data/seed", "data/simulated_feedback"]
     assert list(demo.pipeline.stages) == ["prepare", "train", "export", "evaluate", "chat"] and demo.chat.prompt
     assert demo.export.base_gguf and demo.eval.baseline == f"{demo.export.output_dir}/social-media-marketer-base-q8_0.gguf"
+    assert demo.eval.repeat_penalty == 1.1 and compose_config().eval.repeat_penalty is None
     assert compose_config().export.base_gguf is False
 
 
@@ -144,13 +145,15 @@ def test_presets():
     ("training.budget_allows_16bit=maybe", "error: training.budget_allows_16bit: Value 'maybe' is not a valid bool (type str)"),
     ("training.cpu_threads=0", "error: training.cpu_threads=0: give auto or a whole number of threads >= 1"),
     ("training.cpu_threads=many", "error: training.cpu_threads='many': give auto or a whole number of threads >= 1"),
+    ("eval.repeat_penalty=0", "error: eval.repeat_penalty: 0.0 must be greater than 0.0"),
+    ("eval.backend=openai eval.repeat_penalty=1.1", "error: eval.repeat_penalty: the OpenAI API has no repeat penalty; use eval.backend=llama_cpp or ollama, or leave it null"),
     ("pipeline.stages=[prepare,chat]", "error: pipeline.stages: chat in a pipeline needs chat.prompt (the message to ask; a pipeline reads no stdin)"),
     ("loop.from_step=deploy", "error: loop.from_step: 'deploy' is not one of null, feedback, prepare, train, export, evaluate, promote"),
     ("pipeline.stages=[loop]", "error: pipeline.stages: 'loop' is not a stage a pipeline runs (use prepare, train, export, evaluate, feedback, chat)"),
     ("pipeline.stages=[]", "error: pipeline.stages: empty; name the stages to run, e.g. [prepare, train]"),
 ])
 def test_config_mistakes_stop_in_one_line(tmp_path: Path, override: str, message: str):
-    result = run_smm(override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    result = run_smm(*override.split(), f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == message
     assert not (tmp_path / "data").exists()  # nothing ran

@@ -32,7 +32,8 @@ def test_pipeline_exports_a_gguf_with_its_modelfile_and_the_base_model_beside_it
     gguf = demo_run.root / "gguf"
     assert sorted(p.name for p in gguf.iterdir()) == ["Modelfile", "manifest.json", "schemas", "social-media-marketer-base-q4_k_m.gguf",
                                                       "social-media-marketer-q4_k_m.gguf"]
-    assert (gguf / "Modelfile").read_text() == render_modelfile("./social-media-marketer-q4_k_m.gguf")
+    assert (gguf / "Modelfile").read_text() == render_modelfile("./social-media-marketer-q4_k_m.gguf", repeat_penalty=1.1)
+    assert "PARAMETER repeat_penalty 1.1\n" in (gguf / "Modelfile").read_text()  # Ollama serves what was evaluated
     manifest = json.loads((gguf / "manifest.json").read_text())
     assert manifest["stage"] == "export" and manifest["inputs"]  # the adapter the train stage wrote
     assert any(str(demo_run.adapter) in path for path in manifest["inputs"])

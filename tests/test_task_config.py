@@ -103,7 +103,7 @@ def test_a_seventh_task_trains_exports_evaluates_and_chats_without_code(tmp_path
     folder = task_folder(tmp_path, EXAMPLE / "comment_reply.yaml")
     task = load_registry(folder).tasks["comment_reply"]
     root = tmp_path / "run"
-    common = (f"tasks_dir={folder}", "preset=demo", f"data.output_dir={root / 'data'}", f"training.output_dir={root / 'adapter'}",
+    common = (f"tasks_dir={folder}", "preset=tiny", f"data.output_dir={root / 'data'}", f"training.output_dir={root / 'adapter'}",
               f"training.checkpoint_dir={root / 'checkpoints'}", f"export.merged_dir={root / 'merged'}",
               f"export.output_dir={root / 'gguf'}", f"eval.output_dir={root / 'eval'}", "eval.constrained=on")
     result = run_smm("stage=pipeline", *common, f"data.sources=[{REPO / 'data' / 'seed'},{EXAMPLE / 'seed.jsonl'}]",

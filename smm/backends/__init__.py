@@ -34,10 +34,13 @@ class GenerationSettings:
     seed: int = 0
     timeout_s: float = 120.0
     retries: int = 2
+    repeat_penalty: float | None = None
+    """None = the backend's own default (Ollama: the Modelfile's)."""
 
     @classmethod
     def from_config(cls, eval_cfg) -> "GenerationSettings":
-        return cls(eval_cfg.temperature, eval_cfg.max_tokens, eval_cfg.seed, eval_cfg.timeout_s, eval_cfg.retries)
+        return cls(eval_cfg.temperature, eval_cfg.max_tokens, eval_cfg.seed, eval_cfg.timeout_s, eval_cfg.retries,
+                   eval_cfg.repeat_penalty)
 
 
 @dataclass

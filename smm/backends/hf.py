@@ -82,6 +82,8 @@ class HFBackend:
             conversations, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
         ).to(self.model.device)
         sampling = {"do_sample": True, "temperature": self.settings.temperature} if self.settings.temperature > 0 else {"do_sample": False}
+        if self.settings.repeat_penalty is not None:
+            sampling["repetition_penalty"] = self.settings.repeat_penalty
         started = time.perf_counter()
         torch.manual_seed(self.settings.seed)
         with torch.inference_mode():

@@ -130,6 +130,7 @@ class LlamaCppBackend:
             result = self.llm.create_chat_completion(
                 messages=messages,
                 temperature=self.settings.temperature,
+                repeat_penalty=self.settings.repeat_penalty or 1.0,
                 max_tokens=self.settings.max_tokens,
                 seed=self.settings.seed,
                 grammar=grammar,

@@ -67,6 +67,8 @@ class OllamaBackend:
                 "num_predict": self.settings.max_tokens,
             },
         }
+        if self.settings.repeat_penalty is not None:
+            payload["options"]["repeat_penalty"] = self.settings.repeat_penalty
         if schema is not None:
             payload["format"] = schema
         start = time.perf_counter()

@@ -285,7 +285,7 @@ def run(cfg: DictConfig) -> float:
 
     judge = judge_records(by_mode[modes[0]], cases, e.judge, e) if judge_url(e.judge) else None
 
-    settings_keys = ("temperature", "max_tokens", "seed", "timeout_s", "retries", "concurrency", "constrained")
+    settings_keys = ("temperature", "max_tokens", "seed", "timeout_s", "retries", "concurrency", "constrained", "repeat_penalty")
     report = build_report(
         model={**describe_model(e.backend, e), "label": label},
         settings={k: e[k] for k in settings_keys} | ({"threads": e.threads} if e.backend == "llama_cpp" else {}),

@@ -118,10 +118,10 @@ def gguf_record(built: Path, filename: str, quantization: str, info) -> dict:
     }
 
 
-def write_modelfile(output_dir: Path, filename: str, model_name: str) -> Path:
-    """The Modelfile next to the GGUF, pointing at it."""
+def write_modelfile(output_dir: Path, filename: str, model_name: str, repeat_penalty: float | None = None) -> Path:
+    """The Modelfile next to the GGUF, pointing at it (with the evaluation's repeat penalty, where one is set)."""
     modelfile = output_dir / "Modelfile"
-    write_text(modelfile, render_modelfile(f"./{filename}", model_name=model_name))
+    write_text(modelfile, render_modelfile(f"./{filename}", model_name=model_name, repeat_penalty=repeat_penalty))
     return modelfile
 
 
@@ -187,7 +187,7 @@ def run(cfg: DictConfig) -> float:
             target = output_dir / filename
             os.replace(built, target)
             replace_directory(staging / "schemas", output_dir / "schemas")
-            modelfile = write_modelfile(output_dir, filename, ex.model_name)
+            modelfile = write_modelfile(output_dir, filename, ex.model_name, cfg.eval.repeat_penalty)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

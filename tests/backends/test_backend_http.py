@@ -44,6 +44,14 @@ def test_ollama_chat_request_and_reply(stub_server):
     assert "format" not in body  # the model's own JSON skill is measured
 
 
+def test_ollama_sends_a_repeat_penalty_only_when_one_is_set(stub_server):
+    from dataclasses import replace
+
+    server = stub_server({MODEL: echo})
+    ollama(server, settings=replace(FAST, repeat_penalty=1.1)).generate(MESSAGES)
+    assert server.chat_requests()[0]["body"]["options"] == {"temperature": 0.0, "seed": 7, "num_predict": 64, "repeat_penalty": 1.1}
+
+
 def test_ollama_model_name_with_or_without_tag(stub_server):
     server = stub_server({MODEL: echo, "qwen2.5:7b": echo})
     assert ollama(server, "social-media-marketer:latest").label == "ollama:social-media-marketer:latest"

@@ -59,6 +59,21 @@ def test_llama_cpp_prompt_too_long_is_a_failed_case(tiny_gguf):
     assert gen.text is None and gen.error.startswith("llama.cpp: Requested tokens")
 
 
+def test_llama_cpp_gets_the_repeat_penalty_null_being_none(tiny_gguf):
+    from dataclasses import replace
+
+    sent = []
+    for settings in (SETTINGS, replace(SETTINGS, repeat_penalty=1.1)):
+        backend = LlamaCppBackend(str(tiny_gguf), settings, n_ctx=1024)
+        complete = backend.llm.create_chat_completion
+        backend.llm.create_chat_completion = lambda **kwargs: sent.append(kwargs["repeat_penalty"]) or complete(**kwargs)
+        try:
+            assert backend.generate(CASE.messages()).error is None
+        finally:
+            backend.close()
+    assert sent == [1.0, 1.1]
+
+
 def test_llama_cpp_missing_or_broken_file(tmp_path):
     with pytest.raises(SmmError, match="nope.gguf not found; export the model first"):
         LlamaCppBackend(str(tmp_path / "nope.gguf"), SETTINGS)

@@ -123,7 +123,7 @@ def test_warm_start_trains_the_deployed_adapter_on_new_feedback_and_a_replayed_s
     seeds.mkdir()
     (seeds / "seed.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples[20:30]), encoding="utf-8")
     env = {**ollama.env, "DATABASE_URL": feedback_db.url}
-    base = ["stage=loop", "preset=demo", "export=f16", f"data.sources=[{seeds},{tmp_path / 'feedback'}]",
+    base = ["stage=loop", "preset=tiny", "export=f16", f"data.sources=[{seeds},{tmp_path / 'feedback'}]",
             f"feedback.output_dir={tmp_path / 'feedback'}", f"feedback.state_file={tmp_path / 'feedback' / 'state.json'}",
             f"export.merged_dir={tmp_path / 'merged'}", f"loop.runs_dir={runs}", f"loop.current={current}",
             "training.max_steps=2", "training.dpo.max_steps=2", "training.kto.max_steps=2", "eval.max_cases=2",

@@ -21,7 +21,7 @@ def _trainer(tiny_model_dir, tmp_path):
     from smm.training.dpo import dpo_config, to_dataset, trainer_class
     from smm.training.model import load_for_training
 
-    cfg = compose_config("preset=demo", f"training.checkpoint_dir={tmp_path / 'ckpt'}", "model.max_seq_length=256", "lora.dropout=0")
+    cfg = compose_config("preset=tiny", f"training.checkpoint_dir={tmp_path / 'ckpt'}", "model.max_seq_length=256", "lora.dropout=0")
     loaded = load_for_training(str(tiny_model_dir), cfg, "hf")
     args = dpo_config(cfg, loaded.device, loaded.dtype, loaded.backend, has_val=False)
     args.per_device_train_batch_size = len(PAIRS)

@@ -64,7 +64,7 @@ def test_kto_raises_desirable_over_undesirable_on_an_overfit_set(tiny_model_dir,
     data = tmp_path / "data"
     write_rows(data / TRAIN_FILE, ROWS)
     write_rows(data / VAL_FILE, ROWS)  # overfit: the held-out set is the training set
-    cfg = compose_config("preset=demo", f"training.checkpoint_dir={tmp_path / 'ckpt'}", "training.kto.max_steps=12",
+    cfg = compose_config("preset=tiny", f"training.checkpoint_dir={tmp_path / 'ckpt'}", "training.kto.max_steps=12",
                          "training.kto.learning_rate=5e-3", "training.kto.beta=0.5", "model.max_seq_length=256")
     loaded = load_for_training(str(tiny_model_dir), cfg, "hf")
     columns, dropped = tokenize_unpaired(loaded.tokenizer, ROWS, 256)
@@ -83,7 +83,7 @@ def test_kto_raises_desirable_over_undesirable_on_an_overfit_set(tiny_model_dir,
 
 def test_method_kto_continues_a_saved_adapter(tiny_adapter, tmp_path):
     write_rows(tmp_path / "data" / TRAIN_FILE, ROWS)
-    result = run_smm(*train_args(tmp_path, tmp_path / "data", "preset=demo", "lora.rank=8", "lora.alpha=16",
+    result = run_smm(*train_args(tmp_path, tmp_path / "data", "preset=tiny", "lora.rank=8", "lora.alpha=16",
                                  "training.method=kto", f"training.kto.adapter={tiny_adapter}", "training.kto.max_steps=2"),
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -114,7 +114,7 @@ def test_init_adapter_starts_sft_from_the_saved_weights(tiny_adapter, tmp_path):
     answer = json.dumps(TASKS["hashtags"].example)
     write_rows(tmp_path / "data" / "train.jsonl", [{"messages": [SYSTEM, {"role": "user", "content": "Hashtags please"},
                                                                   {"role": "assistant", "content": answer}]}])
-    result = run_smm(*train_args(tmp_path, tmp_path / "data", "preset=demo", "lora.rank=8", "lora.alpha=16",
+    result = run_smm(*train_args(tmp_path, tmp_path / "data", "preset=tiny", "lora.rank=8", "lora.alpha=16",
                                  "training.max_steps=1", "training.learning_rate=1e-12", "training.method=sft",
                                  f"training.init_adapter={tiny_adapter}"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
