@@ -22,6 +22,7 @@ from smm.backends import MODES, Backend, check_can_constrain, make_backend
 from smm.eval.checks import NA, PASS, check_reply
 from smm.eval.cases import EvalCase
 from smm.serving import answer_schema
+from smm.strict_json import replace_lone_surrogates
 
 
 def _messages(prompt: str | None) -> Iterator[str]:
@@ -36,6 +37,11 @@ def _messages(prompt: str | None) -> Iterator[str]:
         if not line.strip():
             return
         yield line.strip()
+
+
+def for_terminal(text: str) -> str:
+    """A server's text made printable: each lone surrogate (not UTF-8) becomes U+FFFD."""
+    return replace_lone_surrogates(text)
 
 
 def verdict_line(verdict) -> str:
@@ -61,8 +67,8 @@ def answer(backend: Backend, case: EvalCase, modes: tuple[str, ...]) -> list[flo
         if generation.truncated:
             facts.append("cut off at max_tokens")
         print(f"[{mode}] ({', '.join(facts)})")
-        print(generation.text if generation.text is not None else f"no answer: {generation.error}")
-        print(verdict_line(verdict), flush=True)
+        print(for_terminal(generation.text if generation.text is not None else f"no answer: {generation.error}"))
+        print(for_terminal(verdict_line(verdict)), flush=True)
         scores.append(verdict.score)
     return scores
 

@@ -78,3 +78,19 @@ def test_one_shot_against_the_tiny_gguf(tiny_gguf, tmp_path):
 def test_bad_chat_settings_are_one_line(tmp_path, overrides, message):
     result = run_smm("stage=chat", *overrides, cwd=tmp_path, timeout=120)
     assert result.returncode != 0 and result.stderr.strip() == message
+
+
+def _chat_openai(server, tmp_path, *overrides: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """``run.py stage=chat`` against ``server``'s OpenAI API, as a user runs it, in bytes."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "run.py"), "stage=chat", "eval.backend=openai", f"eval.url={server.url}/v1",
+         "eval.model=smm", "eval.retries=0", *overrides],
+        input=stdin, capture_output=True, cwd=tmp_path, timeout=120,
+    )
+
+
+def test_a_reply_with_a_lone_surrogate_is_printed_with_a_replacement_character(stub_server, tmp_path):
+    server = stub_server({"smm": lambda m: '{"post": "broken \ud800 text"}'})
+    result = _chat_openai(server, tmp_path, "chat.prompt=Hi")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert '{"post": "broken \ufffd text"}'.encode() in result.stdout
