@@ -4,7 +4,8 @@ The model is reached through the evaluate backends (``eval.backend``: a GGUF in-
 adapter, Ollama, an OpenAI-compatible server, with the ``eval`` group's settings). Each message is
 sent with ``chat.task``'s system prompt from the task registry; the answer is printed with the
 verdict of the task's checks for ``chat.language`` and ``chat.platform``. ``chat.prompt`` asks one
-message; without it, messages are read from stdin, one per line, until an empty line or EOF.
+message; without it, messages are read from stdin, one per line, until an empty line or EOF (bytes
+that are not UTF-8 become U+FFFD).
 ``chat.constrained`` (default: ``eval.constrained``) constrains answers to the task's JSON schema;
 ``both`` answers each message twice.
 
@@ -33,7 +34,7 @@ def _messages(prompt: str | None) -> Iterator[str]:
     while True:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
+        line = sys.stdin.buffer.readline().decode("utf-8", errors="replace")  # bytes that are not UTF-8 → U+FFFD
         if not line.strip():
             return
         yield line.strip()

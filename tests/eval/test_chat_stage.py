@@ -94,3 +94,10 @@ def test_a_reply_with_a_lone_surrogate_is_printed_with_a_replacement_character(s
     result = _chat_openai(server, tmp_path, "chat.prompt=Hi")
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert '{"post": "broken \ufffd text"}'.encode() in result.stdout
+
+
+def test_invalid_utf8_on_stdin_is_replaced_not_a_crash(stub_server, tmp_path):
+    server = stub_server({"smm": lambda m: json.dumps(GOOD[("post_generation", "en")])})
+    result = _chat_openai(server, tmp_path, stdin=b"hal\xfflo\n\n")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert [r["body"]["messages"][1]["content"] for r in server.chat_requests()] == ["hal\ufffdlo"]
