@@ -13,6 +13,7 @@ Returns the mean check score of the answers.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -40,9 +41,20 @@ def _messages(prompt: str | None) -> Iterator[str]:
         yield line.strip()
 
 
+# What a terminal would act on instead of showing (ECMA-48 escape sequences, C0/C1 controls).
+_TERMINAL_CONTROL = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI: clear screen, cursor moves, colours
+    r"|(?:\x1b[\]P^_X]|[\x90\x98\x9d-\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC (window title), DCS, ...
+    r"|\x1b[ -~]?"  # any other ESC sequence (ESC c resets the terminal)
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"  # every other control character but \t and \n
+)
+
+
 def for_terminal(text: str) -> str:
-    """A server's text made printable: each lone surrogate (not UTF-8) becomes U+FFFD."""
-    return replace_lone_surrogates(text)
+    """A server's text made safe to print: no terminal escape sequences or control characters (a
+    reply cannot clear the screen, set the window title or colour what follows), and each lone
+    surrogate (not UTF-8) becomes U+FFFD."""
+    return _TERMINAL_CONTROL.sub("", replace_lone_surrogates(text))
 
 
 def verdict_line(verdict) -> str:

@@ -101,3 +101,13 @@ def test_invalid_utf8_on_stdin_is_replaced_not_a_crash(stub_server, tmp_path):
     result = _chat_openai(server, tmp_path, stdin=b"hal\xfflo\n\n")
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert [r["body"]["messages"][1]["content"] for r in server.chat_requests()] == ["hal\ufffdlo"]
+
+
+def test_terminal_escape_sequences_in_a_reply_are_not_printed(stub_server, tmp_path):
+    hostile = "\x1b[2J\x1b[H\x1b]0;pwned\x07\x1b[31mred\x1b[0m\x9b1mpost\x07\x08 ok\tdone\r\nnext\x1bc"
+    server = stub_server({"smm": lambda m: hostile})
+    result = _chat_openai(server, tmp_path, "chat.prompt=Hi")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    shown = result.stdout.decode()
+    assert "redpost ok\tdone\nnext\n" in shown and "pwned" not in shown
+    assert not any(ch < " " and ch not in "\n\t" or "\x7f" <= ch <= "\x9f" for ch in shown)
