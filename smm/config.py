@@ -141,7 +141,7 @@ class EvalConfig:
     constrained: str = _f("off", "Answers constrained to the task's JSON schema (Ollama format, OpenAI response_format, a llama.cpp grammar): off, on, or both (every case twice; the report sets free and constrained side by side). The hf backend cannot constrain.", choices=CONSTRAINED)
     concurrency: int = _f(4, "Requests in flight at once (HTTP backends).", ge=1)
     batch_size: int = _f(8, "Conversations the hf backend generates together (left-padded; similar lengths batched together); 1 = one at a time.", ge=1)
-    timeout_s: float = _f(120.0, "Seconds one answer may take in total (a deadline for the whole reply, not for each read).", gt=0.0)
+    timeout_s: float = _f(120.0, "Seconds one answer may take in total (a deadline for the whole reply, not for each read; at most a day).", gt=0.0, le=86400.0)
     retries: int = _f(2, "Retries of a failed request (0-10); no retry starts more than 300 s after the first attempt.", ge=0, le=10)
     threads: int = _f(0, "CPU threads of the llama_cpp backend (0 = every core this process may use).", ge=0)
     temperature: float = _f(0.2, "Sampling temperature (the same for every backend).", ge=0.0)

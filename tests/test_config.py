@@ -102,6 +102,8 @@ def test_presets():
     ("training.method=ppo", "error: training.method: 'ppo' is not one of auto, sft, dpo, sft_then_dpo"),
     ("training.dpo.beta=0", "error: training.dpo.beta: 0.0 must be greater than 0.0"),
     ("eval.batch_size=0", "error: eval.batch_size: 0 must be at least 1"),
+    ("eval.timeout_s=inf", "error: eval.timeout_s: inf must be at most 86400.0"),
+    ("eval.timeout_s=1e10", "error: eval.timeout_s: 10000000000.0 must be at most 86400.0"),
     ("training.budget_allows_16bit=maybe", "error: training.budget_allows_16bit: Value 'maybe' is not a valid bool (type str)"),
     ("loop.from_step=deploy", "error: loop.from_step: 'deploy' is not one of null, feedback, prepare, train, export, evaluate, promote"),
     ("pipeline.stages=[loop]", "error: pipeline.stages: 'loop' is not a stage a pipeline runs (use prepare, train, export, evaluate, feedback)"),
