@@ -57,7 +57,7 @@ def parse_line(raw: bytes) -> tuple[Any, str | None]:
     except RecursionError:
         return None, "JSON nested too deeply"
     except json.JSONDecodeError as exc:
-        return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+        return None, f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"  # "...starting at"
     except strict_json.StrictJSONError as exc:
         return None, f"invalid JSON: {exc}"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smm.io import atomic_directory, atomic_file, atomic_writer
+from smm.io import atomic_directory, atomic_file, atomic_writer, parse_line
 
 UMASK = os.umask(0)
 os.umask(UMASK)
@@ -71,3 +71,12 @@ def test_a_failed_atomic_directory_keeps_the_old_folder(tmp_path):
         raise RuntimeError("interrupted before val")
     assert {p.name: p.read_text() for p in target.iterdir()} == {"train.jsonl": "old train", "val.jsonl": "old val"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("raw,error", [
+    (b'{"post": "open', "invalid JSON: Unterminated string starting at column 10"),
+    (b'{"post": "a\tb"}', "invalid JSON: Invalid control character at column 12"),
+    (b'{"post" 1}', "invalid JSON: Expecting ':' delimiter at column 9"),
+])
+def test_json_errors_name_the_column_once(raw, error):
+    assert parse_line(raw) == (None, error)
