@@ -15,6 +15,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from smm.cpus import available_cores
 from smm.errors import ConfigError, SmmError
 from smm.secrets import mask_url
 from smm.stages import NAMES as STAGE_NAMES, NOT_IN_PIPELINE
@@ -62,7 +63,7 @@ class DataConfig:
     language_check: str = _f("warn", "Check each example's declared language (common function words, then lingua where they are not clear): warn, reject or off.", choices=("warn", "reject", "off"))
     strict: bool = _f(False, "Treat any rejected line as fatal: exit 1 and write nothing.")
     near_duplicate_threshold: float = _f(0.9, "Report pairs of examples at least this similar (0.7-1) as near-duplicates (kept on one side of the split); the search finds 99.9% of pairs from 0.7 up.", ge=0.7, le=1.0)
-    workers: int = _f(0, "Processes that check input lines in parallel (0 = one per CPU core; inputs under 4 MiB are checked in one process).", ge=0)
+    workers: int = _f(0, "Processes that check input lines in parallel (0 = one per CPU core this process may use, also the most allowed; inputs under 4 MiB are checked in one process).", ge=0)
 
 
 @dataclass
@@ -336,6 +337,9 @@ def validate(cfg: DictConfig) -> None:
         budget_gib(cfg.training.memory_budget_gib, None)  # a number > 0, auto or null
     except SmmError as exc:
         raise ConfigError(str(exc)) from None
+    cores = available_cores()
+    if cfg.data.workers > cores:
+        raise ConfigError(f"data.workers: {cfg.data.workers} is more than the {cores} CPU cores this process may use")
     if not cfg.pipeline.stages:
         raise ConfigError("pipeline.stages: empty; name the stages to run, e.g. [prepare, train]")
     for stage in cfg.pipeline.stages:

@@ -116,6 +116,15 @@ def test_config_mistakes_stop_in_one_line(tmp_path: Path, override: str, message
     assert not (tmp_path / "data").exists()  # nothing ran
 
 
+def test_data_workers_are_bounded_by_the_cores_this_process_may_use(tmp_path: Path):
+    cores = len(os.sched_getaffinity(0))
+    validate(compose_config(f"data.workers={cores}"))
+    result = run_smm("data.workers=100000", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert (result.returncode, result.stderr.strip()) == (
+        2, f"error: data.workers: 100000 is more than the {cores} CPU cores this process may use")
+    assert not (tmp_path / "data").exists()
+
+
 def test_the_optuna_search_uses_smm_s_sweeper():
     from hydra import compose, initialize_config_dir
 

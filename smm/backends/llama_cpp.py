@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from smm.backends import Generation, GenerationSettings, Messages, Schema, timed
+from smm.cpus import available_cores
 from smm.errors import SmmError
 
 log = logging.getLogger(__name__)
@@ -29,14 +30,6 @@ _FRACTION = '("." [0-9]{1,15})?'
 JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
 """One character of a JSON string (llama.cpp's common/json-schema-to-grammar.cpp)."""
 _ZEROS = '("." "0"{1,15})?'
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def bounded_number_rule(low: int, high: int) -> str:

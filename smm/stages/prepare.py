@@ -36,6 +36,7 @@ from rich.console import Console
 from smm import outdir
 from smm.data import dedup, preferences, split
 from smm.config import to_plain
+from smm.cpus import available_cores
 from smm.data.stats import conversation_chars, print_summary, save_chart, split_stats
 from smm.errors import SmmError
 from smm.data.examples import InvalidExample, answer_texts, normalize_example
@@ -383,7 +384,7 @@ def run(cfg: DictConfig) -> float:
     if not files:
         raise SmmError(f"no *.jsonl files found in data.sources={list(data.sources)}")
     remove_stale_staging(Path(data.output_dir))
-    workers = data.workers or os.cpu_count() or 1
+    workers = data.workers or available_cores()
     if sum(p.stat().st_size for p in files) < PARALLEL_FROM_BYTES:
         workers = 1
     with atomic_directory(data.output_dir) as staging:
