@@ -189,15 +189,24 @@ def check_block(path: str, offset: int, size: int, first_line: int, language_che
                    np.array(columns, dtype=np.int64).reshape(-1, 5), sketches, rejected, mismatches)
 
 
+def _read_block(fh, path: Path) -> bytes:
+    """The next block of whole lines of ``fh`` (b"" at the end); a read error is one line naming the file."""
+    try:
+        data = fh.read(BLOCK_BYTES)
+        if data and not data.endswith(b"\n"):
+            data += fh.readline()  # up to the end of the last line
+    except OSError as exc:
+        raise SmmError(f"data.sources: {path} cannot be read ({exc.strerror})") from None
+    return data
+
+
 def _blocks(files: list[Path], hashes: dict[str, str]) -> Iterator[tuple[int, int, int, int]]:
     """``(file index, offset, size, first line number)`` of blocks of whole lines, in order; every
     file yields at least one (maybe empty) block. Each file's SHA-256 goes into ``hashes`` on the way."""
     for index, path in enumerate(files):
         digest, offset, line, empty = hashlib.sha256(), 0, 1, True
         with open(path, "rb") as fh:
-            while data := fh.read(BLOCK_BYTES):
-                if not data.endswith(b"\n"):
-                    data += fh.readline()  # up to the end of the last line
+            while data := _read_block(fh, path):
                 digest.update(data)
                 yield index, offset, len(data), line
                 offset, line, empty = offset + len(data), line + data.count(b"\n"), False

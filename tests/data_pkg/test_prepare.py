@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -467,3 +468,25 @@ def test_publishing_swaps_the_output_folder_in_one_step(tmp_path: Path, monkeypa
     assert all(seen)
     assert json.loads((out / "manifest.json").read_text())["metrics"]["train"] + len(read_split(out)[1]) == 4 * len(TASKS)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_a_source_that_fails_to_read_is_one_line(tmp_path: Path):
+    (tmp_path / "src").mkdir()
+    os.symlink("/proc/self/mem", tmp_path / "src" / "a.jsonl")  # opens, then every read is an I/O error
+    result = run_smm("stage=prepare", f"data.sources=[{tmp_path / 'src'}]", f"data.output_dir={tmp_path / 'out'}",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
+    assert (result.returncode, result.stderr.strip()) == (
+        1, f"error: data.sources: {tmp_path / 'src' / 'a.jsonl'} cannot be read (Input/output error)")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+@pytest.mark.parametrize("name_bytes,where", [(300, "inside"), (240, "last")])
+def test_an_output_folder_name_too_long_is_one_line(tmp_path: Path, name_bytes: int, where: str):
+    long = "d" * name_bytes
+    out = tmp_path / long / "out" if where == "inside" else tmp_path / long
+    result = run_smm("stage=prepare", "data.language_check=off", f"data.output_dir={out}",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO, timeout=120)
+    limit = "255 here" if where == "inside" else "231 here (room left for temp names)"
+    assert (result.returncode, result.stderr.strip()) == (
+        1, f"error: data.output_dir: the name {'d' * 40}... is {name_bytes} bytes long; a file system allows {limit}; "
+           "choose a shorter data.output_dir")
