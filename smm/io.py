@@ -134,8 +134,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Fill a fresh temp folder beside ``path``; on success it replaces ``path`` whole, on failure it is removed.
 
     The replacement is one atomic swap where the system allows it, so a reader sees either the old
-    folder or the new one, never a missing or half-moved one."""
-    target = Path(path)
+    folder or the new one, never a missing or half-moved one. A symlinked ``path`` (or one below a
+    symlink) is written where it points: the link stays."""
+    target = Path(os.path.realpath(path))
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     staging.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private; give it the permissions mkdir would
@@ -148,7 +149,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
 def replace_directory(new: Path, target: Path) -> None:
     """Put the folder ``new`` at ``target``: one atomic swap where the system allows it, else two
-    renames; an existing ``target`` is removed only after."""
+    renames; an existing ``target`` is removed only after. A symlink at ``target`` stays: its
+    destination is replaced."""
+    target = Path(os.path.realpath(target))
     if target.exists() and exchange(new, target):
         shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the previous folder
     elif target.exists():

@@ -73,8 +73,9 @@ def _ensure_writable(path: Path, folder: str | os.PathLike, key: str) -> None:
 @contextlib.contextmanager
 def locked(folder: str | os.PathLike, key: str) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (a ``.<name>.lock`` file beside it) for the block;
-    another holder makes it fail at once, in one line naming ``key``."""
-    path = Path(folder).absolute()
+    another holder makes it fail at once, in one line naming ``key``. The lock is on the real
+    folder, so two aliases of it (symlinks) share one lock."""
+    path = Path(os.path.realpath(folder))
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)

@@ -377,7 +377,9 @@ def _check_output_dir(folder: str) -> None:
 
 
 def remove_stale_staging(output_dir: Path) -> None:
-    """Delete staging folders (with their spool) that a killed run left beside ``output_dir``."""
+    """Delete staging folders (with their spool) that a killed run left beside ``output_dir`` (the
+    real folder, where a symlink points)."""
+    output_dir = Path(os.path.realpath(output_dir))
     for stale in output_dir.parent.glob(f".{output_dir.name}.*.tmp"):
         log.info("Removing %s, left by an interrupted prepare", stale)
         shutil.rmtree(stale, ignore_errors=True)

@@ -490,3 +490,22 @@ def test_an_output_folder_name_too_long_is_one_line(tmp_path: Path, name_bytes: 
     assert (result.returncode, result.stderr.strip()) == (
         1, f"error: data.output_dir: the name {'d' * 40}... is {name_bytes} bytes long; a file system allows {limit}; "
            "choose a shorter data.output_dir")
+
+
+def test_a_symlinked_output_folder_is_written_where_it_points_and_locked_there(tmp_path: Path):
+    from smm.outdir import locked
+
+    real = tmp_path / "bigdisk" / "processed"
+    real.mkdir(parents=True)
+    os.symlink("bigdisk/processed", tmp_path / "proc_link")
+    src = write_jsonl(tmp_path / "src" / "a.jsonl", synthetic(2))
+    args = ["stage=prepare", "data.language_check=off", f"data.sources=[{src}]", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_smm(*args, f"data.output_dir={tmp_path / 'proc_link'}", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "proc_link").is_symlink() and os.readlink(tmp_path / "proc_link") == "bigdisk/processed"
+    assert (real / "train.jsonl").is_file() and (real / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".proc_link")) == []
+    with locked(tmp_path / "proc_link", "data.output_dir"):  # a second alias of the same folder waits its turn
+        os.symlink(real, tmp_path / "other_alias")
+        second = run_smm(*args, f"data.output_dir={tmp_path / 'other_alias'}", cwd=tmp_path, timeout=300)
+    assert second.returncode == 1 and "is in use by another run" in second.stderr
