@@ -93,12 +93,17 @@ def locked(folder: str | os.PathLike, key: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def check_outputs(stage: str, cfg: DictConfig) -> None:
+    """Fail in one line unless every output folder of ``stage`` can be written."""
+    for key in STAGE_OUTPUTS.get(stage, ()):
+        ensure_writable(OmegaConf.select(cfg, key), key)
+
+
 @contextlib.contextmanager
 def stage_outputs(stage: str, cfg: DictConfig) -> Iterator[None]:
     """Check that every output folder of ``stage`` can be written, then lock them all for the block."""
     keys = STAGE_OUTPUTS.get(stage, ())
-    for key in keys:
-        ensure_writable(OmegaConf.select(cfg, key), key)
+    check_outputs(stage, cfg)
     with contextlib.ExitStack() as stack:
         for key in keys:
             stack.enter_context(locked(OmegaConf.select(cfg, key), key))
