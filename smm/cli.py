@@ -130,26 +130,27 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
     return f"missing package {top!r}: install it with pip install -e '.[{EXTRA_FOR_MODULE[top]}]'"
 
 
-# Hydra options that take a value as the next argument (the rest of the command line is overrides).
-_OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                       "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
-
-
-def validate_shown_config(args: list[str], config_dir: str) -> None:
-    """With ``--cfg``, Hydra prints the config without running the app: validate it here first."""
+def validate_shown_config(argv: list[str], config_dir: str) -> None:
+    """With ``--cfg`` (however it is spelled: ``--cfg job``, ``--cfg=job``, ``-cjob``), Hydra prints
+    the config without running the app: validate it here first, composed as Hydra composes it
+    (the same command-line parser, ``--config-dir``/``--config-path``/``--config-name`` included)."""
     from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
 
     from smm.config import register_configs
 
-    overrides, skip = [], False
-    for arg in args:
-        if skip or arg.startswith("-"):
-            skip = not skip and arg in _OPTIONS_WITH_VALUE
-            continue
-        overrides.append(arg)
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.cfg is None:
+        return
+    primary = Path(config_dir)
+    if args.config_path:  # absolute, or relative to the app's folder (where run.py is)
+        primary = primary.parent / args.config_path
+    overrides = list(args.overrides)
+    if args.config_dir:
+        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]")
     register_configs()
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        validate(compose("config", overrides=overrides))
+    with initialize_config_dir(config_dir=str(primary.absolute()), version_base="1.3"):
+        validate(compose(args.config_name or "config", overrides=overrides))
 
 
 def _in_multirun() -> bool:
@@ -211,7 +212,7 @@ def guarded(main: Callable[[], object], config_dir: str | None = None) -> None:
         os.environ[_USER_FULL_ERROR] = "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     try:
-        if config_dir and ({"--cfg", "-c"} & set(sys.argv[1:])):
+        if config_dir:
             validate_shown_config(sys.argv[1:], config_dir)
         main()
     except SmmError as exc:

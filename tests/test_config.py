@@ -272,3 +272,32 @@ def test_url_credentials_in_a_config_file_never_reach_hydras_records(tmp_path: P
         assert not [secret for secret in ("Pa55word", "K3yK3y", "Db5ecret") if secret in text], path
     assert "bob:***@host:8080" in (run_dir / ".hydra" / "config.yaml").read_text(encoding="utf-8")
     assert "Pa55word" not in result.stdout + result.stderr
+
+
+def _config_dir_with_secrets(tmp_path: Path) -> Path:
+    """A --config-dir whose group files write passwords (an eval server, a database) in clear."""
+    extra = tmp_path / "conf"
+    (extra / "eval").mkdir(parents=True)
+    (extra / "feedback").mkdir()
+    (extra / "eval" / "remote.yaml").write_text(
+        "defaults:\n  - base_eval\n  - _self_\nbackend: openai\nurl: http://bob:Pa55word@host:8080/v1?api_key=K3yK3y\n")
+    (extra / "feedback" / "prod.yaml").write_text(
+        "defaults:\n  - base_feedback\n  - _self_\ndatabase_url: host=db user=app password=Db5ecret dbname=social\n")
+    return extra
+
+
+@pytest.mark.parametrize("flags", [["--cfg=job"], ["-cjob"], ["-c", "job"], ["--cfg", "hydra"]], ids=" ".join)
+def test_every_spelling_of_cfg_validates_before_printing(tmp_path: Path, flags: list[str]):
+    result = run_smm(*flags, "stage=train", "lora.rank=0", "+lora.rnak=8", cwd=tmp_path)
+    assert (result.returncode, result.stderr.strip(), result.stdout) == (2, "error: lora.rnak: unknown key (did you mean lora.rank?)", "")
+    result = run_smm(*flags, "stage=train", "lora.rank=0", cwd=tmp_path)
+    assert (result.returncode, result.stderr.strip(), result.stdout) == (2, "error: lora.rank: 0 must be at least 1", "")
+
+
+def test_cfg_job_finds_the_groups_of_config_dir(tmp_path: Path):
+    extra = _config_dir_with_secrets(tmp_path)
+    result = run_smm("--config-dir", str(extra), "--cfg", "job", "eval=remote", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "backend: openai" in result.stdout
+    bad = run_smm(f"--config-dir={extra}", "-cjob", "eval=remote", "eval.concurrency=0", cwd=tmp_path)
+    assert (bad.returncode, bad.stderr.strip()) == (2, "error: eval.concurrency: 0 must be at least 1")
