@@ -13,7 +13,7 @@ from smm import stages
 from smm.config import GROUPS, unknown_key_error, validate
 from smm.errors import SmmError
 from smm.io import atomic_writer
-from smm.secrets import mask_url, url_secrets
+from smm.secrets import MaskingStream, mask_url, secrets_in_environment, url_secrets
 
 # Overrides that hold secrets: taken off the command line before Hydra records it, and handed
 # to the stage (or the sweeper) through the environment variable it reads anyway.
@@ -24,6 +24,8 @@ SECRET_KEY_NAMES = frozenset(name.rsplit(".", 1)[-1] for name in SECRET_OVERRIDE
 # Any other key given a URL with credentials (eval.url=http://user:pw@host) keeps its value in this
 # variable; Hydra records only the interpolation ${oc.env:SMM_SECRET_EVAL_URL}.
 SECRET_ENV_PREFIX = "SMM_SECRET_"
+# Variables that hold API keys (the defaults of eval.api_key_env and eval.judge.api_key_env, wandb's).
+API_KEY_VARIABLES = ("OPENAI_API_KEY", "SMM_JUDGE_API_KEY", "WANDB_API_KEY")
 
 # Module a missing import belongs to → the extra that installs it.
 EXTRA_FOR_MODULE = {
@@ -201,12 +203,22 @@ def _fail(message: str, code: int, label: str = "error") -> None:
 def guarded(main: Callable[[], object], config_dir: str | None = None) -> None:
     """Run a ``@hydra.main`` function; user errors end in one line and a non-zero exit code.
 
-    ``config_dir`` (the app's config folder) lets ``--cfg`` validate the config it prints.
+    ``config_dir`` (the app's config folder) lets ``--cfg`` validate the config it prints. Everything
+    printed meanwhile, by smm or by Hydra (``--cfg``, ``--resolve``, ``--info``), goes through
+    :class:`~smm.secrets.MaskingStream`: no URL password or key reaches the screen.
     """
+    sys.argv = [sys.argv[0], *move_secrets_to_env(sys.argv[1:])]
+    streams = sys.stdout, sys.stderr
+    secrets = secrets_in_environment(tuple(SECRET_OVERRIDES.values()), API_KEY_VARIABLES, SECRET_ENV_PREFIX)
+    sys.stdout, sys.stderr = MaskingStream(sys.stdout, secrets), MaskingStream(sys.stderr, secrets)
+    _guarded(main, config_dir)
+    sys.stdout, sys.stderr = streams  # kept when an error escapes: its traceback is masked too
+
+
+def _guarded(main: Callable[[], object], config_dir: str | None) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    sys.argv = [sys.argv[0], *move_secrets_to_env(sys.argv[1:])]
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     if full_error:
         os.environ[_USER_FULL_ERROR] = "1"

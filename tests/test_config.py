@@ -15,6 +15,7 @@ from smm.cli import move_secrets_to_env
 from smm.config import GROUPS, to_plain, validate
 from smm.errors import ConfigError
 from smm.io import write_manifest
+from smm.secrets import MaskingStream, secrets_in_environment
 
 GROUP_OPTIONS = sorted(
     (group.name, option.stem)
@@ -254,13 +255,7 @@ def test_url_credentials_do_not_silently_replace_the_api_key(monkeypatch):
 
 def test_url_credentials_in_a_config_file_never_reach_hydras_records(tmp_path: Path):
     """A password written into a YAML config file (not given on the command line) is masked too."""
-    extra = tmp_path / "conf"
-    (extra / "eval").mkdir(parents=True)
-    (extra / "feedback").mkdir()
-    (extra / "eval" / "remote.yaml").write_text(
-        "defaults:\n  - base_eval\n  - _self_\nbackend: openai\nurl: http://bob:Pa55word@host:8080/v1?api_key=K3yK3y\n")
-    (extra / "feedback" / "prod.yaml").write_text(
-        "defaults:\n  - base_feedback\n  - _self_\ndatabase_url: postgresql://app:Db5ecret@db:5432/social\n")
+    extra = _config_dir_with_secrets(tmp_path)
     run_dir, out = tmp_path / "run", tmp_path / "out"
     result = run_smm("--config-dir", str(extra), "stage=prepare", "eval=remote", "feedback=prod",
                      "data.language_check=off", f"data.output_dir={out}", f"hydra.run.dir={run_dir}", cwd=REPO)
@@ -301,3 +296,34 @@ def test_cfg_job_finds_the_groups_of_config_dir(tmp_path: Path):
     assert "backend: openai" in result.stdout
     bad = run_smm(f"--config-dir={extra}", "-cjob", "eval=remote", "eval.concurrency=0", cwd=tmp_path)
     assert (bad.returncode, bad.stderr.strip()) == (2, "error: eval.concurrency: 0 must be at least 1")
+
+
+SECRETS = ("Pa55word", "K3yK3y", "Db5ecret")
+SHOW_CONFIG = [["--cfg", "job"], ["--cfg=job"], ["-cjob"], ["-c", "job", "--resolve"], ["--cfg=all", "--resolve"],
+               ["--info", "all"], ["--info=config"]]
+
+
+@pytest.mark.parametrize("flags", SHOW_CONFIG, ids=" ".join)
+def test_printing_the_config_masks_passwords_from_files_and_the_command_line(tmp_path: Path, flags: list[str]):
+    extra = _config_dir_with_secrets(tmp_path)
+    from_file = run_smm("--config-dir", str(extra), "eval=remote", "feedback=prod", *flags, cwd=tmp_path)
+    on_line = run_smm("eval.url=http://bob:Pa55word@host:8080/v1", "eval.judge.url=https://j:K3yK3y@judge/v1",
+                      *flags, cwd=tmp_path)
+    for result in (from_file, on_line):
+        assert result.returncode == 0, result.stderr[-2000:]
+        shown = result.stdout + result.stderr
+        assert "url:" in shown and not [secret for secret in SECRETS if secret in shown], shown
+    assert "bob:***@host:8080/v1?api_key=***" in from_file.stdout and "password=*** dbname" in from_file.stdout
+    if "--resolve" in flags:
+        assert "http://bob:***@host:8080/v1" in on_line.stdout
+
+
+def test_the_masking_stream_hides_the_environment_s_secrets_in_any_form(monkeypatch):
+    import io
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:s3cr%40t@db/social")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-abcdef")
+    secrets = secrets_in_environment(("DATABASE_URL",), ("OPENAI_API_KEY",), "SMM_SECRET_")
+    out = io.StringIO()
+    MaskingStream(out, secrets).write("auth failed for s3cr@t, key sk-abcdef; http://u:p/w@d@h/x and host=db password=x\n")
+    assert out.getvalue() == "auth failed for ***, key ***; http://u:***@h/x and host=db password=***\n"
