@@ -481,7 +481,7 @@ def test_a_source_that_fails_to_read_is_one_line(tmp_path: Path):
                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
     assert (result.returncode, result.stderr.strip()) == (
         1, f"error: data.sources: {tmp_path / 'src' / 'a.jsonl'} cannot be read (Input/output error)")
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*.tmp"))
 
 
 @pytest.mark.parametrize("name_bytes,where", [(300, "inside"), (240, "last")])

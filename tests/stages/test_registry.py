@@ -45,7 +45,7 @@ def test_help_lists_the_registered_stages():
 @pytest.mark.parametrize("name,message", [
     ("m" * 300, "export.model_name: 300 characters make the file name " + "m" * 40 + "... 312 bytes long; at most 231 fit a file system with the staging folder's name"),
     ("bad name", "export.model_name: 'bad name' must be letters, digits, '.', '_' or '-' (it names the Ollama model and the file)"),
-])
+], ids=["300 characters", "a blank"])
 def test_a_pipeline_or_loop_checks_every_stage_before_the_first_runs(tmp_path, stage, name, message):
     from conftest import run_smm
 
