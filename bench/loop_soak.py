@@ -54,6 +54,7 @@ from smm.loop import lineage  # noqa: E402
 
 SEED = REPO / "data" / "seed" / "social_media_examples.jsonl"
 TEMP_NAME = re.compile(r"^\..+\.(tmp|partial|old)$")
+EXPORT_STEP = "feedback export"  # before the run folder exists
 
 
 class Driver:
@@ -159,15 +160,20 @@ def deployed_problem(run_dir: Path, complete_only: bool = False) -> str | None:
     return None
 
 
+def export_sessions(server: LocalPostgres, database: str, waiting: bool = False) -> int:
+    """Sessions of smm's feedback export in ``database`` (``waiting``: those waiting on a lock)."""
+    with server.admin() as cur:
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'smm-feedback'"
+                    + (" AND wait_event_type = 'Lock'" if waiting else ""), (database,))
+        return cur.fetchone()[0]
+
+
 def wait_for_export_to_block(server: LocalPostgres, database: str, timeout_s: float = 120) -> bool:
-    """True once a session that is not an insert waits on a lock in ``database`` (the export)."""
+    """True once the feedback export waits on a lock in ``database``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with server.admin() as cur:
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock' "
-                        "AND query NOT ILIKE 'insert%%'", (database,))  # the export, not the driver's inserts
-            if cur.fetchone()[0]:
-                return True
+        if export_sessions(server, database, waiting=True):
+            return True
         time.sleep(0.05)
     return False
 
@@ -197,24 +203,35 @@ class Soak:
         self.records: list[dict] = []
         self.problems: list[str] = []
 
-    def loop(self, *extra: str, kill_after: float | None = None, on_start=None) -> dict:
-        """One ``stage=loop`` process; SIGKILL after ``kill_after`` seconds if it still runs."""
+    def loop(self, *extra: str, kill: tuple[str, float] | None = None, on_start=None) -> dict:
+        """One ``stage=loop`` process; with ``kill=(step, seconds)`` it gets a SIGKILL that many
+        seconds after the step started (or once a later step runs)."""
         self.calls += 1
         command = [sys.executable, str(REPO / "run.py"), *self.base, *extra,
                    f"hydra.run.dir={self.work / 'hydra' / str(self.calls)}"]
         started = time.monotonic()
-        proc = subprocess.Popen(command, cwd=self.work, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        (self.work / "logs").mkdir(exist_ok=True)
+        log = (self.work / "logs" / f"{self.calls}.err").open("w+")
+        proc = subprocess.Popen(command, cwd=self.work, env=self.env, stdout=subprocess.DEVNULL, stderr=log,
                                 text=True, start_new_session=True)
         if on_start:
             on_start()
         killed_in = None
-        try:
-            out, err = proc.communicate(timeout=kill_after)
-        except subprocess.TimeoutExpired:
-            killed_in = self.running_step()
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-        lines = err.strip().splitlines()
+        if kill:
+            step, delay = kill
+            order = [EXPORT_STEP, *LOOP_STEPS]
+            while proc.poll() is None:
+                now = EXPORT_STEP if export_sessions(self.server, self.db.name) else self.running_step()
+                if now in order and order.index(now) >= order.index(step) and (now != EXPORT_STEP or step == EXPORT_STEP):
+                    time.sleep(delay)
+                    killed_in = self.running_step()
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.02)
+        proc.wait()
+        log.seek(0)
+        lines = log.read().strip().splitlines()
+        log.close()
         return {"args": list(extra), "rc": proc.returncode, "seconds": round(time.monotonic() - started, 1),
                 "killed_in": killed_in, "last_line": lines[-1][:300] if lines else ""}
 
@@ -222,7 +239,7 @@ class Soak:
         """The step a loop is in right now (from the newest run's manifest)."""
         runs = list(lineage.loop_runs(self.runs))
         if not runs or runs[-1][1].get("status") not in ("running", "promoting"):
-            return "feedback export (before the run folder)"
+            return EXPORT_STEP
         steps = runs[-1][1].get("steps", {})
         running = [name for name, step in steps.items() if step.get("status") == "running"]
         return running[-1] if running else "between steps"
@@ -248,12 +265,15 @@ class Soak:
         if problem:
             self.problems.append(f"{when}: {problem}")
 
-    def scheduled_run(self, number: int, event: str, typical_s: float) -> dict:
+    def scheduled_run(self, number: int, event: str, typical_s: dict[str, float]) -> dict:
         self.db.close()
         self.driver.add(self.args.ratings_between)
         record = {"run": number, "event": event}
-        kill_after = self.rng.uniform(1.0, typical_s) if event == "kill" else None
-        record["kill_after_s"] = round(kill_after, 1) if kill_after else None
+        kill = None
+        if event == "kill":  # a step drawn at random, and a moment within its usual duration
+            step = self.rng.choice([EXPORT_STEP, *LOOP_STEPS])
+            kill = (step, round(self.rng.uniform(0, typical_s.get(step, 1.0)), 2))
+        record["kill"] = kill
         blocker = None
         if event == "db_restart":
             import psycopg2
@@ -269,12 +289,15 @@ class Soak:
         t0 = time.monotonic()
         self.driver.start(self.args.rate_every)
         try:
-            record["loop"] = self.loop(kill_after=kill_after, on_start=restart_mid_export if blocker else None)
+            record["loop"] = self.loop(kill=kill, on_start=restart_mid_export if blocker else None)
         finally:
             self.driver.stop()
             if blocker is not None:
                 blocker.close()
         record["resumes"] = self.finish_unfinished()
+        if record["loop"]["rc"] not in (0, 3) and not record["resumes"]:  # stopped before its run folder:
+            record["resumes"].append(self.loop())  # the scheduler's next tick exports and trains it
+            record["resumes"] += self.finish_unfinished()
         runs = list(lineage.loop_runs(self.runs))
         record["outcome"] = runs[-1][1].get("status") if runs else None
         record["run_id"] = runs[-1][0].name if runs else None
@@ -297,14 +320,15 @@ class Soak:
         watcher = Watcher(self.current)
         watcher.start()
         started = time.monotonic()
-        typical_s = 60.0
+        typical_s: dict[str, float] = {}  # each step's seconds in the first clean run
         try:
             for number, event in enumerate(events):
                 record = self.scheduled_run(number, event, typical_s)
-                if event == "clean" and record["loop"]["rc"] == 0:
-                    typical_s = record["loop"]["seconds"]
+                if not typical_s and record["outcome"] == "promoted":
+                    steps = lineage.read_manifest(self.runs / record["run_id"])["steps"]
+                    typical_s = {name: step["seconds"] for name, step in steps.items()} | {EXPORT_STEP: 0.5}
                 self.records.append(record)
-                print(json.dumps({k: record[k] for k in ("run", "event", "outcome", "run_id")}
+                print(json.dumps({k: record[k] for k in ("run", "event", "kill", "outcome", "run_id")}
                                  | {"rc": record["loop"]["rc"], "killed_in": record["loop"]["killed_in"],
                                     "resumes": len(record["resumes"]), "last": record["loop"]["last_line"][:120]}),
                       flush=True)
@@ -322,6 +346,7 @@ class Soak:
     # ---- the checks -------------------------------------------------------------------------
 
     def exported_once(self) -> dict:
+        self.db.close()  # its connection may predate a restart
         with self.db.cursor() as cur:
             cur.execute("SELECT id, rating FROM feedback")
             ratings = dict(cur.fetchall())
