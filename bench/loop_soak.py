@@ -187,7 +187,8 @@ def restart_database(server: LocalPostgres) -> None:
 class Soak:
     def __init__(self, args: argparse.Namespace, work: Path, server: LocalPostgres, db) -> None:
         self.args, self.work, self.server, self.db = args, work, server, db
-        self.rng = random.Random(args.seed)
+        self.rng = random.Random(args.seed)  # the events and kill moments (the driver has its own)
+        self.kill_plans: dict[int, tuple[str, float]] = {}
         self.ollama = make_fake_ollama(work / "bin")
         self.runs, self.current = work / "output" / "runs", work / "output" / "current"
         self.env = {**os.environ, **self.ollama.env, "DATABASE_URL": db.url}
@@ -270,9 +271,9 @@ class Soak:
         self.driver.add(self.args.ratings_between)
         record = {"run": number, "event": event}
         kill = None
-        if event == "kill":  # a step drawn at random, and a moment within its usual duration
-            step = self.rng.choice([EXPORT_STEP, *LOOP_STEPS])
-            kill = (step, round(self.rng.uniform(0, typical_s.get(step, 1.0)), 2))
+        if event == "kill":  # the drawn step, at the drawn share of its usual duration
+            step, share = self.kill_plans[number]
+            kill = (step, round(share * typical_s.get(step, 1.0), 2))
         record["kill"] = kill
         blocker = None
         if event == "db_restart":
@@ -306,17 +307,18 @@ class Soak:
 
     def run(self) -> dict:
         examples = [json.loads(line) for line in SEED.read_text(encoding="utf-8").splitlines()]
-        self.driver = Driver(self.db, examples, self.rng)
+        self.driver = Driver(self.db, examples, random.Random(self.args.seed + 1))
         self.driver.add(self.args.ratings_first)
-        events = ["clean"] * self.args.runs
+        events = ["clean"] * self.args.runs  # the first run is clean: it deploys a model and times the steps
         later = list(range(1, self.args.runs))
         self.rng.shuffle(later)
         restarts = later[:self.args.db_restarts]
         kills = [n for n in later[self.args.db_restarts:] if self.rng.random() < self.args.kill_share]
         for n in restarts:
             events[n] = "db_restart"
-        for n in kills:
+        for n in sorted(kills):
             events[n] = "kill"
+            self.kill_plans[n] = (self.rng.choice(self.args.kill_steps), self.rng.random())
         watcher = Watcher(self.current)
         watcher.start()
         started = time.monotonic()
@@ -434,6 +436,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20, help="scheduled loop runs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the events, kill moments and ratings")
     parser.add_argument("--kill-share", type=float, default=0.5, help="share of the other runs killed at a random moment")
+    parser.add_argument("--kill-steps", type=lambda text: text.split(","), default=[EXPORT_STEP, *LOOP_STEPS],
+                        help=f"steps a kill may land in, comma-separated (default: {EXPORT_STEP},{','.join(LOOP_STEPS)})")
     parser.add_argument("--db-restarts", type=int, default=3, help="runs whose database restarts mid-export")
     parser.add_argument("--ratings-first", type=int, default=12, help="ratings before the first run")
     parser.add_argument("--ratings-between", type=int, default=3, help="ratings added before each run")
