@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from smm.errors import SmmError
 
 NAME_MAX = 255  # bytes in one file name (Linux, macOS and Windows file systems)
-TEMP_NAME_ROOM = 24  # what the temp and lock names beside a folder add to its name (".<name>.<8 random>.tmp": 14)
+TEMP_NAME_ROOM = 24  # what the temp and lock names beside a folder add to its name (".<name>.<pid>-<8 random>.tmp": 22)
 # The folders each stage writes (config keys).
 STAGE_OUTPUTS = {
     "prepare": ("data.output_dir",),
