@@ -20,9 +20,11 @@ that runs get promoted and kills land in promotions too. Checked:
 * ``promotions.json`` consistent: the promoted runs, in order, once each, the last one deployed,
   Ollama's ``:latest`` on it.
 
-    python bench/loop_soak.py --runs 20 --seed 0          # the full soak
-    python bench/loop_soak.py --runs 4 --seed 0           # a quick check
-Figures: ``<--out>.json`` and ``<--out>.md`` (default docs/bench/loop_soak).
+    python bench/loop_soak.py --runs 20 --seed 0     # the full soak (about 50 min on 2 busy CPU cores)
+    python bench/loop_soak.py --runs 4 --seed 5 --db-restarts 1 --kill-share 1   # about 7 min
+    python bench/loop_soak.py --runs 4 --kill-steps export,promote               # kills only there
+Figures: ``<--out>.json`` and ``<--out>.md`` (default docs/bench/loop_soak); exit code 1 when a
+check fails.
 """
 from __future__ import annotations
 
@@ -202,7 +204,8 @@ class Soak:
         ]
         self.calls = 0
         self.records: list[dict] = []
-        self.problems: list[str] = []
+        self.problems: list[str] = []  # about the deployed run
+        self.unfinished: list[str] = []
 
     def loop(self, *extra: str, kill: tuple[str, float] | None = None, on_start=None) -> dict:
         """One ``stage=loop`` process; with ``kill=(step, seconds)`` it gets a SIGKILL that many
@@ -256,7 +259,7 @@ class Soak:
             steps = manifest.get("steps", {})
             first = next(s for s in LOOP_STEPS if steps.get(s, {}).get("status") != "done")
             attempts.append(self.loop(f"loop.from_step={first}", f"loop.run_id={run_dir.name}"))
-        self.problems.append(f"run {runs[-1][0].name} still unfinished after 3 resumes: {attempts[-1]['last_line']}")
+        self.unfinished.append(f"run {runs[-1][0].name} still unfinished after 3 resumes: {attempts[-1]['last_line']}")
         return attempts
 
     def check_deployed(self, when: str) -> None:
@@ -342,7 +345,7 @@ class Soak:
                                        f"feedback.state_file={feedback / 'state.json'}", f"hydra.run.dir={self.work / 'hydra' / 'final'}"],
                                       cwd=self.work, env=self.env, capture_output=True, text=True)
         if final_export.returncode != 0:
-            self.problems.append(f"final export failed: {final_export.stderr.strip().splitlines()[-1:]}")
+            self.unfinished.append(f"final export failed: {final_export.stderr.strip().splitlines()[-1:]}")
         return self.figures(watcher, soak_s)
 
     # ---- the checks -------------------------------------------------------------------------
@@ -392,6 +395,7 @@ class Soak:
         loops = [r["loop"] for r in self.records] + [a for r in self.records for a in r["resumes"]]
         statuses = Counter(m.get("status") for _, m in lineage.loop_runs(self.runs))
         checks = {
+            "every_run_finished": not self.unfinished,
             "every_rating_exported_once": not any(exported[k] for k in ("missing", "repeated", "unknown", "pairs_missing", "pairs_repeated")),
             "deployed_always_complete": not watcher.violations and not self.problems,
             "no_orphaned_temp_files": not orphans,
@@ -408,7 +412,8 @@ class Soak:
             "ratings_added": self.driver.added, "inserts_failed_during_restarts": self.driver.failed_inserts,
             "watcher_reads": watcher.reads, "deployed_runs_seen": len(watcher.deployed_seen),
             "checks": checks, "exported": exported, "orphans": orphans, "history_problems": history,
-            "deployed_problems": watcher.violations + self.problems, "records": self.records,
+            "deployed_problems": watcher.violations + self.problems, "unfinished": self.unfinished,
+            "records": self.records,
         }
 
 
@@ -418,7 +423,8 @@ def markdown(figures: dict) -> str:
 
 {figures['runs']} scheduled loop runs in {figures['seconds'] / 60:.1f} min: {figures['loop_processes']} loop processes,
 {figures['kills']} SIGKILLs (in {', '.join(f'{k}: {v}' for k, v in figures['killed_in'].items()) or 'none'}),
-{figures['db_restarts']} database restarts mid-export, {figures['resumes']} resumes with loop.from_step;
+{figures['db_restarts']} database restarts mid-export, {figures['resumes']} follow-up loops (a resume with loop.from_step, or
+the next scheduled tick after a run stopped before its run folder);
 {figures['ratings_added']} ratings added, {figures['promotions']} promotions; run statuses {figures['run_statuses']};
 exit codes {figures['exit_codes']}; the deployed run read {figures['watcher_reads']} times.
 
@@ -427,7 +433,7 @@ exit codes {figures['exit_codes']}; the deployed run read {figures['watcher_read
 {checks}
 
 Exported: {figures['exported']['ratings']} ratings, {figures['exported']['sft_lines']} SFT lines, {figures['exported']['dpo_lines']} DPO pairs.
-Orphans: {figures['orphans'] or 'none'}. Problems: {figures['history_problems'] + figures['deployed_problems'] or 'none'}.
+Orphans: {figures['orphans'] or 'none'}. Problems: {figures['history_problems'] + figures['deployed_problems'] + figures['unfinished'] or 'none'}.
 """
 
 
