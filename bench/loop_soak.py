@@ -220,15 +220,18 @@ class Soak:
                                 text=True, start_new_session=True)
         if on_start:
             on_start()
-        killed_in = None
+        killed_in, in_run = None, False
         if kill:
             step, delay = kill
             order = [EXPORT_STEP, *LOOP_STEPS]
             while proc.poll() is None:
                 now = EXPORT_STEP if export_sessions(self.server, self.db.name) else self.running_step()
+                in_run = in_run or now != EXPORT_STEP
                 if now in order and order.index(now) >= order.index(step) and (now != EXPORT_STEP or step == EXPORT_STEP):
                     time.sleep(delay)
                     killed_in = self.running_step()
+                    if killed_in == EXPORT_STEP and in_run:
+                        killed_in = "after its run ended"
                     os.killpg(proc.pid, signal.SIGKILL)
                     break
                 time.sleep(0.02)
