@@ -275,7 +275,6 @@ def test_lone_surrogates_nan_and_control_tokens_are_rejected_by_line(tmp_path: P
 
 
 def test_sources_that_are_not_regular_files_are_one_line_errors(tmp_path: Path):
-
     cases = {}
     (tmp_path / "dir" / "d.jsonl").mkdir(parents=True)
     cases["dir"] = f"data.sources: {tmp_path / 'dir' / 'd.jsonl'} is a folder, not a JSONL file; rename or remove it"
@@ -454,7 +453,6 @@ def test_minhash_finds_the_similar_pairs_among_many_texts():
 
 def test_publishing_swaps_the_output_folder_in_one_step(tmp_path: Path, monkeypatch):
     """Readers of data.output_dir never find it missing while a new run's outputs replace it."""
-
     src = write_jsonl(tmp_path / "src" / "a.jsonl", synthetic(2))
     run_prepare(tmp_path, f"data.sources=[{src}]")
     out = tmp_path / "out"
