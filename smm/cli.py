@@ -13,8 +13,8 @@ from smm import stages
 from smm.config import GROUPS, unknown_key_error, validate
 from smm.errors import SmmError
 from smm.io import atomic_writer
-from smm.secrets import mask_url, url_secrets
 from smm.cpu_share import set_wait_policy
+from smm.secrets import MaskingStream, mask_url, secrets_in_environment, url_secrets
 
 # Overrides that hold secrets: taken off the command line before Hydra records it, and handed
 # to the stage (or the sweeper) through the environment variable it reads anyway.
@@ -25,6 +25,8 @@ SECRET_KEY_NAMES = frozenset(name.rsplit(".", 1)[-1] for name in SECRET_OVERRIDE
 # Any other key given a URL with credentials (eval.url=http://user:pw@host) keeps its value in this
 # variable; Hydra records only the interpolation ${oc.env:SMM_SECRET_EVAL_URL}.
 SECRET_ENV_PREFIX = "SMM_SECRET_"
+# Variables that hold API keys (the defaults of eval.api_key_env and eval.judge.api_key_env, wandb's).
+API_KEY_VARIABLES = ("OPENAI_API_KEY", "SMM_JUDGE_API_KEY", "WANDB_API_KEY")
 
 # Module a missing import belongs to → the extra that installs it.
 EXTRA_FOR_MODULE = {
@@ -131,26 +133,27 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
     return f"missing package {top!r}: install it with pip install -e '.[{EXTRA_FOR_MODULE[top]}]'"
 
 
-# Hydra options that take a value as the next argument (the rest of the command line is overrides).
-_OPTIONS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                       "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
-
-
-def validate_shown_config(args: list[str], config_dir: str) -> None:
-    """With ``--cfg``, Hydra prints the config without running the app: validate it here first."""
+def validate_shown_config(argv: list[str], config_dir: str) -> None:
+    """With ``--cfg`` (however it is spelled: ``--cfg job``, ``--cfg=job``, ``-cjob``), Hydra prints
+    the config without running the app: validate it here first, composed as Hydra composes it
+    (the same command-line parser, ``--config-dir``/``--config-path``/``--config-name`` included)."""
     from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
 
     from smm.config import register_configs
 
-    overrides, skip = [], False
-    for arg in args:
-        if skip or arg.startswith("-"):
-            skip = not skip and arg in _OPTIONS_WITH_VALUE
-            continue
-        overrides.append(arg)
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.cfg is None:
+        return
+    primary = Path(config_dir)
+    if args.config_path:  # absolute, or relative to the app's folder (where run.py is)
+        primary = primary.parent / args.config_path
+    overrides = list(args.overrides)
+    if args.config_dir:
+        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]")
     register_configs()
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        validate(compose("config", overrides=overrides))
+    with initialize_config_dir(config_dir=str(primary.absolute()), version_base="1.3"):
+        validate(compose(args.config_name or "config", overrides=overrides))
 
 
 def _in_multirun() -> bool:
@@ -201,19 +204,29 @@ def _fail(message: str, code: int, label: str = "error") -> None:
 def guarded(main: Callable[[], object], config_dir: str | None = None) -> None:
     """Run a ``@hydra.main`` function; user errors end in one line and a non-zero exit code.
 
-    ``config_dir`` (the app's config folder) lets ``--cfg`` validate the config it prints.
+    ``config_dir`` (the app's config folder) lets ``--cfg`` validate the config it prints. Everything
+    printed meanwhile, by smm or by Hydra (``--cfg``, ``--resolve``, ``--info``), goes through
+    :class:`~smm.secrets.MaskingStream`: no URL password or key reaches the screen.
     """
+    sys.argv = [sys.argv[0], *move_secrets_to_env(sys.argv[1:])]
+    set_wait_policy()  # before torch loads OpenMP
+    streams = sys.stdout, sys.stderr
+    secrets = secrets_in_environment(tuple(SECRET_OVERRIDES.values()), API_KEY_VARIABLES, SECRET_ENV_PREFIX)
+    sys.stdout, sys.stderr = MaskingStream(sys.stdout, secrets), MaskingStream(sys.stderr, secrets)
+    _guarded(main, config_dir)
+    sys.stdout, sys.stderr = streams  # kept when an error escapes: its traceback is masked too
+
+
+def _guarded(main: Callable[[], object], config_dir: str | None) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    sys.argv = [sys.argv[0], *move_secrets_to_env(sys.argv[1:])]
-    set_wait_policy()  # before torch loads OpenMP
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     if full_error:
         os.environ[_USER_FULL_ERROR] = "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     try:
-        if config_dir and ({"--cfg", "-c"} & set(sys.argv[1:])):
+        if config_dir:
             validate_shown_config(sys.argv[1:], config_dir)
         main()
     except SmmError as exc:

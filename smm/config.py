@@ -15,6 +15,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from smm.cpu_share import usable_cores
 from smm.errors import ConfigError, SmmError
 from smm.secrets import mask_url
 from smm.stages import NAMES as STAGE_NAMES, NOT_IN_PIPELINE
@@ -64,7 +65,7 @@ class DataConfig:
     strict: bool = _f(False, "Treat any rejected line as fatal: exit 1 and write nothing.")
     near_duplicate_threshold: float = _f(0.9, "Report pairs of examples at least this similar (0.7-1) as near-duplicates (kept on one side of the split); the search finds 99.9% of pairs from 0.7 up.", ge=0.7, le=1.0)
     balance: float = _f(0.0, "Rebalance labels: no label of a task (a sentiment answer's label) keeps more than this many times the examples of the task's rarest label, and A/B answers whose variations are near-copies are dropped (0 = off; the skew is reported in stats.json either way).", ge=0.0)
-    workers: int = _f(0, "Processes that check input lines in parallel (0 = one per CPU core; inputs under 4 MiB are checked in one process).", ge=0)
+    workers: int = _f(0, "Processes that check input lines in parallel (0 = one per CPU core this process may use, also the most allowed; inputs under 4 MiB are checked in one process).", ge=0)
 
 
 @dataclass
@@ -157,7 +158,7 @@ class EvalConfig:
     constrained: str = _f("off", "Answers constrained to the task's JSON schema (Ollama format, OpenAI response_format, a llama.cpp grammar): off, on, or both (every case twice; the report sets free and constrained side by side). The hf backend cannot constrain.", choices=CONSTRAINED)
     concurrency: int = _f(4, "Requests in flight at once (HTTP backends).", ge=1)
     batch_size: int = _f(8, "Conversations the hf backend generates together (left-padded; similar lengths batched together); 1 = one at a time.", ge=1)
-    timeout_s: float = _f(120.0, "Seconds one answer may take in total (a deadline for the whole reply, not for each read).", gt=0.0)
+    timeout_s: float = _f(120.0, "Seconds one answer may take in total (a deadline for the whole reply, not for each read; at most a day).", gt=0.0, le=86400.0)
     retries: int = _f(2, "Retries of a failed request (0-10); no retry starts more than 300 s after the first attempt.", ge=0, le=10)
     threads: int = _f(0, "CPU threads of the llama_cpp backend (0 = the cores other processes leave free, looked at before each answer; each change is logged).", ge=0)
     temperature: float = _f(0.2, "Sampling temperature (the same for every backend).", ge=0.0)
@@ -364,6 +365,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"chat.task: {cfg.chat.task!r} is not one of {', '.join(registry.tasks)}")
     if cfg.chat.platform not in registry.platform_limits:
         raise ConfigError(f"chat.platform: {cfg.chat.platform!r} is not one of {', '.join(registry.platform_limits)}")
+    cores = len(usable_cores())
+    if cfg.data.workers > cores:
+        raise ConfigError(f"data.workers: {cfg.data.workers} is more than the {cores} CPU cores this process may use")
     if not cfg.pipeline.stages:
         raise ConfigError("pipeline.stages: empty; name the stages to run, e.g. [prepare, train]")
     for stage in cfg.pipeline.stages:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -57,7 +59,7 @@ def parse_line(raw: bytes) -> tuple[Any, str | None]:
     except RecursionError:
         return None, "JSON nested too deeply"
     except json.JSONDecodeError as exc:
-        return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+        return None, f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"  # "...starting at"
     except strict_json.StrictJSONError as exc:
         return None, f"invalid JSON: {exc}"
 
@@ -84,13 +86,45 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[Line]:
         yield Line(name, number, value, error)
 
 
+def temp_prefix(target: Path) -> str:
+    """The start of a temp name beside ``target``: ``.<name>.<pid>-`` (a random part and ``.tmp``
+    follow), so that a later writer can tell the leftovers of a killed one (:func:`remove_orphans`)."""
+    return f".{target.name}.{os.getpid()}-"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_orphans(target: Path) -> None:
+    """Delete the temp files and folders beside ``target`` that a writer killed mid-write left (their
+    pid names no running process); a running writer's are kept."""
+    pattern = re.compile(re.escape(f".{target.name}.") + r"(\d+)-\w*\.tmp")
+    for path in target.parent.glob(glob.escape(f".{target.name}.") + "*.tmp"):
+        found = pattern.fullmatch(path.name)
+        if not found or process_alive(int(found[1])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """A temp path beside ``path`` for the block to write; renamed onto ``path`` (with the permissions
-    open() would give) only if the block succeeds, removed otherwise. For tools that write by path."""
+    open() would give) only if the block succeeds, removed otherwise. For tools that write by path.
+    What a killed writer of ``path`` left beside it is removed first."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_orphans(target)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -134,10 +168,13 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Fill a fresh temp folder beside ``path``; on success it replaces ``path`` whole, on failure it is removed.
 
     The replacement is one atomic swap where the system allows it, so a reader sees either the old
-    folder or the new one, never a missing or half-moved one."""
-    target = Path(path)
+    folder or the new one, never a missing or half-moved one. A symlinked ``path`` (or one below a
+    symlink) is written where it points: the link stays. What a killed writer of ``path`` left
+    beside it is removed first."""
+    target = Path(os.path.realpath(path))
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_orphans(target)
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent))
     staging.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private; give it the permissions mkdir would
     try:
         yield staging
@@ -148,7 +185,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
 def replace_directory(new: Path, target: Path) -> None:
     """Put the folder ``new`` at ``target``: one atomic swap where the system allows it, else two
-    renames; an existing ``target`` is removed only after."""
+    renames; an existing ``target`` is removed only after. A symlink at ``target`` stays: its
+    destination is replaced."""
+    target = Path(os.path.realpath(target))
     if target.exists() and exchange(new, target):
         shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the previous folder
     elif target.exists():

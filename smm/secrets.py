@@ -2,10 +2,12 @@
 
 ``mask_url("postgresql://app:s3cret@db:5432/social")`` → ``postgresql://app:***@db:5432/social``.
 ``redact(text, url)`` removes every form of the URL and its password from a text (for example a
-driver's error message) before anything prints, logs or stores it.
+driver's error message) before anything prints, logs or stores it. :class:`MaskingStream` masks
+whatever reaches the screen: the entrypoint puts it in front of stdout and stderr.
 """
 from __future__ import annotations
 
+import os
 import re
 from urllib.parse import quote, unquote
 
@@ -66,3 +68,50 @@ def redact(text: str, *urls: str | None) -> str:
         for secret in url_secrets(url):
             text = text.replace(secret, MASK)
     return text
+
+
+# scheme://user:password@ anywhere in a text; the password runs to the last "@" before a blank or quote
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@'\"]*):[^\s'\"]*@")
+MIN_SECRET_CHARS = 4  # shorter values of secret variables are not searched for (they would mask common words)
+
+
+def mask_text(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` with every URL password, ``password=…``-style value and each of ``secrets`` masked."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    if "://" in text:
+        text = _URL_CREDENTIALS.sub(lambda m: f"{m[1]}:{MASK}@", text)
+    return _KEYWORD_SECRET.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text) if "=" in text else text
+
+
+def secrets_in_environment(url_variables: tuple[str, ...], key_variables: tuple[str, ...], prefix: str) -> tuple[str, ...]:
+    """The secrets the environment holds: the passwords of the URLs in ``url_variables`` and in every
+    variable whose name starts with ``prefix``, and the values of ``key_variables`` (API keys); longest first."""
+    found: set[str] = set()
+    for name, value in os.environ.items():
+        if name in url_variables or name.startswith(prefix):
+            found.update(url_secrets(value))
+        elif name in key_variables:
+            found.add(value)
+    return tuple(sorted((s for s in found if len(s) >= MIN_SECRET_CHARS), key=len, reverse=True))
+
+
+class MaskingStream:
+    """A text stream that masks secrets (:func:`mask_text`) in everything written to it, whoever
+    writes it (smm, Hydra's ``--cfg``/``--info`` output, a library's log line)."""
+
+    def __init__(self, stream, secrets: tuple[str, ...]) -> None:
+        self._stream = stream
+        self._secrets = secrets
+
+    def write(self, text: str) -> int:
+        self._stream.write(mask_text(text, self._secrets))
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str):  # flush, isatty, fileno, encoding, buffer, ...
+        return getattr(self._stream, name)

@@ -15,6 +15,7 @@ from smm.cli import move_secrets_to_env
 from smm.config import GROUPS, to_plain, validate
 from smm.errors import ConfigError
 from smm.io import write_manifest
+from smm.secrets import MaskingStream, secrets_in_environment
 
 GROUP_OPTIONS = sorted(
     (group.name, option.stem)
@@ -142,6 +143,8 @@ def test_presets():
     ("training.dpo.beta=0", "error: training.dpo.beta: 0.0 must be greater than 0.0"),
     ("training.dpo.packing=sometimes", "error: training.dpo.packing: Value 'sometimes' is not a valid bool (type str)"),
     ("eval.batch_size=0", "error: eval.batch_size: 0 must be at least 1"),
+    ("eval.timeout_s=inf", "error: eval.timeout_s: inf must be at most 86400.0"),
+    ("eval.timeout_s=1e10", "error: eval.timeout_s: 10000000000.0 must be at most 86400.0"),
     ("training.budget_allows_16bit=maybe", "error: training.budget_allows_16bit: Value 'maybe' is not a valid bool (type str)"),
     ("training.cpu_threads=0", "error: training.cpu_threads=0: give auto or a whole number of threads >= 1"),
     ("training.cpu_threads=many", "error: training.cpu_threads='many': give auto or a whole number of threads >= 1"),
@@ -157,6 +160,15 @@ def test_config_mistakes_stop_in_one_line(tmp_path: Path, override: str, message
     assert result.returncode == 2
     assert result.stderr.strip() == message
     assert not (tmp_path / "data").exists()  # nothing ran
+
+
+def test_data_workers_are_bounded_by_the_cores_this_process_may_use(tmp_path: Path):
+    cores = len(os.sched_getaffinity(0))
+    validate(compose_config(f"data.workers={cores}"))
+    result = run_smm("data.workers=100000", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert (result.returncode, result.stderr.strip()) == (
+        2, f"error: data.workers: 100000 is more than the {cores} CPU cores this process may use")
+    assert not (tmp_path / "data").exists()
 
 
 def test_the_optuna_search_uses_smm_s_sweeper():
@@ -288,13 +300,7 @@ def test_url_credentials_do_not_silently_replace_the_api_key(monkeypatch):
 
 def test_url_credentials_in_a_config_file_never_reach_hydras_records(tmp_path: Path):
     """A password written into a YAML config file (not given on the command line) is masked too."""
-    extra = tmp_path / "conf"
-    (extra / "eval").mkdir(parents=True)
-    (extra / "feedback").mkdir()
-    (extra / "eval" / "remote.yaml").write_text(
-        "defaults:\n  - base_eval\n  - _self_\nbackend: openai\nurl: http://bob:Pa55word@host:8080/v1?api_key=K3yK3y\n")
-    (extra / "feedback" / "prod.yaml").write_text(
-        "defaults:\n  - base_feedback\n  - _self_\ndatabase_url: postgresql://app:Db5ecret@db:5432/social\n")
+    extra = _config_dir_with_secrets(tmp_path)
     run_dir, out = tmp_path / "run", tmp_path / "out"
     result = run_smm("--config-dir", str(extra), "stage=prepare", "eval=remote", "feedback=prod",
                      "data.language_check=off", f"data.output_dir={out}", f"hydra.run.dir={run_dir}", cwd=REPO)
@@ -306,3 +312,63 @@ def test_url_credentials_in_a_config_file_never_reach_hydras_records(tmp_path: P
         assert not [secret for secret in ("Pa55word", "K3yK3y", "Db5ecret") if secret in text], path
     assert "bob:***@host:8080" in (run_dir / ".hydra" / "config.yaml").read_text(encoding="utf-8")
     assert "Pa55word" not in result.stdout + result.stderr
+
+
+def _config_dir_with_secrets(tmp_path: Path) -> Path:
+    """A --config-dir whose group files write passwords (an eval server, a database) in clear."""
+    extra = tmp_path / "conf"
+    (extra / "eval").mkdir(parents=True)
+    (extra / "feedback").mkdir()
+    (extra / "eval" / "remote.yaml").write_text(
+        "defaults:\n  - base_eval\n  - _self_\nbackend: openai\nurl: http://bob:Pa55word@host:8080/v1?api_key=K3yK3y\n")
+    (extra / "feedback" / "prod.yaml").write_text(
+        "defaults:\n  - base_feedback\n  - _self_\ndatabase_url: host=db user=app password=Db5ecret dbname=social\n")
+    return extra
+
+
+@pytest.mark.parametrize("flags", [["--cfg=job"], ["-cjob"], ["-c", "job"], ["--cfg", "hydra"]], ids=" ".join)
+def test_every_spelling_of_cfg_validates_before_printing(tmp_path: Path, flags: list[str]):
+    result = run_smm(*flags, "stage=train", "lora.rank=0", "+lora.rnak=8", cwd=tmp_path)
+    assert (result.returncode, result.stderr.strip(), result.stdout) == (2, "error: lora.rnak: unknown key (did you mean lora.rank?)", "")
+    result = run_smm(*flags, "stage=train", "lora.rank=0", cwd=tmp_path)
+    assert (result.returncode, result.stderr.strip(), result.stdout) == (2, "error: lora.rank: 0 must be at least 1", "")
+
+
+def test_cfg_job_finds_the_groups_of_config_dir(tmp_path: Path):
+    extra = _config_dir_with_secrets(tmp_path)
+    result = run_smm("--config-dir", str(extra), "--cfg", "job", "eval=remote", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "backend: openai" in result.stdout
+    bad = run_smm(f"--config-dir={extra}", "-cjob", "eval=remote", "eval.concurrency=0", cwd=tmp_path)
+    assert (bad.returncode, bad.stderr.strip()) == (2, "error: eval.concurrency: 0 must be at least 1")
+
+
+SECRETS = ("Pa55word", "K3yK3y", "Db5ecret")
+SHOW_CONFIG = [["--cfg", "job"], ["--cfg=job"], ["-cjob"], ["-c", "job", "--resolve"], ["--cfg=all", "--resolve"],
+               ["--info", "all"], ["--info=config"]]
+
+
+@pytest.mark.parametrize("flags", SHOW_CONFIG, ids=" ".join)
+def test_printing_the_config_masks_passwords_from_files_and_the_command_line(tmp_path: Path, flags: list[str]):
+    extra = _config_dir_with_secrets(tmp_path)
+    from_file = run_smm("--config-dir", str(extra), "eval=remote", "feedback=prod", *flags, cwd=tmp_path)
+    on_line = run_smm("eval.url=http://bob:Pa55word@host:8080/v1", "eval.judge.url=https://j:K3yK3y@judge/v1",
+                      *flags, cwd=tmp_path)
+    for result in (from_file, on_line):
+        assert result.returncode == 0, result.stderr[-2000:]
+        shown = result.stdout + result.stderr
+        assert "url:" in shown and not [secret for secret in SECRETS if secret in shown], shown
+    assert "bob:***@host:8080/v1?api_key=***" in from_file.stdout and "password=*** dbname" in from_file.stdout
+    if "--resolve" in flags:
+        assert "http://bob:***@host:8080/v1" in on_line.stdout
+
+
+def test_the_masking_stream_hides_the_environment_s_secrets_in_any_form(monkeypatch):
+    import io
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:s3cr%40t@db/social")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-abcdef")
+    secrets = secrets_in_environment(("DATABASE_URL",), ("OPENAI_API_KEY",), "SMM_SECRET_")
+    out = io.StringIO()
+    MaskingStream(out, secrets).write("auth failed for s3cr@t, key sk-abcdef; http://u:p/w@d@h/x and host=db password=x\n")
+    assert out.getvalue() == "auth failed for ***, key ***; http://u:***@h/x and host=db password=***\n"

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-from smm.io import atomic_directory, atomic_file, atomic_writer
+from smm.io import atomic_directory, atomic_file, atomic_writer, parse_line
 
 UMASK = os.umask(0)
 os.umask(UMASK)
@@ -71,3 +72,41 @@ def test_a_failed_atomic_directory_keeps_the_old_folder(tmp_path):
         raise RuntimeError("interrupted before val")
     assert {p.name: p.read_text() for p in target.iterdir()} == {"train.jsonl": "old train", "val.jsonl": "old val"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("raw,error", [
+    (b'{"post": "open', "invalid JSON: Unterminated string starting at column 10"),
+    (b'{"post": "a\tb"}', "invalid JSON: Invalid control character at column 12"),
+    (b'{"post" 1}', "invalid JSON: Expecting ':' delimiter at column 9"),
+])
+def test_json_errors_name_the_column_once(raw, error):
+    assert parse_line(raw) == (None, error)
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from smm.io import atomic_directory, atomic_writer
+target = sys.argv[1]
+with atomic_writer(os.path.join(target + "-files", "manifest.json")) as fh:
+    fh.write("{")
+    with atomic_directory(target) as staging:
+        open(os.path.join(staging, "train.jsonl"), "w").write("half")
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_what_a_writer_killed_mid_write_left_is_removed_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    out, files = tmp_path / "out", tmp_path / "out-files"
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(out)], cwd=REPO)
+    assert killed.returncode == -9 and len(list(tmp_path.glob(".out.*.tmp"))) == 1
+    running = tmp_path / f".out.{os.getpid()}-wr1t1ng.tmp"  # a writer that still runs keeps its folder
+    running.mkdir()
+    with atomic_directory(out) as staging:
+        (staging / "train.jsonl").write_text("whole\n")
+    with atomic_writer(files / "manifest.json") as fh:
+        fh.write("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "out", "out-files"]
+    assert [p.name for p in files.iterdir()] == ["manifest.json"]

@@ -119,6 +119,9 @@ def normalize_example(obj: Any) -> dict:
             raise InvalidExample(f"messages[{i}] is not a valid {task_name} answer: {errors[0]}")
         normalized = _normalize_json(answer)
         message["content"] = json.dumps(normalized, ensure_ascii=False)
+        token = find_control_token(message["content"])  # "\u003c|im_start|\u003e" decodes to one
+        if token:
+            raise InvalidExample(f"messages[{i}].content contains the control token {token} (as a JSON escape)")
         errors = [] if normalized == answer else schema_errors(task, normalized)  # normalizing can empty a field
         if errors:
             raise InvalidExample(f"messages[{i}] is not a valid {task_name} answer once normalized: {errors[0]}")

@@ -28,7 +28,7 @@ from typing import Any, Callable, NamedTuple
 import fastjsonschema
 import orjson
 
-from smm.chat import neutralize_control_tokens
+from smm.chat import find_control_token, neutralize_control_tokens
 from smm.feedback import EDITED, RATINGS, THUMBS_DOWN, THUMBS_UP
 from smm.feedback.pii import Scrubber
 from smm.tasks import LANGUAGES, PLATFORM_LIMITS, TASKS, Task, fast_validator, parse_answer
@@ -157,7 +157,7 @@ class Mapper:
             if (error := _not_strict(value)) is not None:
                 raise Skip(invalid, error) from None
             text = canonical(value)
-        text, scrubbed = self._scrub_json(text, value)
+        text, scrubbed = _defuse_json(*self._scrub_json(text, value))
         if scrubbed is not value:  # placeholders change lengths: check what is written
             try:
                 self._validators[task.name](scrubbed)
@@ -173,8 +173,17 @@ class Mapper:
         try:
             value = orjson.loads(text)
         except orjson.JSONDecodeError:
-            return self.scrub(text)
-        return canonical(self._scrub_json(text, value)[1])
+            return neutralize_control_tokens(self.scrub(text))
+        return canonical(_defuse_json(*self._scrub_json(text, value))[1])
+
+
+def _defuse_json(text: str, value: Any) -> tuple[str, Any]:
+    """``(text, value)`` with every control token in the value's *decoded* strings defused (text
+    re-serialized if changed): ``"\\u003c|im_start|\\u003e"`` is an ``<|im_start|>`` once parsed."""
+    if "\\u" not in text and not find_control_token(text):
+        return text, value
+    defused = _map_strings(value, neutralize_control_tokens)
+    return (text, value) if defused == value else (canonical(defused), defused)
 
 
 def _not_strict(value: Any) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from smm.errors import LoopLocked, SmmError
-from smm.io import sha256_file, write_json
+from smm.io import remove_orphans, sha256_file, temp_prefix, write_json
 
 MANIFEST = "manifest.json"
 HISTORY = "promotions.json"
@@ -101,7 +101,8 @@ def current_run(link: Path) -> Path | None:
 def point_current(link: Path, run_dir: Path) -> None:
     """Make ``link`` point at ``run_dir`` in one rename: readers see the old or the new run, never none."""
     link.parent.mkdir(parents=True, exist_ok=True)
-    temp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    remove_orphans(link)
+    temp = link.with_name(f"{temp_prefix(link)}link.tmp")
     if temp.is_symlink() or temp.exists():
         temp.unlink()
     target = os.path.relpath(run_dir.resolve(), link.parent.resolve())

@@ -1,6 +1,7 @@
 """The stage registry: every stage's name → its module ``smm.stages.<name>``, imported on first use.
 
-Each stage module has ``run(cfg) -> float`` and talks to the others only through files. The CLI
+Each stage module has ``run(cfg) -> float`` (and may have ``check(cfg)``, which validates its
+inputs before any stage runs) and talks to the others only through files. The CLI
 (``stage=``), the config's ``stage`` and ``pipeline.stages`` choices, the pipeline and the loop all
 read the stages from here.
 """
@@ -25,10 +26,23 @@ def load(name: str) -> ModuleType:
     return importlib.import_module(f"{__name__}.{name}")
 
 
+def check(name: str, cfg) -> None:
+    """Check, before any work, what stage ``name`` will write: its output folders (smm/outdir.py)
+    and the names its ``check(cfg)`` validates, where it has one. A pipeline or a loop checks all
+    its stages this way before the first one runs."""
+    from smm.outdir import check_outputs
+
+    check_outputs(name, cfg)
+    stage_check = getattr(load(name), "check", None)
+    if stage_check is not None:
+        stage_check(cfg)
+
+
 def run(name: str, cfg) -> float:
-    """Run stage ``name`` with its output folders checked and locked (smm/outdir.py)."""
+    """Run stage ``name``, checked first, with its output folders locked (smm/outdir.py)."""
     from smm.outdir import stage_outputs
 
     stage = load(name)
+    check(name, cfg)
     with stage_outputs(name, cfg):
         return float(stage.run(cfg))

@@ -4,7 +4,8 @@ The model is reached through the evaluate backends (``eval.backend``: a GGUF in-
 adapter, Ollama, an OpenAI-compatible server, with the ``eval`` group's settings). Each message is
 sent with ``chat.task``'s system prompt from the task registry; the answer is printed with the
 verdict of the task's checks for ``chat.language`` and ``chat.platform``. ``chat.prompt`` asks one
-message; without it, messages are read from stdin, one per line, until an empty line or EOF.
+message; without it, messages are read from stdin, one per line, until an empty line or EOF (bytes
+that are not UTF-8 become U+FFFD).
 ``chat.constrained`` (default: ``eval.constrained``) constrains answers to the task's JSON schema;
 ``both`` answers each message twice.
 
@@ -12,6 +13,7 @@ Returns the mean check score of the answers.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +24,7 @@ from smm.backends import MODES, Backend, check_can_constrain, make_backend
 from smm.eval.checks import NA, PASS, check_reply
 from smm.eval.cases import EvalCase
 from smm.serving import answer_schema
+from smm.strict_json import replace_lone_surrogates
 
 
 def _messages(prompt: str | None) -> Iterator[str]:
@@ -32,10 +35,26 @@ def _messages(prompt: str | None) -> Iterator[str]:
     while True:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
+        line = sys.stdin.buffer.readline().decode("utf-8", errors="replace")  # bytes that are not UTF-8 → U+FFFD
         if not line.strip():
             return
         yield line.strip()
+
+
+# What a terminal would act on instead of showing (ECMA-48 escape sequences, C0/C1 controls).
+_TERMINAL_CONTROL = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI: clear screen, cursor moves, colours
+    r"|(?:\x1b[\]P^_X]|[\x90\x98\x9d-\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC (window title), DCS, ...
+    r"|\x1b[ -~]?"  # any other ESC sequence (ESC c resets the terminal)
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"  # every other control character but \t and \n
+)
+
+
+def for_terminal(text: str) -> str:
+    """A server's text made safe to print: no terminal escape sequences or control characters (a
+    reply cannot clear the screen, set the window title or colour what follows), and each lone
+    surrogate (not UTF-8) becomes U+FFFD."""
+    return _TERMINAL_CONTROL.sub("", replace_lone_surrogates(text))
 
 
 def verdict_line(verdict) -> str:
@@ -61,8 +80,8 @@ def answer(backend: Backend, case: EvalCase, modes: tuple[str, ...]) -> list[flo
         if generation.truncated:
             facts.append("cut off at max_tokens")
         print(f"[{mode}] ({', '.join(facts)})")
-        print(generation.text if generation.text is not None else f"no answer: {generation.error}")
-        print(verdict_line(verdict), flush=True)
+        print(for_terminal(generation.text if generation.text is not None else f"no answer: {generation.error}"))
+        print(for_terminal(verdict_line(verdict)), flush=True)
         scores.append(verdict.score)
     return scores
 

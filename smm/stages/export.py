@@ -41,6 +41,7 @@ from smm.errors import SmmError
 from smm.io import replace_directory, sha256_file, write_manifest, write_text
 from smm.models.adapter import Adapter, check_fits, read_adapter
 from smm.models.base import choose_base, locate_base
+from smm.outdir import NAME_MAX, TEMP_NAME_ROOM
 from smm.serving import write_schemas
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,17 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 def gguf_filename(model_name: str, quantization: str) -> str:
     if not MODEL_NAME.fullmatch(model_name):
         raise SmmError(f"export.model_name: {model_name!r} must be letters, digits, '.', '_' or '-' (it names the Ollama model and the file)")
-    return f"{model_name}-{quantization}.gguf"
+    filename = f"{model_name}-{quantization}.gguf"
+    longest = NAME_MAX - TEMP_NAME_ROOM  # the staging folder ".<file>.<random>.partial" must fit too
+    if len(filename) > longest:
+        raise SmmError(f"export.model_name: {len(model_name)} characters make the file name {filename[:40]}... "
+                       f"{len(filename)} bytes long; at most {longest} fit a file system with the staging folder's name")
+    return filename
+
+
+def check(cfg: DictConfig) -> None:
+    """What export will name files after, checked before any stage runs."""
+    gguf_filename(cfg.export.model_name, cfg.export.quantization)
 
 
 def base_gguf_filename(model_name: str, quantization: str) -> str:

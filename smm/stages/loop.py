@@ -281,12 +281,23 @@ def _interrupted(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def check_steps(cfg: DictConfig) -> None:
+    """Every step's inputs and outputs, checked before the first step runs (smm.stages.check)."""
+    if cfg.loop.feedback:
+        stages.check("feedback", cfg)
+    runs_dir = Path(cfg.loop.runs_dir)
+    c = run_config(cfg, runs_dir / lineage.new_run_id(runs_dir), None)
+    for name in ("prepare", "train", "export", "evaluate"):
+        stages.check(name, c)
+
+
 def run(cfg: DictConfig) -> float:
     runs_dir = Path(cfg.loop.runs_dir)
     signal.signal(signal.SIGTERM, _interrupted)  # `systemctl stop`, `kill`: the step is recorded as interrupted
     deployed = lineage.current_run(Path(cfg.loop.current))
     if cfg.loop.dry_run:
         return _dry_run(cfg, deployed)
+    check_steps(cfg)
     with lineage.Lock(runs_dir):
         recover(cfg)
         deployed = lineage.current_run(Path(cfg.loop.current))

@@ -36,6 +36,7 @@ from rich.console import Console
 from smm import outdir
 from smm.data import dedup, leaks, preferences, skew, split, unpaired
 from smm.config import to_plain
+from smm.cpu_share import usable_cores
 from smm.data.stats import conversation_chars, print_summary, save_chart, split_stats
 from smm.errors import SmmError
 from smm.data.examples import InvalidExample, answer_texts, normalize_example
@@ -197,15 +198,24 @@ def check_block(path: str, offset: int, size: int, first_line: int, language_che
                    np.array(columns, dtype=np.int64).reshape(-1, 5), sketches, rejected, mismatches, leaked)
 
 
+def _read_block(fh, path: Path) -> bytes:
+    """The next block of whole lines of ``fh`` (b"" at the end); a read error is one line naming the file."""
+    try:
+        data = fh.read(BLOCK_BYTES)
+        if data and not data.endswith(b"\n"):
+            data += fh.readline()  # up to the end of the last line
+    except OSError as exc:
+        raise SmmError(f"data.sources: {path} cannot be read ({exc.strerror})") from None
+    return data
+
+
 def _blocks(files: list[Path], hashes: dict[str, str]) -> Iterator[tuple[int, int, int, int]]:
     """``(file index, offset, size, first line number)`` of blocks of whole lines, in order; every
     file yields at least one (maybe empty) block. Each file's SHA-256 goes into ``hashes`` on the way."""
     for index, path in enumerate(files):
         digest, offset, line, empty = hashlib.sha256(), 0, 1, True
         with open(path, "rb") as fh:
-            while data := fh.read(BLOCK_BYTES):
-                if not data.endswith(b"\n"):
-                    data += fh.readline()  # up to the end of the last line
+            while data := _read_block(fh, path):
                 digest.update(data)
                 yield index, offset, len(data), line
                 offset, line, empty = offset + len(data), line + data.count(b"\n"), False
@@ -385,7 +395,9 @@ def _check_output_dir(folder: str) -> None:
 
 
 def remove_stale_staging(output_dir: Path) -> None:
-    """Delete staging folders (with their spool) that a killed run left beside ``output_dir``."""
+    """Delete staging folders (with their spool) that a killed run left beside ``output_dir`` (the
+    real folder, where a symlink points)."""
+    output_dir = Path(os.path.realpath(output_dir))
     for stale in output_dir.parent.glob(f".{output_dir.name}.*.tmp"):
         log.info("Removing %s, left by an interrupted prepare", stale)
         shutil.rmtree(stale, ignore_errors=True)
@@ -401,7 +413,7 @@ def run(cfg: DictConfig) -> float:
     if not files:
         raise SmmError(f"no *.jsonl files found in data.sources={list(data.sources)}")
     remove_stale_staging(Path(data.output_dir))
-    workers = data.workers or os.cpu_count() or 1
+    workers = data.workers or len(usable_cores())
     if sum(p.stat().st_size for p in files) < PARALLEL_FROM_BYTES:
         workers = 1
     with atomic_directory(data.output_dir) as staging:

@@ -78,3 +78,36 @@ def test_one_shot_against_the_tiny_gguf(tiny_gguf, tmp_path):
 def test_bad_chat_settings_are_one_line(tmp_path, overrides, message):
     result = run_smm("stage=chat", *overrides, cwd=tmp_path, timeout=120)
     assert result.returncode != 0 and result.stderr.strip() == message
+
+
+def _chat_openai(server, tmp_path, *overrides: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """``run.py stage=chat`` against ``server``'s OpenAI API, as a user runs it, in bytes."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "run.py"), "stage=chat", "eval.backend=openai", f"eval.url={server.url}/v1",
+         "eval.model=smm", "eval.retries=0", *overrides],
+        input=stdin, capture_output=True, cwd=tmp_path, timeout=120,
+    )
+
+
+def test_a_reply_with_a_lone_surrogate_is_printed_with_a_replacement_character(stub_server, tmp_path):
+    server = stub_server({"smm": lambda m: '{"post": "broken \ud800 text"}'})
+    result = _chat_openai(server, tmp_path, "chat.prompt=Hi")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert '{"post": "broken \ufffd text"}'.encode() in result.stdout
+
+
+def test_invalid_utf8_on_stdin_is_replaced_not_a_crash(stub_server, tmp_path):
+    server = stub_server({"smm": lambda m: json.dumps(GOOD[("post_generation", "en")])})
+    result = _chat_openai(server, tmp_path, stdin=b"hal\xfflo\n\n")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert [r["body"]["messages"][1]["content"] for r in server.chat_requests()] == ["hal\ufffdlo"]
+
+
+def test_terminal_escape_sequences_in_a_reply_are_not_printed(stub_server, tmp_path):
+    hostile = "\x1b[2J\x1b[H\x1b]0;pwned\x07\x1b[31mred\x1b[0m\x9b1mpost\x07\x08 ok\tdone\r\nnext\x1bc"
+    server = stub_server({"smm": lambda m: hostile})
+    result = _chat_openai(server, tmp_path, "chat.prompt=Hi")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    shown = result.stdout.decode()
+    assert "redpost ok\tdone\nnext\n" in shown and "pwned" not in shown
+    assert not any(ch < " " and ch not in "\n\t" or "\x7f" <= ch <= "\x9f" for ch in shown)

@@ -39,3 +39,18 @@ def test_help_lists_the_registered_stages():
     header = (REPO / "conf" / "config.yaml").read_text(encoding="utf-8")
     listed = re.search(r"Stages: (.+)", header).group(1).split(" | ")
     assert tuple(listed) == stages.NAMES
+
+
+@pytest.mark.parametrize("stage", ["pipeline", "loop"])
+@pytest.mark.parametrize("name,message", [
+    ("m" * 300, "export.model_name: 300 characters make the file name " + "m" * 40 + "... 312 bytes long; at most 231 fit a file system with the staging folder's name"),
+    ("bad name", "export.model_name: 'bad name' must be letters, digits, '.', '_' or '-' (it names the Ollama model and the file)"),
+], ids=["300 characters", "a blank"])
+def test_a_pipeline_or_loop_checks_every_stage_before_the_first_runs(tmp_path, stage, name, message):
+    from conftest import run_smm
+
+    result = run_smm(f"stage={stage}", f"export.model_name={name}", "loop.feedback=false", "data.language_check=off",
+                     f"data.output_dir={tmp_path / 'processed'}", f"loop.runs_dir={tmp_path / 'runs'}",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
+    assert (result.returncode, result.stderr.strip()) == (1, f"error: {message}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # prepare never ran, no run folder
