@@ -73,7 +73,7 @@ def test_one_shot_against_the_tiny_gguf(tiny_gguf, tmp_path):
     (["chat.task=poem"], "error: chat.task: 'poem' is not one of post_generation, hashtags, ab_variations, sentiment, posting_times, brand_voice"),
     (["chat.constrained=always"], "error: chat.constrained: 'always' is not one of off, on, both"),
     (["eval.backend=hf", "chat.constrained=on"], "error: chat.constrained=on: the hf backend cannot constrain answers to a JSON schema; use eval.backend=llama_cpp, ollama or openai, or chat.constrained=off"),
-    (["pipeline.stages=[prepare,chat]", "stage=pipeline"], "error: pipeline.stages: 'chat' is not a stage a pipeline runs (use prepare, train, export, evaluate, feedback)"),
+    (["pipeline.stages=[prepare,chat]", "stage=pipeline"], "error: pipeline.stages: chat in a pipeline needs chat.prompt (the message to ask; a pipeline reads no stdin)"),
 ])
 def test_bad_chat_settings_are_one_line(tmp_path, overrides, message):
     result = run_smm("stage=chat", *overrides, cwd=tmp_path, timeout=120)

@@ -28,8 +28,9 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 def test_export_writes_gguf_modelfile_and_manifest(tiny_export):
     log = _log(tiny_export.result)
-    for number, name in enumerate(("check", "merge", "convert", "quantize", "verify", "publish", "register"), start=1):
-        assert f"[{number}/7] {name}: done in" in log
+    for number, name in enumerate(("check", "merge", "convert", "quantize", "verify", "publish"), start=1):
+        assert f"[{number}/8] {name}: done in" in log
+    assert "[7/8] base: skipped (export.base_gguf=false)" in log and "[8/8] register: done in" in log
     assert sorted(p.name for p in tiny_export.output_dir.iterdir()) == sorted([GGUF, "Modelfile", "manifest.json", "schemas"])
     schemas = tiny_export.output_dir / "schemas"
     assert {p.name: json.loads(p.read_text(encoding="utf-8")) for p in schemas.iterdir()} == {
@@ -47,8 +48,9 @@ def test_export_writes_gguf_modelfile_and_manifest(tiny_export):
     assert smoke["passed"] and smoke["ends_on_im_end"] and 1 <= smoke["completion_tokens"] <= 16
     assert smoke["stopped_on"] in ("eos", "token_limit")
     assert manifest["merged"]["reused"] is False and manifest["merged"]["base_source"] == "model.recipe=tiny_qwen2"
-    assert set(manifest["steps"]) == {"check", "merge", "convert", "quantize", "verify", "publish", "register"}
-    assert all(step["seconds"] >= 0 and step["peak_rss_gb"] > 0 for step in manifest["steps"].values())
+    assert set(manifest["steps"]) == {"check", "merge", "convert", "quantize", "verify", "publish", "base", "register"}
+    assert manifest["steps"]["base"] == {"skipped": "export.base_gguf=false"} and "base_gguf" not in manifest
+    assert all(step["seconds"] >= 0 and step["peak_rss_gb"] > 0 for name, step in manifest["steps"].items() if name != "base")
     assert manifest["config"]["export"]["quantization"] == "q4_k_m"
     assert set(manifest["inputs"]) == {str(tiny_export.adapter_dir / n) for n in ("adapter_config.json", "adapter_model.safetensors")}
 
@@ -124,7 +126,7 @@ def test_converter_failure_keeps_the_previous_export(tiny_export, tmp_path):
 
     forced = run_smm(*overrides, "export.force=true", "export.quantization=f16", "export.smoke_test=false", cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr[-2000:]
-    assert "[2/7] merge: done in" in _log(forced)
+    assert "[2/8] merge: done in" in _log(forced)
     assert sorted(p.name for p in output.iterdir()) == sorted([GGUF, "Modelfile", "manifest.json", "schemas", "social-media-marketer-f16.gguf"])
 
 
