@@ -4,9 +4,10 @@ Runs the real train stage (``stage=train preset=demo``, SmolLM2-135M-Instruct on
 number of optimizer steps) alone and beside a competitor, for each thread setting, and prints the
 ratio of real tokens/s (``metrics.json``'s ``real_tokens_per_s``, first step left out):
 
-- competitors: ``busy`` = one busy-looping process per usable core; ``train`` = a second training
-  run of the same recipe and setting. Each is started in a session of its own (its own scheduler
-  autogroup, as another user's job would be).
+- competitors: ``busy`` = one job busy-looping on every usable core (one process forked per core);
+  ``train`` = a second training run of the same recipe and setting. Each is one job started in a
+  session of its own (its own scheduler autogroup, as another user's job would be), so a fair share
+  of the machine is half of it.
 - settings: ``smm`` = the defaults (``training.cpu_threads=auto``, idle OpenMP threads sleep);
   ``fixed`` = every core, idle threads sleep; ``before`` = every core and OpenMP's own wait policy
   (idle threads spin first), what smm did before issue 23.
@@ -39,7 +40,8 @@ SETTINGS = {
     "fixed": ({}, [f"training.cpu_threads={CORES}"]),
     "before": ({"OMP_WAIT_POLICY": ""}, [f"training.cpu_threads={CORES}"]),  # empty: libgomp's default
 }
-BUSY_LOOP = "while True: pass"
+BUSY_LOOPS = f"import os\nfor _ in range({CORES} - 1):\n    if os.fork() == 0:\n        break\nwhile True:\n    pass"
+"""One busy loop per usable core, forked from one process: one job (one session, one scheduler autogroup)."""
 
 
 def train_command(out: Path, name: str, steps: int, overrides: list[str]) -> list[str]:
@@ -68,7 +70,7 @@ def measured_run(out: Path, name: str, steps: int, setting: str, competitor: str
     rivals: list[subprocess.Popen] = []
     try:
         if competitor == "busy":
-            rivals = [start([sys.executable, "-c", BUSY_LOOP], env, out / f"{name}.busy{n}.log") for n in range(CORES)]
+            rivals = [start([sys.executable, "-c", BUSY_LOOPS], env, out / f"{name}.busy.log")]
             time.sleep(2)
         elif competitor == "train":
             rival = train_command(out, f"{name}-rival", steps * 20, overrides)

@@ -28,12 +28,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 JUDGEMENT = {"sentiment accuracy": ("sentiment", "expect"), "distinct variations": ("ab_variations", "variations")}
 CHECKS = ("json", "schema", "language", "length", "hashtags")
-MODELS = {"tiny_qwen2": "preset=tiny", "smollm2_135m_instruct": "preset=smollm2"}
+MODELS = {"tiny_qwen2": ["preset=tiny"], "smollm2_135m_instruct": ["preset=smollm2"],
+          "smollm2_demo": ["preset=demo", "export.base_gguf=false"]}  # the README's first command's recipe
 
 
 def loop_args(work: Path, model: str, cases: int, extra: list[str]) -> list[str]:
     feedback = work / "feedback"
-    return ["stage=loop", MODELS[model], f"data.sources=[{REPO / 'data' / 'seed'},{feedback}]",
+    return ["stage=loop", *MODELS[model], f"data.sources=[{REPO / 'data' / 'seed'},{feedback}]",
             f"feedback.output_dir={feedback}", f"feedback.state_file={feedback / 'state.json'}",
             f"export.merged_dir={work / 'merged'}", f"loop.runs_dir={work / 'runs'}", f"loop.current={work / 'current'}",
             "eval.backend=llama_cpp", f"eval.max_cases={cases}", *extra]
@@ -140,15 +141,16 @@ def rounds(args: argparse.Namespace, url: str) -> list[dict]:
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     base = loop_args(work, args.model, args.cases, args.extra)
+    serving = {"max_tokens": args.max_tokens, "repeat_penalty": args.repeat_penalty, "threads": args.threads}
     rows = []
-    code, seconds = run([*base, "loop.feedback=false"], work, url, "round0")  # the seeds only
+    code, seconds = run([*base, "loop.feedback=false", *args.round0_extra], work, url, "round0")  # the seeds only
     rows.append(record(work, "0 (seeds)", code, seconds, None))
     for n in range(1, args.rounds + 1):
         started = time.perf_counter()
-        ratings = simulate(url, work / "current", args.pool, seed=n, max_tokens=args.max_tokens)
+        ratings = simulate(url, work / "current", args.pool, seed=n, **serving)
         code, _ = run(base, work, url, f"round{n}")
         rows.append(record(work, str(n), code, round(time.perf_counter() - started, 1), ratings))  # simulation included
-    ratings = simulate(url, work / "current", args.pool, seed=100, poison=True, max_tokens=args.max_tokens)
+    ratings = simulate(url, work / "current", args.pool, seed=100, poison=True, **serving)
     code, seconds = run(base, work, url, "poisoned")
     rows.append(record(work, "poisoned", code, seconds, ratings))
     poisoned = rows[-1]["run"]
@@ -173,9 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=60, help="requests the simulated users send per round")
     parser.add_argument("--cases", type=int, default=0, help="eval.max_cases (0 = every built-in case)")
     parser.add_argument("--max-tokens", type=int, default=384)
+    parser.add_argument("--repeat-penalty", type=float, help="the simulator's llama.cpp repeat_penalty (as the deployed Modelfile serves)")
+    parser.add_argument("--threads", type=int, default=0, help="the simulator's llama.cpp threads (0 = the cores left free)")
     parser.add_argument("--database-url")
     parser.add_argument("--doc", type=Path, help="a Markdown file to put the table and plot into")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every loop run")
+    parser.add_argument("--round0-extra", nargs="*", default=[], help="more overrides for round 0 (the seeds only), after --extra")
     args = parser.parse_args(argv)
     server = None
     url = args.database_url

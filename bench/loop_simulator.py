@@ -90,15 +90,19 @@ def deployed_gguf(current: Path) -> tuple[str, Path]:
     return run_dir.name, Path(manifest["steps"]["export"]["outputs"]["gguf"])
 
 
-def simulate(url: str, current: Path, count: int, seed: int, poison: bool = False, max_tokens: int = 256) -> dict:
-    """Ask the deployed model ``count`` requests, rate the replies, store both; returns the counts."""
+def simulate(url: str, current: Path, count: int, seed: int, poison: bool = False, max_tokens: int = 256,
+             repeat_penalty: float | None = None, threads: int = 0) -> dict:
+    """Ask the deployed model ``count`` requests, rate the replies, store both; returns the counts.
+    ``repeat_penalty``: what the deployed Modelfile serves with (None = llama.cpp's default);
+    ``threads``: llama.cpp's threads (0 = the cores other processes leave free)."""
     import psycopg2
 
     from smm.backends import GenerationSettings
     from smm.backends.llama_cpp import LlamaCppBackend
 
     run_id, gguf = deployed_gguf(current)
-    backend = LlamaCppBackend(str(gguf), GenerationSettings(temperature=0.2, max_tokens=max_tokens, seed=seed))
+    settings = GenerationSettings(temperature=0.2, max_tokens=max_tokens, seed=seed, repeat_penalty=repeat_penalty)
+    backend = LlamaCppBackend(str(gguf), settings, threads=threads)
     rng = random.Random(seed)
     now = datetime.now(timezone.utc)
     clock = now - timedelta(hours=6)
@@ -137,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="a new seed each round: new requests")
     parser.add_argument("--poison", action="store_true")
     parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--repeat-penalty", type=float, help="the deployed Modelfile's repeat_penalty (default: llama.cpp's)")
+    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 = the cores other processes leave free)")
     args = parser.parse_args(argv)
-    print(json.dumps(simulate(args.database_url, args.current, args.count, args.seed, args.poison, args.max_tokens)))
+    print(json.dumps(simulate(args.database_url, args.current, args.count, args.seed, args.poison, args.max_tokens,
+                              args.repeat_penalty, args.threads)))
     return 0
 
 
