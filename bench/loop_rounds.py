@@ -126,13 +126,19 @@ def device() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else f"the CPU ({os.cpu_count()} cores)"
 
 
-def write_doc(doc: Path, rows: list[dict], png: Path, command: str) -> None:
-    block = (f"<!-- rounds -->\nMeasured on {device()} with `{command}`.\n\n{table(rows)}\n\n"
-             f"![deployed score per round]({os.path.relpath(png, doc.parent)})\n<!-- /rounds -->")
+def replace_block(doc: Path, name: str, body: str) -> None:
+    """Put ``body`` between ``doc``'s ``<!-- name -->`` markers (appended with them when missing)."""
+    opening, closing = f"<!-- {name} -->", f"<!-- /{name} -->"
+    block = f"{opening}\n{body}\n{closing}"
     text = doc.read_text(encoding="utf-8") if doc.is_file() else ""
-    start, end = text.find("<!-- rounds -->"), text.find("<!-- /rounds -->")
-    text = text[:start] + block + text[end + len("<!-- /rounds -->"):] if start >= 0 and end > start else text + "\n" + block + "\n"
+    start, end = text.find(opening), text.find(closing)
+    text = text[:start] + block + text[end + len(closing):] if start >= 0 and end > start else text + "\n" + block + "\n"
     doc.write_text(text, encoding="utf-8")
+
+
+def write_doc(doc: Path, rows: list[dict], png: Path, command: str) -> None:
+    replace_block(doc, "rounds", f"Measured on {device()} with `{command}`.\n\n{table(rows)}\n\n"
+                                 f"![deployed score per round]({os.path.relpath(png, doc.parent)})")
 
 
 def rounds(args: argparse.Namespace, url: str) -> list[dict]:
