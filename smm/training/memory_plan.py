@@ -20,9 +20,32 @@ estimates, from the model's shape alone (before loading):
 Calibration (docs/benchmarks.md, 7B shape, 8,192 tokens a step, Unsloth, one H200): every layer
 recomputed, planned 7.2 GiB, measured 7.31; a kept layer measured 0.84-0.89 GiB, planned 0.92; with the
 base in 16 bits, a kept layer measured ~1.08 GiB, planned 1.09 (every layer kept: 45.8 GiB, planned 46.4).
-transformers + PEFT: with the base in 16 bits and 27 layers kept the old figures planned 56.1 GiB
-and the step peaked at 65.5 (issue 25); its base and per-layer figures now cover that peak. The stage logs the plan
-and records it beside the measured peak in metrics.json.
+
+transformers + PEFT (call Q, docs/bench/train_Q_2026-12-07_h100.jsonl: one H100 80GB HBM3,
+2026-12-07, torch 2.11.0+cu130, transformers 5.17.0, PEFT 0.21.0, bitsandbytes 0.50.2; the same
+shape and step, full 4,096-token rows and the packed realistic mix; peak allocated / reserved GiB):
+
+- 16-bit base, every layer recomputed: 19.21 / 20.09 (rows), 19.49 / 20.79 (mix); planned 19.52.
+- 16-bit base, every layer kept: 67.29 / 67.91 (rows), 73.43 / 76.45 (mix): 1.72 GiB a kept layer on
+  rows, 1.93 on the mix; planned 67.65 before (1.72 a layer), 73.77 now (1.94). Issue 25: 65.5 with
+  27 kept (rows).
+- 4-bit base, every layer recomputed: 14.58 / 15.99 (rows), 14.85 / 17.71 (mix); planned 10.71
+  before, 14.91 now.
+- 4-bit base, every layer kept: out of memory on the 80 GB card (77.04 GiB allocated, asking 592 MiB
+  more: 8,192 x 18,944 fp32 values), so a kept layer costs at least (77.62 - 14.58) / 28 = 2.25 GiB;
+  planned 58.84 before (1.72 a layer), 123.4 now (3.88 a layer, see ``ACTIVATION_WORDS``).
+
+The figures cover the peak *allocated* memory (``torch.cuda.max_memory_allocated``, recorded beside
+the plan in metrics.json), not the allocator's reserved peak: reserved is allocated plus freed blocks
+cached for reuse, 0.6-1.4 GiB more on full rows and 1.3-3.0 GiB on the packed mix's varying shapes,
+and PyTorch releases cached blocks and retries before it reports out of memory, so it is not what
+must fit (at the 4-bit out-of-memory above, 0.9-1.1 GiB stayed cached and unusable, plus ~0.75 GiB
+of CUDA context outside the allocator). Folding the largest gap into every plan would cost the
+fixed-row runs up to 3 GiB they do not use. ``auto`` leaves 10 % of the free memory plus 1 GiB
+(~8.9 GiB on an 80 GiB card, ~5.7 on 48), which holds the largest gap measured; a budget given as a
+number is the allocated peak the plan may reach (less ``MARGIN_GIB``), so on a card of its own give
+it ~3 GiB less than the card. The stage logs the plan and records it beside the measured peak in
+metrics.json.
 """
 from __future__ import annotations
 
@@ -43,20 +66,33 @@ LORA_STATE_BYTES = 10  # fp32 weight + fp32 gradient + 8-bit AdamW moments (2 x 
 ACTIVATION_WORDS = {
     "unsloth": {"hidden": 6, "kv": 2, "intermediate": 2},
     "unsloth_16bit": {"hidden": 9, "kv": 2, "intermediate": 2},
-    "hf": {"hidden": 10, "kv": 2, "intermediate": 4},
+    "hf": {"hidden": 28, "kv": 4, "intermediate": 8},
+    "hf_16bit": {"hidden": 14, "kv": 2, "intermediate": 4},
 }
 """16-bit values a decoder layer keeps per token for its backward, per unit of each width: norms,
 q, attention output, residuals and LoRA inputs (hidden); k and v (kv); gate and up, and with
 transformers also SiLU's output and the product that down_proj's LoRA reads (intermediate;
 Unsloth's fused SwiGLU recomputes them). Unsloth's figures are calibrated on measured peaks, with
-quantized and with 16-bit weights (its 16-bit LoRA path keeps more per layer). transformers': 1.72
-GiB a layer at 8,192 tokens, set from issue 25's H100 peaks with the base in 16 bits (65.5 GiB
-with 27 layers kept, where 1.43 a layer had planned 56.1); used for 4 and 8 bits too, unmeasured there."""
+quantized and with 16-bit weights (its 16-bit LoRA path keeps more per layer).
+
+transformers + PEFT with the base in 16 bits: 1.94 GiB a layer at 8,192 tokens, covering call Q's
+packed mix (1.93 measured; 1.72 on full rows): 10 hidden-width values counted as above, 4 more for
+what the mix keeps beyond full rows (not broken down). Quantized (4 and 8 bits): twice that, 3.88
+GiB, as if every value were kept in fp32. Measured only as a lower bound: every layer kept ran out
+of memory on the H100, at least 2.25 GiB a layer, and the request that failed was an fp32
+intermediate-width tensor (PEFT's ``prepare_model_for_kbit_training`` casts the norms, embeddings
+and LM head to fp32, which likely makes the residual stream and what the layers keep fp32). Not measured
+beyond that bound, so counted high: a run with a few layers kept would calibrate it. 8 bits: not
+measured at all, the 4-bit figures."""
 WORKING_SET_WORDS = {"hidden": 10, "kv": 2, "intermediate": 3}
 """The values of the one layer in its backward pass (part of every plan's base)."""
-HF_BASE_EXTRA_GIB = 2.0
-"""transformers + PEFT: measured above the counted base with every layer recomputed (issue 25, H100,
-the base in 16 bits: 19.5 GiB against 17.5 planned); not broken down yet, so added as measured."""
+HF_BASE_EXTRA_GIB = {"none": 2.0, "4bit": 6.2, "8bit": 6.2}
+"""transformers + PEFT: measured above the counted base with every layer recomputed, by how the base
+is loaded (call Q, H100, 8,192 tokens a step, the larger of full rows and the packed mix): 16 bits
+19.49 GiB against 17.52 counted (issue 25: 19.5); 4 bits 14.85 against 8.71 counted. Not broken down,
+so added as measured and not scaled with the tokens of a step. At 4 bits probably (not verified)
+~2 GiB of it is the embeddings and LM head that ``prepare_model_for_kbit_training`` casts to fp32
+and ~1.5 the checkpointed layer inputs held in fp32. 8 bits: not measured, the 4-bit figure."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +167,7 @@ def estimate(shape: Shape, tokens: int, quantization: str, rank: int, targets, b
     kept_layer = _activation_bytes(shape, tokens, sixteen_bit_words or ACTIVATION_WORDS[backend])
     dequantized = 0 if quantization == "none" else shape.hidden * shape.intermediate * 2
     checkpoints = 0 if backend == "unsloth" else shape.layers * tokens * shape.hidden * 2
-    extra = 0 if backend == "unsloth" else HF_BASE_EXTRA_GIB
+    extra = 0 if backend == "unsloth" else HF_BASE_EXTRA_GIB[quantization]
     return (weights + lora + working_set + dequantized + checkpoints) / GIB + extra, kept_layer / GIB
 
 
