@@ -10,7 +10,8 @@ ratio of real tokens/s (``metrics.json``'s ``real_tokens_per_s``, first step lef
   of the machine is half of it.
 - settings: ``smm`` = the defaults (``training.cpu_threads=auto``, idle OpenMP threads sleep);
   ``fixed`` = every core, idle threads sleep; ``before`` = every core and OpenMP's own wait policy
-  (idle threads spin first), what smm did before issue 23.
+  (idle threads spin first), what smm did before issue 23; ``spin`` = adapting threads with
+  OpenMP's own wait policy.
 
     python bench/cpu_contention.py                           # all settings, both competitors
     python bench/cpu_contention.py --settings smm --steps 20 --competitors busy
@@ -39,6 +40,7 @@ SETTINGS = {
     "smm": ({}, []),
     "fixed": ({}, [f"training.cpu_threads={CORES}"]),
     "before": ({"OMP_WAIT_POLICY": ""}, [f"training.cpu_threads={CORES}"]),  # empty: libgomp's default
+    "spin": ({"OMP_WAIT_POLICY": ""}, []),  # adapting threads, idle threads spin first (libgomp's default)
 }
 BUSY_LOOPS = f"import os\nfor _ in range({CORES} - 1):\n    if os.fork() == 0:\n        break\nwhile True:\n    pass"
 """One busy loop per usable core, forked from one process: one job (one session, one scheduler autogroup)."""

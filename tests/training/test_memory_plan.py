@@ -119,18 +119,31 @@ def test_no_card_gets_a_transformers_plan_its_measured_peaks_would_not_fit(card,
 
 def test_auto_on_an_80_gib_card_plans_the_transformers_path_under_its_budget():
     """auto on the H100 (69.6 GiB budget): the 16-bit base with every layer kept plans 73.8 GiB (73.43
-    measured on the packed mix, over that budget), so the base stays 4-bit with 13 layers kept (planned
-    65.3), neither every 4-bit layer kept (out of memory on that card; 58.8 planned before) nor the
-    16-bit base the old figures planned at 67.65. A 48 GiB card keeps 4 bits and 8 layers."""
+    measured on the packed mix, over that budget); the 4-bit base fits 13 kept layers, the 16-bit base
+    25, so the plan loads 16 bits with 25 kept (transformers + PEFT: the 16-bit base is faster at equal
+    recomputation), never every 4-bit layer kept (out of memory on that card; 58.8 planned before).
+    With 16 bits not allowed: 4 bits, 13 kept. A 48 GiB budget: 16 bits, 14 kept (4 bits would keep 8)."""
     auto = budget_gib("auto", int((H100_GIB - CONTEXT_GIB) * GIB))
     p = plan(auto, QWEN_7B, STEP, "4bit", 16, LORA_TARGETS, "hf", strict=False, allow_16bit=True)
-    assert p.quantization == "4bit" and p.layers_without_recompute == 13
-    assert 65 < p.planned_peak_gib <= auto - MARGIN_GIB
+    assert p.quantization == "none" and p.layers_without_recompute == 25
+    assert p.planned_peak_gib <= auto - MARGIN_GIB
+    quantized = plan(auto, QWEN_7B, STEP, "4bit", 16, LORA_TARGETS, "hf", strict=False, allow_16bit=False)
+    assert quantized.quantization == "4bit" and quantized.layers_without_recompute == 13
+    assert 65 < quantized.planned_peak_gib <= auto - MARGIN_GIB
     whole_card = plan(H100_GIB, QWEN_7B, STEP, "4bit", 16, LORA_TARGETS, "hf", strict=False, allow_16bit=True)
     assert whole_card.quantization == "none" and whole_card.layers_without_recompute == 28  # measured: it fits
     on_48 = plan(48, QWEN_7B, STEP, "4bit", 16, LORA_TARGETS, "hf", strict=False, allow_16bit=True)
-    assert on_48.quantization == "4bit" and on_48.layers_without_recompute == 8
+    assert on_48.quantization == "none" and on_48.layers_without_recompute == 14
     assert on_48.planned_peak_gib <= 48 - MARGIN_GIB
+    four_on_48 = plan(48, QWEN_7B, STEP, "4bit", 16, LORA_TARGETS, "hf", strict=False, allow_16bit=False)
+    assert four_on_48.quantization == "4bit" and four_on_48.layers_without_recompute == 8
+
+
+def test_unsloth_loads_16_bits_only_with_every_layer_kept():
+    """Unsloth's quantized path keeps more layers than its 16-bit one at any budget below every layer
+    kept, so 16 bits only where all fit (45.8 GiB measured, 46.4 planned)."""
+    assert plan(40, QWEN_7B, STEP, "4bit", 16, LORA_TARGETS, "unsloth", allow_16bit=True).quantization == "4bit"
+    assert plan(48, QWEN_7B, STEP, "4bit", 16, LORA_TARGETS, "unsloth", allow_16bit=True).quantization == "none"
 
 
 @pytest.mark.parametrize("budget, kept", [(8, 0), (24, 17), (48, 28), (200, 28)])
