@@ -32,6 +32,8 @@
 #                                     # CALL_S (default 515) is the seconds the call may take, start to last result
 #   bash bench/gpu_train_calls.sh R   # issue 25: DPO: smm packed and padded vs TRL's DPO recipe with Unsloth (up to 130 s each);
 #                                     # then the transformers+PEFT path with auto after the recalibration (16-bit, 25 kept planned on an H100)
+#   bash bench/gpu_train_calls.sh S   # issue 25: the recalibrated transformers+PEFT plan checked: the budget auto gives on an H100
+#                                     # (69.6: 16-bit, 25 layers kept) and 47 GiB with 4 bits only (8 kept), full rows and the mix
 #   bash bench/gpu_train_calls.sh Q   # issue 25: the transformers+PEFT path's peaks, 4-bit and 16-bit, every layer recomputed
 #                                     # and none (the memory plan's calibration); DPO on the 7B shape: smm (packed, padded)
 #                                     # vs TRL's DPO recipe with Unsloth; Unsloth's own loop on full rows
@@ -167,6 +169,12 @@ case "$CALL" in
      done
      [ "$(left)" -gt 40 ] && timeout "$(budget 2)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_R.jsonl" \
        --backend hf --warmup 2 --steps 3 --set training.memory_budget_gib=auto --shapes "rows4096,mix_packed" 2>&1 | keep ;;
+  S) echo "model made at $(( $(date +%s) - START )) s"
+     B=training.memory_budget_gib  # 69.6 = auto on an H100 (16-bit, 25 kept); 47 with 4 bits only (8 kept)
+     timeout "$(budget 60)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_S.jsonl" --backend hf --warmup 2 --steps 3 \
+       --shapes "rows4096+$B=69.6,mix_packed+$B=69.6" 2>&1 | keep
+     timeout "$(budget 2)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_S.jsonl" --backend hf --warmup 2 --steps 3 \
+       --set training.budget_allows_16bit=false --shapes "rows4096+$B=47,mix_packed+$B=47" 2>&1 | keep ;;
   L) stage_ddp
      run L --backend unsloth --shapes mix_packed --warmup 14 --steps 12
      ddp L --backend unsloth --shapes mix_packed --warmup 14 --steps 12 ;;

@@ -153,7 +153,8 @@ def test_a_loop_stopped_mid_step_records_it_and_deploys_nothing(tmp_path):
     runs = tmp_path / "runs"
     args = [sys.executable, str(REPO / "run.py"), "stage=loop", "preset=tiny", "loop.feedback=false",
             f"data.sources=[{REPO / 'data' / 'seed'}]", f"loop.runs_dir={runs}", f"loop.current={tmp_path / 'current'}",
-            "data.language_check=off", f"hydra.run.dir={tmp_path / 'hydra'}"]
+            "data.language_check=off", "training.max_steps=100000",  # the train step is still running at the signal
+            f"hydra.run.dir={tmp_path / 'hydra'}"]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # wait until the train step runs
