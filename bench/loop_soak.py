@@ -1,7 +1,7 @@
 """Soak test of ``stage=loop`` (issue 26): a loop that is killed, and whose database restarts, never
 loses or repeats a rating and never deploys half a run.
 
-The tiny model's loop runs ``--runs`` times back to back against a real PostgreSQL (a throwaway
+The demo preset's loop (SmolLM2-135M, 2 training steps, f16 export) runs ``--runs`` times back to back against a real PostgreSQL (a throwaway
 server from the binaries on PATH, as the tests use) and a stand-in ``ollama`` on PATH. A driver
 adds ratings before each run and every ``--rate-every`` seconds while it runs. Some runs (a share
 ``--kill-share``) get a SIGKILL at a random moment of a run's usual duration; in ``--db-restarts``
@@ -20,7 +20,7 @@ that runs get promoted and kills land in promotions too. Checked:
 * ``promotions.json`` consistent: the promoted runs, in order, once each, the last one deployed,
   Ollama's ``:latest`` on it.
 
-    python bench/loop_soak.py --runs 20 --seed 0     # the full soak (about 50 min on 2 busy CPU cores)
+    python bench/loop_soak.py --runs 20 --seed 0     # the full soak (31 min on 2 CPU cores beside other work)
     python bench/loop_soak.py --runs 4 --seed 5 --db-restarts 1 --kill-share 1   # about 7 min
     python bench/loop_soak.py --runs 4 --kill-steps export,promote               # kills only there
 Figures: ``<--out>.json`` and ``<--out>.md`` (default docs/bench/loop_soak); exit code 1 when a
