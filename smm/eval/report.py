@@ -72,6 +72,18 @@ def _rate(records: Sequence[dict], check: str) -> dict[str, Any]:
     return {"passed": passed, "applicable": applicable, "rate": round(passed / applicable, 4) if applicable else None}
 
 
+def _paired(records: Sequence[dict], baseline_records: Sequence[dict], check: str) -> dict[str, int]:
+    """Cases ``check`` applied to in both runs that the baseline passed and the model failed (lost),
+    and the other way round (gained)."""
+    before = {r["id"]: r["checks"][check]["status"] for r in baseline_records}
+    lost = gained = 0
+    for r in records:
+        now, then = r["checks"][check]["status"], before.get(r["id"], NA)
+        lost += then == PASS and now not in (PASS, NA)
+        gained += now == PASS and then not in (PASS, NA)
+    return {"lost": lost, "gained": gained}
+
+
 def _mean(values: Sequence[float]) -> float:
     return round(statistics.fmean(values), 4) if values else 0.0
 
@@ -138,7 +150,8 @@ def compare(records: Sequence[dict], baseline_records: Sequence[dict]) -> dict[s
     checks = {}
     for name in CHECKS:
         a, b = ours["checks"][name]["rate"], theirs["checks"][name]["rate"]
-        checks[name] = {"rate": a, "baseline_rate": b, "delta": round(a - b, 4) if a is not None and b is not None else None}
+        checks[name] = {"rate": a, "baseline_rate": b, "delta": round(a - b, 4) if a is not None and b is not None else None,
+                        **_paired(mine, baseline_records, name)}
     return {
         "n_shared": len(mine),
         "score": ours["score"],

@@ -90,7 +90,8 @@ def plan(cfg: DictConfig, run_dir: Path, deployed: Path | None) -> list[tuple[st
         ("export", c.training.output_dir, f"{c.export.output_dir} (merged model in {c.export.merged_dir})"),
         ("evaluate", f"the new model ({cfg.eval.backend}); baseline: {c.eval.baseline or 'none (first run)'}",
          c.eval.output_dir),
-        ("promote", f"the gate (loop.min_delta {cfg.loop.min_delta}, loop.max_regression {cfg.loop.max_regression})",
+        ("promote", f"the gate (loop.min_delta {cfg.loop.min_delta}, loop.max_regression {cfg.loop.max_regression}, "
+                    f"loop.regression_p {cfg.loop.regression_p})",
          f"{cfg.export.model_name}:{run_dir.name} and :latest in Ollama, {cfg.loop.current} → {run_dir}"),
     ]
 
@@ -199,7 +200,7 @@ def promote(cfg: DictConfig, run_dir: Path, manifest: dict) -> dict:
     from smm.export.ollama import register, tag
 
     report = json.loads(Path(manifest["steps"]["evaluate"]["outputs"]["report"]).read_text(encoding="utf-8"))
-    verdict = judge(report, cfg.loop.min_delta, cfg.loop.max_regression)
+    verdict = judge(report, cfg.loop.min_delta, cfg.loop.max_regression, cfg.loop.regression_p)
     if manifest.get("deployed_before"):
         deployed_manifest = lineage.read_manifest(Path(cfg.loop.runs_dir) / manifest["deployed_before"])
         note = contract_note(manifest.get("task_contract"), deployed_manifest.get("task_contract"))

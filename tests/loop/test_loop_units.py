@@ -12,7 +12,8 @@ from fixtures_train import write_rows
 
 from smm.loop import lineage
 from smm.errors import LoopLocked
-from smm.loop.gate import judge
+from smm.eval.checks import CHECKS
+from smm.loop.gate import flips_p_value, judge
 from smm.data.preferences import InvalidPair, normalize_pair, prompt_key, split_pairs
 
 
@@ -32,6 +33,45 @@ def test_gate_passes_a_better_model_and_names_what_blocks_a_worse_one():
     assert not regressed.passed and regressed.blocking_checks == ["json"]  # 0 → 0.9 and -5 pp don't block
     assert "check json: pass rate 100% → 70%" in regressed.reasons[0]
     assert judge({"score": 0.0, "comparison": None}, 0.05, 0.1).passed  # nothing deployed yet
+
+
+def test_flips_p_value_is_mcnemars_exact_one_sided_test():
+    assert (flips_p_value(0, 0), flips_p_value(0, 3)) == (1.0, 1.0)
+    assert (flips_p_value(1, 0), flips_p_value(2, 0), flips_p_value(5, 0)) == (0.5, 0.25, 0.03125)
+    assert flips_p_value(3, 1) == 5 / 16  # 3 or 4 of 4 flips against the model
+
+
+def test_gate_puts_a_drop_of_a_case_or_two_down_to_chance_and_blocks_a_real_one():
+    """The SmolLM2 loop's round 2 (docs/loop.md): score +0.10, refused for variations 10% → 0% (one
+    case of ten) and timezone 70% → 50% (two of ten). With the flips, those are chance; six cases
+    lost and none gained is not; regression_p 1 blocks every drop as before."""
+    def flipped(new, old, lost, gained):
+        return {"rate": new, "baseline_rate": old, "delta": round(new - old, 4), "lost": lost, "gained": gained}
+
+    checks = {"variations": flipped(0.0, 0.1, 1, 0), "timezone": flipped(0.5, 0.7, 2, 0), "json": flipped(0.9, 0.9, 2, 2)}
+    rep = {"score": 0.757, "comparison": {"score": 0.757, "baseline_score": 0.656, "delta": 0.101, "checks": checks}}
+    chance = judge(rep, 0.01, 0.05, 0.05)
+    assert chance.passed and chance.blocking_checks == [] and len(chance.notes) == 2
+    assert "1 case(s) lost and 0 gained: chance (p 0.50" in chance.notes[0]
+    assert judge(rep, 0.01, 0.05, 1.0).blocking_checks == ["variations", "timezone"]
+    checks["language"] = flipped(0.8, 0.9, 6, 0)
+    real = judge(rep, 0.01, 0.05, 0.05)
+    assert not real.passed and real.blocking_checks == ["language"] and "p 0.016 < loop.regression_p 0.05" in real.reasons[0]
+
+
+def test_the_comparison_counts_the_cases_each_check_lost_and_gained():
+    from smm.eval.report import compare
+
+    def record(case_id, **statuses):
+        return {"id": case_id, "score": 0.5, "format": "json", "error": None, "latency_s": 1.0, "tokens_per_s": None, "output": "{}",
+                "task": "sentiment", "language": "en", "platform": None,
+                "checks": {name: {"status": statuses.get(name, "n/a")} for name in CHECKS}}
+
+    before = [record("a", json="pass"), record("b", json="pass"), record("c", json="fail"), record("d")]
+    after = [record("a", json="fail"), record("b", json="pass"), record("c", json="pass"), record("d", json="fail"),
+             record("e", json="fail")]  # d: not applicable before; e: not a shared case
+    flips = compare(after, before)["checks"]["json"]
+    assert (flips["lost"], flips["gained"]) == (1, 1)
 
 
 def test_current_symlink_swaps_atomically_and_history_stacks(tmp_path):
