@@ -61,8 +61,9 @@ def rates(summary: dict) -> dict:
     return out
 
 
-def record(work: Path, name: str, code: int, seconds: float, ratings: dict | None) -> dict:
-    run_dir = latest_run(work)
+def record(work: Path, name: str, code: int, seconds: float, ratings: dict | None, run_dir: Path | None = None) -> dict:
+    """One round's row: the decision, ratings, method and both models' rates (of ``run_dir``: the latest run)."""
+    run_dir = run_dir or latest_run(work)
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     metrics = json.loads((run_dir / "adapter" / "metrics.json").read_text(encoding="utf-8"))
     report = json.loads(Path(manifest["steps"]["evaluate"]["outputs"]["report"]).read_text(encoding="utf-8"))
@@ -73,6 +74,11 @@ def record(work: Path, name: str, code: int, seconds: float, ratings: dict | Non
            "gate": manifest["steps"]["promote"]["metrics"]["gate"]}
     print(json.dumps({k: row[k] for k in ("round", "decision", "wall_s", "method", "ratings")}), flush=True)
     return row
+
+
+def save(work: Path, rows: list[dict], **extra) -> None:
+    """``rounds.json`` after every round, so ``--resume`` can go on from the last one."""
+    (work / "rounds.json").write_text(json.dumps({"rounds": rows, **extra}, indent=2), encoding="utf-8")
 
 
 def pct(value) -> str:
@@ -90,9 +96,17 @@ def table(rows: list[dict]) -> str:
         score = f"{d['score']:.3f} → {c['score']:.3f}" if d else f"{c['score']:.3f}"
         lines.append("| " + " | ".join([r["round"], counts, r["method"] or "-", score,
                                          *[pair(k) for k in ("json", "schema", "length", "hashtags")],
-                                         pair("sentiment accuracy"), pair("distinct variations"), r["decision"],
+                                         pair("sentiment accuracy"), pair("distinct variations"),
+                                         decision(r),
                                          f"{r['wall_s']:.0f} s"]) + " |")
     return "\n".join(lines)
+
+
+def decision(row: dict) -> str:
+    """The gate's decision, with the checks that blocked it and any note on the round."""
+    blocked = (row.get("gate") or {}).get("blocking_checks") or []
+    text = row["decision"] + (f": {', '.join(blocked)}" if blocked and row["decision"] == "refused" else "")
+    return text + (f" ({row['note']})" if row.get("note") else "")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -148,14 +162,17 @@ def rounds(args: argparse.Namespace, url: str) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     base = loop_args(work, args.model, args.cases, args.extra)
     serving = {"max_tokens": args.max_tokens, "repeat_penalty": args.repeat_penalty, "threads": args.threads}
-    rows = []
-    code, seconds = run([*base, "loop.feedback=false", *args.round0_extra], work, url, "round0")  # the seeds only
-    rows.append(record(work, "0 (seeds)", code, seconds, None))
-    for n in range(1, args.rounds + 1):
+    rows = json.loads((work / "rounds.json").read_text(encoding="utf-8"))["rounds"] if args.resume else []
+    if not rows:
+        code, seconds = run([*base, "loop.feedback=false", *args.round0_extra], work, url, "round0")  # the seeds only
+        rows.append(record(work, "0 (seeds)", code, seconds, None))
+        save(work, rows)
+    for n in range(len(rows), args.rounds + 1):
         started = time.perf_counter()
         ratings = simulate(url, work / "current", args.pool, seed=n, **serving)
         code, _ = run(base, work, url, f"round{n}")
         rows.append(record(work, str(n), code, round(time.perf_counter() - started, 1), ratings))  # simulation included
+        save(work, rows)
     ratings = simulate(url, work / "current", args.pool, seed=100, poison=True, **serving)
     code, seconds = run(base, work, url, "poisoned")
     rows.append(record(work, "poisoned", code, seconds, ratings))
@@ -166,9 +183,7 @@ def rounds(args: argparse.Namespace, url: str) -> list[dict]:
     code, seconds = run(["stage=rollback", f"loop.runs_dir={work / 'runs'}", f"loop.current={work / 'current'}"],
                         work, url, "rollback")
     back = (work / "current").resolve().name
-    (work / "rounds.json").write_text(json.dumps({"rounds": rows, "forced": forced,
-                                                  "rollback": {"exit": code, "wall_s": seconds, "deployed_after": back}},
-                                                 indent=2), encoding="utf-8")
+    save(work, rows, forced=forced, rollback={"exit": code, "wall_s": seconds, "deployed_after": back})
     print(json.dumps({"forced": forced, "rollback_exit": code, "deployed_after_rollback": back}))
     return rows
 
@@ -185,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="the simulator's llama.cpp threads (0 = the cores left free)")
     parser.add_argument("--database-url")
     parser.add_argument("--doc", type=Path, help="a Markdown file to put the table and plot into")
+    parser.add_argument("--resume", action="store_true", help="go on after the rounds in WORKDIR/rounds.json (with --database-url)")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every loop run")
     parser.add_argument("--round0-extra", nargs="*", default=[], help="more overrides for round 0 (the seeds only), after --extra")
     args = parser.parse_args(argv)
