@@ -253,7 +253,7 @@ class LoopConfig:
     run_id: Optional[str] = _f(None, "The run loop.from_step resumes (default: the latest run that did not finish).")
     min_delta: float = _f(0.01, "Promote only if the score beats the deployed model's by at least this much.")
     max_regression: float = _f(0.05, "Refuse if a check that passed before loses more than this share of its pass rate (and the loss is more than chance: loop.regression_p).", ge=0.0)
-    regression_p: float = _f(0.05, "A check's drop beyond loop.max_regression blocks only when it is more than chance: McNemar's exact one-sided p-value of the cases it lost vs gained below this (1 = every such drop blocks).", gt=0.0, le=1.0)
+    regression_p: float = _f(0.1, "A check's drop beyond loop.max_regression blocks only when it is more than chance: McNemar's exact one-sided p-value of the cases it lost vs gained below this (1 = every such drop blocks).", gt=0.0, le=1.0)
     warm_start: bool = _f(False, "Continue from the deployed run's adapter (training.init_adapter) on the feedback that is new since that run plus a replayed sample of the data it trained on (loop.replay), instead of training from scratch on everything. Nothing deployed: a full run.")
     replay: float = _f(0.25, "With loop.warm_start: the share (0-1) of the deployed run's training examples replayed beside the new feedback, so the model does not forget them.", ge=0.0, le=1.0)
     baseline: Optional[str] = _f(None, "What the first run is compared with while nothing is deployed: a .gguf, a report.json or a model on eval's server (null = promote the first run that completes).")

@@ -5,9 +5,11 @@ score and per-check pass rates of both models on the cases they share, and per c
 model passed and the other failed. It passes when the score rises by at least ``min_delta`` and no
 check that the deployed model passed at least sometimes (pass rate > 0) loses more than
 ``max_regression`` of its pass rate where that loss is more than chance: McNemar's exact test on
-the cases the check flipped (lost vs gained), one-sided p below ``regression_p``. On a check that
-applies to 10 cases, one or two lost cases are chance (p 0.5, 0.25): the loop on SmolLM2 was refused
-round after round for such drops while its score rose by 0.03-0.10 (docs/loop.md). When the two models were trained
+the cases the check flipped (lost vs gained), one-sided p below ``regression_p`` (default 0.1). On
+a check that applies to 10 cases, one or two lost cases are chance (p 0.5, 0.25): the loop on
+SmolLM2 was refused twice for such drops while its score rose by 0.03-0.10 (docs/loop.md). Its
+round 1 also lost 9 enum cases and gained 3 (p 0.07), a real regression of its posting times,
+which the default keeps blocking. When the two models were trained
 on different task contracts (task prompts and schemas: the ``task_contract`` hash in their manifests),
 the verdict says so in ``notes``: their scores then compare answers to different task definitions.
 """

@@ -57,6 +57,9 @@ def test_gate_puts_a_drop_of_a_case_or_two_down_to_chance_and_blocks_a_real_one(
     checks["language"] = flipped(0.8, 0.9, 6, 0)
     real = judge(rep, 0.01, 0.05, 0.05)
     assert not real.passed and real.blocking_checks == ["language"] and "p 0.016 < loop.regression_p 0.05" in real.reasons[0]
+    checks.pop("language")
+    checks["enums"] = flipped(0.4, 0.7, 9, 3)  # the SmolLM2 loop's round 1: p 0.073
+    assert judge(rep, 0.01, 0.05, 0.1).blocking_checks == ["enums"] and judge(rep, 0.01, 0.05, 0.05).passed
 
 
 def test_the_comparison_counts_the_cases_each_check_lost_and_gained():
