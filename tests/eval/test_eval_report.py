@@ -72,7 +72,7 @@ def test_compare_and_gate():
     comparison = compare(model, base)
     assert comparison["n_shared"] == 30 and comparison["score"] == 1.0
     assert comparison["delta"] == pytest.approx(1.0 - comparison["baseline_score"])
-    assert comparison["checks"]["json"] == {"rate": 1.0, "baseline_rate": 0.0, "delta": 1.0}
+    assert comparison["checks"]["json"] == {"rate": 1.0, "baseline_rate": 0.0, "delta": 1.0, "lost": 0, "gained": 30}
     assert comparison["checks"]["expect"]["delta"] is None
     settings = {"temperature": 0.2, "max_tokens": 8, "seed": 0}
     baseline = {"model": {"label": "ollama:base"}, "source": "model on the same server", "records": base}
