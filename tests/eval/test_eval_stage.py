@@ -74,7 +74,9 @@ def test_baseline_model_on_the_same_server_and_gate(stub_server, eval_cases, tmp
     score, run_dir = run_eval(tmp_path, *common, "eval.gate_min_delta=0.15")  # fenced loses json (2 of 12-13 weight)
     report = load(run_dir)
     assert report["baseline"]["model"]["label"] == f"ollama:{BASE}"
-    assert report["comparison"]["checks"]["json"] == {"rate": 1.0, "baseline_rate": 0.0, "delta": 1.0}
+    json_check = report["comparison"]["checks"]["json"]
+    assert {k: json_check[k] for k in ("rate", "baseline_rate", "delta", "lost")} == {"rate": 1.0, "baseline_rate": 0.0, "delta": 1.0, "lost": 0}
+    assert json_check["gained"] == len(report["cases"])  # every case: fenced JSON fails, plain JSON passes
     assert report["comparison"]["checks"]["schema"]["delta"] == 0.0
     assert report["gate"]["passed"] and report["gate"]["delta"] == pytest.approx(score - report["comparison"]["baseline_score"])
     assert "+100.0 pp" in (run_dir / "report.md").read_text()
