@@ -224,10 +224,9 @@ def main(argv: list[str] | None = None) -> int:
 
         target = args.doc.parent / "loop_rounds.png"
         shutil.copy(png, target)
-        from smm.secrets import mask_command_line, mask_url
+        from smm.secrets import mask_command_line
 
-        shown = [mask_url(arg) if "://" in arg else arg for arg in mask_command_line(list(argv or sys.argv[1:]))]
-        command = " ".join(shown)  # no database password in the doc
+        command = " ".join(mask_command_line(list(argv or sys.argv[1:])))  # no database password in the doc
         write_doc(args.doc, rows, target, "python bench/loop_rounds.py " + command)
     print(table(rows))
     return 0

@@ -51,11 +51,15 @@ def url_secrets(url: str | None) -> list[str]:
 
 
 def mask_command_line(args: list[str]) -> list[str]:
-    """Command-line arguments with the password of every ``key=scheme://…`` value masked."""
+    """Command-line arguments with the password of every ``key=scheme://…`` value, and of every URL
+    given as an argument of its own (``--database-url scheme://…``), masked."""
     masked = []
     for arg in args:
         key, sep, value = arg.partition("=")
-        masked.append(f"{key}{sep}{mask_url(value)}" if sep and "://" in value else arg)
+        if sep and "://" in value and "://" not in key:
+            masked.append(f"{key}{sep}{mask_url(value)}")
+        else:
+            masked.append(mask_url(arg) if "://" in arg else arg)
     return masked
 
 
