@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from smm.errors import SmmError
 
@@ -185,32 +186,40 @@ def plan(budget_gib: float, shape: Shape, tokens: int, quantization: str, rank: 
     recomputed: a one-line error (``strict``, a budget given as a number), else a plan that keeps
     none (``auto``: today's behaviour)."""
     usable = budget_gib - MARGIN_GIB
-    quantized = _kept_layers(usable, shape, tokens, quantization, rank, targets, backend)
+    quantized = _fit(usable, shape, tokens, quantization, rank, targets, backend)
     if allow_16bit and quantization != "none" and not shape.prequantized:
-        sixteen = _kept_layers(usable, shape, tokens, "none", rank, targets, backend)
-        enough = shape.layers if backend == "unsloth" else max(quantized[0], 0)
-        if sixteen[0] >= enough:
-            return MemoryPlan(budget_gib, tokens, sixteen[1], sixteen[2], sixteen[0], shape.layers,
-                              sixteen[1] + sixteen[0] * sixteen[2], "none")
-    kept, base, per_layer = quantized
-    if kept < 0 and strict:
+        sixteen = _fit(usable, shape, tokens, "none", rank, targets, backend)
+        enough = shape.layers if backend == "unsloth" else max(quantized.kept, 0)
+        if sixteen.kept >= enough:
+            return sixteen.plan(budget_gib, tokens, shape.layers, "none")
+    if quantized.kept < 0 and strict:
         raise SmmError(
-            f"{where}={budget_gib:g} is below the {base + MARGIN_GIB:.1f} GiB this model needs at {tokens} tokens a step "
+            f"{where}={budget_gib:g} is below the {quantized.base + MARGIN_GIB:.1f} GiB this model needs at {tokens} tokens a step "
             f"(model.max_seq_length x training.batch_size) with every layer recomputed: raise it, or lower "
             f"model.max_seq_length or training.batch_size")
-    kept = max(kept, 0)
-    return MemoryPlan(budget_gib, tokens, base, per_layer, kept, shape.layers, base + kept * per_layer, quantization)
+    return quantized.plan(budget_gib, tokens, shape.layers, quantization)
 
 
-def _kept_layers(usable: float, shape: Shape, tokens: int, quantization: str, rank: int, targets,
-                 backend: str) -> tuple[int, float, float]:
-    """(layers that keep their activations under ``usable`` GiB, -1 where even the base does not fit;
-    base GiB; GiB a kept layer) for the base loaded as ``quantization``."""
+class _Fit(NamedTuple):
+    """How a base loaded one way fits a budget: layers that keep their activations (-1 where even
+    the base does not fit), the base's GiB and a kept layer's GiB."""
+    kept: int
+    base: float
+    per_layer: float
+
+    def plan(self, budget_gib: float, tokens: int, layers: int, quantization: str) -> MemoryPlan:
+        kept = max(self.kept, 0)
+        return MemoryPlan(budget_gib, tokens, self.base, self.per_layer, kept, layers, self.base + kept * self.per_layer,
+                          quantization)
+
+
+def _fit(usable: float, shape: Shape, tokens: int, quantization: str, rank: int, targets, backend: str) -> _Fit:
+    """How the base loaded as ``quantization`` fits under ``usable`` GiB."""
     base, per_layer = estimate(shape, tokens, quantization, rank, targets, backend)
     room = usable - base
     if room < 0:
-        return -1, base, per_layer
-    return (min(shape.layers, int(room // per_layer)) if per_layer else shape.layers), base, per_layer
+        return _Fit(-1, base, per_layer)
+    return _Fit(min(shape.layers, int(room // per_layer)) if per_layer else shape.layers, base, per_layer)
 
 
 def budget_gib(requested, free_bytes: int | None) -> float | None:
