@@ -15,7 +15,7 @@ from smm.cli import move_secrets_to_env
 from smm.config import GROUPS, to_plain, validate
 from smm.errors import ConfigError
 from smm.io import write_manifest
-from smm.secrets import MaskingStream, secrets_in_environment
+from smm.secrets import MaskingStream, mask_command_line, secrets_in_environment
 
 GROUP_OPTIONS = sorted(
     (group.name, option.stem)
@@ -73,7 +73,8 @@ def test_dpo_and_loop_defaults():
     assert cfg.training.method == "auto" and (d.beta, d.loss_type, d.epochs, d.max_steps, d.learning_rate, d.adapter, d.packing) == (0.1, "sigmoid", 1, 0, 5e-6, None, False)
     assert compose_config("training.dpo.packing=true").training.dpo.packing is True
     loop = cfg.loop
-    assert (loop.runs_dir, loop.current, loop.min_delta, loop.max_regression) == ("output/runs", "output/current", 0.01, 0.05)
+    assert (loop.runs_dir, loop.current, loop.min_delta, loop.max_regression, loop.regression_p) == ("output/runs", "output/current", 0.01, 0.05, 0.1)
+    assert compose_config("loop.regression_p=1").loop.regression_p == 1.0
     assert (loop.feedback, loop.force, loop.dry_run, loop.from_step, loop.run_id, loop.baseline) == (True, False, False, None, None, None)
     assert compose_config("training.dpo.loss_type=ipo", "loop.from_step=export").loop.from_step == "export"
 
@@ -138,6 +139,8 @@ def test_presets():
     ("training.kto.beta=0", "error: training.kto.beta: 0.0 must be greater than 0.0"),
     ("training.kto.epochs=0", "error: training.kto.epochs: 0 must be at least 1"),
     ("loop.replay=1.5", "error: loop.replay: 1.5 must be at most 1.0"),
+    ("loop.regression_p=0", "error: loop.regression_p: 0.0 must be greater than 0.0"),
+    ("loop.regression_p=1.5", "error: loop.regression_p: 1.5 must be at most 1.0"),
     ("loop.warm_start=maybe", "error: loop.warm_start: Value 'maybe' is not a valid bool (type str)"),
     ("data.balance=-1", "error: data.balance: -1.0 must be at least 0.0"),
     ("training.dpo.beta=0", "error: training.dpo.beta: 0.0 must be greater than 0.0"),
@@ -221,6 +224,7 @@ def test_manifests_mask_server_passwords(tmp_path: Path, monkeypatch):
     manifest = write_manifest(tmp_path, "evaluate", to_plain(cfg)).read_text(encoding="utf-8")
     assert "s3cret" not in manifest and "k3y" not in manifest
     assert json.loads(manifest)["command"] == "run.py stage=evaluate eval.url=http://bob:***@host/v1?api_key=*** lora.rank=8"
+    assert mask_command_line(["--database-url", "postgresql://u:s3cret@h/db", "x=1"]) == ["--database-url", "postgresql://u:***@h/db", "x=1"]
 
 
 @pytest.mark.parametrize("value", ["postgresql://u:p@h/db", "'postgresql://u:p@h/db'", '"postgresql://u:p@h/db"'])
