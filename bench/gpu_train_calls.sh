@@ -34,6 +34,7 @@
 #                                     # then the transformers+PEFT path with auto after the recalibration (16-bit, 25 kept planned on an H100)
 #   bash bench/gpu_train_calls.sh S   # issue 25: the recalibrated transformers+PEFT plan checked: the budget auto gives on an H100
 #                                     # (69.6: 16-bit, 25 layers kept) and 47 GiB with 4 bits only (8 kept), full rows and the mix
+#   CALL_S=560 bash bench/gpu_train_calls.sh T   # issue 25: R's DPO comparison (5 steps each, time-boxed) then S's plan check
 #   bash bench/gpu_train_calls.sh Q   # issue 25: the transformers+PEFT path's peaks, 4-bit and 16-bit, every layer recomputed
 #                                     # and none (the memory plan's calibration); DPO on the 7B shape: smm (packed, padded)
 #                                     # vs TRL's DPO recipe with Unsloth; Unsloth's own loop on full rows
@@ -174,6 +175,17 @@ case "$CALL" in
      timeout "$(budget 60)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_S.jsonl" --backend hf --warmup 2 --steps 3 \
        --shapes "rows4096+$B=69.6,mix_packed+$B=69.6" 2>&1 | keep
      timeout "$(budget 2)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_S.jsonl" --backend hf --warmup 2 --steps 3 \
+       --set training.budget_allows_16bit=false --shapes "rows4096+$B=47,mix_packed+$B=47" 2>&1 | keep ;;
+  T) echo "model made at $(( $(date +%s) - START )) s"   # R's DPO comparison, then S's plan check
+     for r in "120 smm" "130 unsloth" "100 smm --set training.dpo.packing=false"; do
+       timeout "${r%% *}" python3 bench/train_throughput.py dpo --model /tmp/m7b --json "$OUT/dpo_T.jsonl" --warmup 2 --steps 5 \
+         --recipe ${r#* } 2>&1 | keep
+       echo "dpo ${r#* } done at $(( $(date +%s) - START )) s"
+     done
+     B=training.memory_budget_gib
+     timeout "$(budget 45)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_T.jsonl" --backend hf --warmup 2 --steps 3 \
+       --shapes "rows4096+$B=69.6,mix_packed+$B=69.6" 2>&1 | keep
+     timeout "$(budget 2)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_T.jsonl" --backend hf --warmup 2 --steps 3 \
        --set training.budget_allows_16bit=false --shapes "rows4096+$B=47,mix_packed+$B=47" 2>&1 | keep ;;
   L) stage_ddp
      run L --backend unsloth --shapes mix_packed --warmup 14 --steps 12
