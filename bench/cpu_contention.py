@@ -8,10 +8,11 @@ ratio of real tokens/s (``metrics.json``'s ``real_tokens_per_s``, first step lef
   ``train`` = a second training run of the same recipe and setting. Each is one job started in a
   session of its own (its own scheduler autogroup, as another user's job would be), so a fair share
   of the machine is half of it.
-- settings: ``smm`` = the defaults (``training.cpu_threads=auto``, idle OpenMP threads sleep);
-  ``fixed`` = every core, idle threads sleep; ``before`` = every core and OpenMP's own wait policy
-  (idle threads spin first), what smm did before issue 23; ``spin`` = adapting threads with
-  OpenMP's own wait policy.
+- settings: ``smm`` = the defaults (``training.cpu_threads=auto``: adapting threads, OpenMP's own
+  wait policy, idle threads spin a moment first); ``passive`` = adapting threads whose idle threads
+  sleep (``OMP_WAIT_POLICY=PASSIVE``, the default before 2026-12-08); ``fixed`` = every core, idle
+  threads sleep (what smm sets for a fixed count); ``before`` = every core and OpenMP's own wait
+  policy, what smm did before issue 23.
 
     python bench/cpu_contention.py                           # all settings, both competitors
     python bench/cpu_contention.py --settings smm --steps 20 --competitors busy
@@ -38,9 +39,9 @@ sys.path.insert(0, str(REPO))
 CORES = len(os.sched_getaffinity(0))
 SETTINGS = {
     "smm": ({}, []),
-    "fixed": ({}, [f"training.cpu_threads={CORES}"]),
+    "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, []),  # adapting threads whose idle threads sleep (smm's default until 2026-12-08)
+    "fixed": ({}, [f"training.cpu_threads={CORES}"]),  # smm makes a fixed team's idle threads sleep
     "before": ({"OMP_WAIT_POLICY": ""}, [f"training.cpu_threads={CORES}"]),  # empty: libgomp's default
-    "spin": ({"OMP_WAIT_POLICY": ""}, []),  # adapting threads, idle threads spin first (libgomp's default)
 }
 BUSY_LOOPS = f"import os\nfor _ in range({CORES} - 1):\n    if os.fork() == 0:\n        break\nwhile True:\n    pass"
 """One busy loop per usable core, forked from one process: one job (one session, one scheduler autogroup)."""

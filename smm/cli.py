@@ -1,6 +1,7 @@
 """The entrypoint's plumbing: stage dispatch, secrets kept out of Hydra, one-line errors."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -13,8 +14,10 @@ from smm import stages
 from smm.config import GROUPS, unknown_key_error, validate
 from smm.errors import SmmError
 from smm.io import atomic_writer
-from smm.cpu_share import set_wait_policy
+from smm.cpu_share import choose_wait_policy
 from smm.secrets import MaskingStream, mask_url, secrets_in_environment, url_secrets
+
+log = logging.getLogger(__name__)
 
 # Overrides that hold secrets: taken off the command line before Hydra records it, and handed
 # to the stage (or the sweeper) through the environment variable it reads anyway.
@@ -77,6 +80,7 @@ def run_stage(cfg: DictConfig) -> float:
             use_job_folder(cfg)
         mask_hydra_records()
         validate(cfg)
+        log.info("OpenMP wait policy: %s", choose_wait_policy(cfg.training.cpu_threads, cfg.eval.threads))
         return stages.run(cfg.stage, cfg)
     except SmmError as exc:
         if os.environ.get(_USER_FULL_ERROR):
@@ -209,7 +213,6 @@ def guarded(main: Callable[[], object], config_dir: str | None = None) -> None:
     :class:`~smm.secrets.MaskingStream`: no URL password or key reaches the screen.
     """
     sys.argv = [sys.argv[0], *move_secrets_to_env(sys.argv[1:])]
-    set_wait_policy()  # before torch loads OpenMP
     streams = sys.stdout, sys.stderr
     secrets = secrets_in_environment(tuple(SECRET_OVERRIDES.values()), API_KEY_VARIABLES, SECRET_ENV_PREFIX)
     sys.stdout, sys.stderr = MaskingStream(sys.stdout, secrets), MaskingStream(sys.stderr, secrets)

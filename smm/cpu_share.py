@@ -6,9 +6,6 @@ slices, so every operation waits for them: on 2 cores, one competing training ma
 steps 8-10x slower where a fair share would be 2x, and llama.cpp's generation fell from 90 to 5
 tokens/s (docs/benchmarks.md, ``bench/cpu_contention.py``). Two measures:
 
-- OpenMP threads that wait for work sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, set by
-  the entrypoint before torch loads, unless the user set it): a spinning thread burns the share the
-  thread it waits for needs.
 - Adapting: measure how many of this process's cores other processes used since the last look
   (``/proc/stat``, less this process's own CPU time) and use the cores that were left (at least
   one). Training does it before each optimizer step (``training.cpu_threads=auto``,
@@ -16,23 +13,40 @@ tokens/s (docs/benchmarks.md, ``bench/cpu_contention.py``). Two measures:
 
 A number fixes the thread count; so does ``OMP_NUM_THREADS`` set by the user (it wins over
 ``training.cpu_threads=auto`` and is logged).
+
+How idle OpenMP threads wait (:func:`choose_wait_policy`, before torch loads): with a fixed count of
+several threads they sleep (``OMP_WAIT_POLICY=PASSIVE``), because a thread spinning beside a
+competitor burns the share the thread it waits for needs (6x slower steps). Adapting threads keep
+OpenMP's own policy (spin a moment, then sleep): alone that trains 20 % faster, and beside a
+competitor the team shrinks to one thread, which has nobody to wait for (docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from smm.errors import SmmError
 
 INTERVAL_S = 2.0
 """Seconds between two looks at the other processes' CPU use (shorter samples are noisy)."""
-WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
+WAIT_POLICY = "OMP_WAIT_POLICY"
 
 
-def set_wait_policy() -> None:
-    """Make idle OpenMP threads sleep instead of spin, unless the user chose; call before torch loads."""
-    name, value = WAIT_POLICY
-    os.environ.setdefault(name, value)
+def choose_wait_policy(training_threads, eval_threads: int) -> str:
+    """Set how this process's idle OpenMP threads wait (call before torch loads); says what and why.
+
+    ``training_threads`` is ``training.cpu_threads``, ``eval_threads`` ``eval.threads`` (0 = adapt)."""
+    if WAIT_POLICY in os.environ:
+        return f"{WAIT_POLICY}={os.environ[WAIT_POLICY]!r} from the environment"
+    if "torch" in sys.modules:
+        return "OpenMP's own (torch was loaded before smm could choose)"
+    fixed, why = fixed_threads(training_threads)
+    if (fixed or 0) > 1 or eval_threads > 1:
+        os.environ[WAIT_POLICY] = "PASSIVE"
+        reason = why if (fixed or 0) > 1 else f"eval.threads={eval_threads}"
+        return f"idle threads sleep ({WAIT_POLICY}=PASSIVE): a fixed thread count ({reason}) must not spin beside other work"
+    return "OpenMP's own (spin a moment, then sleep): the thread count adapts to other processes"
 
 
 def usable_cores() -> list[int]:

@@ -40,13 +40,34 @@ def test_bad_counts_are_refused(monkeypatch, value):
         fixed_threads(value)
 
 
-def test_idle_openmp_threads_sleep_unless_the_user_chose(monkeypatch):
+@pytest.mark.parametrize(("training", "evaluation", "omp_threads", "policy"), [
+    ("auto", 0, None, None),        # adapting threads keep OpenMP's own wait
+    ("auto", 1, None, None),        # one generation thread has nobody to wait for
+    (1, 0, None, None),
+    (2, 0, None, "PASSIVE"),        # a fixed team must not spin beside other work
+    ("auto", 2, None, "PASSIVE"),
+    ("auto", 0, "2", "PASSIVE"),    # OMP_NUM_THREADS fixes the team too
+])
+def test_idle_openmp_threads_sleep_only_where_the_thread_count_is_fixed(monkeypatch, training, evaluation, omp_threads, policy):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    cpu_share.set_wait_policy()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    if omp_threads:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp_threads)
+    else:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    said = cpu_share.choose_wait_policy(training, evaluation)
+    assert os.environ.get("OMP_WAIT_POLICY") == policy
+    assert ("PASSIVE" in said) == (policy == "PASSIVE")
+
+
+def test_the_users_wait_policy_wins_and_a_loaded_torch_is_reported(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    cpu_share.set_wait_policy()
+    assert "'ACTIVE' from the environment" in cpu_share.choose_wait_policy(4, 0)
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setitem(sys.modules, "torch", object())
+    assert "torch was loaded" in cpu_share.choose_wait_policy(4, 0)
+    assert "OMP_WAIT_POLICY" not in os.environ
 
 
 def _busy(cpus: list[int]) -> list[subprocess.Popen]:
