@@ -34,7 +34,8 @@
 #                                     # then the transformers+PEFT path with auto after the recalibration (16-bit, 25 kept planned on an H100)
 #   bash bench/gpu_train_calls.sh S   # issue 25: the recalibrated transformers+PEFT plan checked: the budget auto gives on an H100
 #                                     # (69.6: 16-bit, 25 layers kept) and 47 GiB with 4 bits only (8 kept), full rows and the mix
-#   CALL_S=560 bash bench/gpu_train_calls.sh T   # issue 25: R's DPO comparison (5 steps each, time-boxed) then S's plan check
+#   CALL_S=560 bash bench/gpu_train_calls.sh T   # issue 25: R's DPO comparison (5 steps each, time-boxed), S's plan check, then
+#                                     # (time left) a torch.profiler table of smm's Unsloth path at 48 GiB (full rows)
 #   bash bench/gpu_train_calls.sh Q   # issue 25: the transformers+PEFT path's peaks, 4-bit and 16-bit, every layer recomputed
 #                                     # and none (the memory plan's calibration); DPO on the 7B shape: smm (packed, padded)
 #                                     # vs TRL's DPO recipe with Unsloth; Unsloth's own loop on full rows
@@ -186,7 +187,9 @@ case "$CALL" in
      timeout "$(budget 45)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_T.jsonl" --backend hf --warmup 2 --steps 3 \
        --shapes "rows4096+$B=69.6,mix_packed+$B=69.6" 2>&1 | keep
      timeout "$(budget 2)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_T.jsonl" --backend hf --warmup 2 --steps 3 \
-       --set training.budget_allows_16bit=false --shapes "rows4096+$B=47,mix_packed+$B=47" 2>&1 | keep ;;
+       --set training.budget_allows_16bit=false --shapes "rows4096+$B=47,mix_packed+$B=47" 2>&1 | keep
+     [ "$(left)" -gt 70 ] && timeout "$(budget 2)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/profile_T.jsonl" \
+       --backend unsloth --warmup 2 --steps 3 --profile "$OUT" --shapes "rows4096+$B=48" 2>&1 | keep ;;
   L) stage_ddp
      run L --backend unsloth --shapes mix_packed --warmup 14 --steps 12
      ddp L --backend unsloth --shapes mix_packed --warmup 14 --steps 12 ;;

@@ -309,9 +309,47 @@ def time_training_steps(trainer) -> list[float]:
     return seconds
 
 
+def step_profile(path: Path, first: int, steps: int = 2):
+    """A callback that runs torch.profiler over ``steps`` optimizer steps from step ``first`` and writes
+    the ops and kernels by GPU time (self), with the share of the steps' wall time the GPU was busy, to ``path``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    class StepProfile(TrainerCallback):
+        def __init__(self):
+            self.prof, self.started = None, 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == first and self.prof is None:
+                sync()
+                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+                self.prof, self.started = profile(activities=activities), time.perf_counter()
+                self.prof.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.prof is None or state.global_step != first + steps:
+                return
+            sync()
+            wall = time.perf_counter() - self.started
+            self.prof.__exit__(None, None, None)
+            events = self.prof.key_averages()
+            busy = sum(e.self_device_time_total for e in events) / 1e6
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{steps} steps from step {first}: {wall:.3f} s wall, GPU busy {busy:.3f} s ({busy / wall:.0%})\n"
+                            + events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=45, max_name_column_width=90))
+            self.prof = None
+
+    return StepProfile()
+
+
 def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warmup: int, preset: str | None,
-            workdir: Path, tiny: bool, overrides: list[str]) -> list[dict]:
-    """smm's own train path: load once, then one SmmSFTTrainer per shape."""
+            workdir: Path, tiny: bool, overrides: list[str], profile_dir: Path | None = None) -> list[dict]:
+    """smm's own train path: load once, then one SmmSFTTrainer per shape (``profile_dir``: profile
+    each shape's last two steps there; those steps' times then include the profiler's overhead)."""
     from smm.training.distributed import gather, quiet_replicas, ranks
 
     world = ranks()
@@ -368,6 +406,8 @@ def smm_run(model_dir: Path, backend: str, shapes: list[str], n_steps: int, warm
             trainer, throughput = build_trainer(cfg, loaded, data, Tokenized(), memory_plan)
             recomputed = RecomputedLayers()
             trainer.add_callback(recomputed)
+            if profile_dir is not None:
+                trainer.add_callback(step_profile(profile_dir / f"profile_{backend}_{spec.replace('=', '-')}.txt", warmup + n_steps - 2))
             packing = trainer.args.packing  # the stage skips packing where rows are already full
             step_seconds = time_training_steps(trainer) if torch.cuda.is_available() else []
             if torch.cuda.is_available():
@@ -882,6 +922,7 @@ def main() -> None:
     rn.add_argument("--tiny", action="store_true")
     rn.add_argument("--workdir", type=Path, default=Path("/tmp/smm-bench"))
     rn.add_argument("--json", type=Path, help="append results as JSON lines to this file")
+    rn.add_argument("--profile", type=Path, metavar="DIR", help="smm backends: torch.profiler over each shape's last two steps, tables into DIR")
     ee = sub.add_parser("e2e", help="the train stage's wall time vs the baselines' recipes")
     ee.add_argument("--model", type=Path, required=True)
     ee.add_argument("--tokenizer", type=Path, required=True)
@@ -945,7 +986,7 @@ def main() -> None:
         if args.backend.startswith("bare"):
             bare(args.model, shapes, args.steps, args.warmup, batch=2, unsloth=args.backend == "bare_unsloth")
         else:
-            smm_run(args.model, args.backend, shapes, args.steps, args.warmup, args.preset, args.workdir, args.tiny, args.set)
+            smm_run(args.model, args.backend, shapes, args.steps, args.warmup, args.preset, args.workdir, args.tiny, args.set, args.profile)
             from smm.training.worker import leave_process_group
 
             leave_process_group()
