@@ -8,7 +8,9 @@
 3. Checks from the task registry (smm/eval/checks.py); score = mean weighted pass rate.
 4. Optional baseline (``eval.baseline``: a model on the same server, a .gguf or a report.json),
    judged by the same checks on the same cases; ``eval.gate_min_delta`` turns the score delta into
-   the exit code (3 = gate failed).
+   the exit code (3 = gate failed). A .gguf baseline is answered beside the model, at the same
+   time, where both run in process (``eval.backend=llama_cpp``) on a fixed ``eval.threads`` that
+   fits the cores twice: the same answers in about half the time.
 5. Optional LLM judge (``eval.judge.url``, smm/eval/judge.py): a tone/brand-fit rating per answer,
    reported beside the checks, never part of the score or the gate.
 6. ``<eval.output_dir>/<timestamp>/``: report.json, report.md, report.html, manifest.json — written
@@ -22,6 +24,8 @@ import logging
 import math
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +36,7 @@ from omegaconf import DictConfig
 from smm import strict_json
 from smm.backends import MODES, Backend, Generation, check_can_constrain, generate_all, make_backend
 from smm.config import to_plain
+from smm.cpu_share import usable_cores
 from smm.errors import ConfigError, GateFailed, SmmError
 from smm.eval.cases import BUILTIN_CASES, EvalCase, select_cases
 from smm.io import atomic_directory, write_json, write_manifest, write_text
@@ -79,22 +84,27 @@ class ProgressLog:
                          self.total, sum(self.scores) / done, self.truncated)
 
 
-def evaluate(backend: Backend, cases: list[EvalCase], title: str, constrained: bool = False) -> list[dict]:
-    """Every case's record, with a progress bar (a terminal) or progress log lines (no terminal)."""
+def progress_display():
+    """One progress display for every evaluation running meanwhile (bars on a terminal, else off)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=True, disable=not sys.stderr.isatty())
+
+
+def evaluate(backend: Backend, cases: list[EvalCase], title: str, constrained: bool = False, progress=None) -> list[dict]:
+    """Every case's record, with a progress bar (a terminal) or progress log lines (no terminal);
+    ``progress``: a display shared with evaluations running beside this one."""
     records: list[dict | None] = [None] * len(cases)
     schemas = [answer_schema(c.task) for c in cases] if constrained else None
     progress_log = ProgressLog(title, len(cases))
-    interactive = sys.stderr.isatty()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True, disable=not interactive) as progress:
-        task = progress.add_task(title, total=len(cases))
+    with nullcontext(progress) if progress is not None else progress_display() as shown:
+        task = shown.add_task(title, total=len(cases))
 
         def done(i: int, generation: Generation) -> None:
             records[i] = make_record(cases[i], generation)
-            progress.advance(task)
-            if not interactive:
+            shown.advance(task)
+            if shown.disable:
                 progress_log.add(records[i])
 
         generate_all(backend, [c.messages() for c in cases], done, schemas)
@@ -102,18 +112,35 @@ def evaluate(backend: Backend, cases: list[EvalCase], title: str, constrained: b
 
 
 def _run_backend(make: Callable[[], Backend], cases: list[EvalCase], title: str,
-                 modes: tuple[str, ...] = ("free",)) -> tuple[str, dict[str, list[dict]]]:
+                 modes: tuple[str, ...] = ("free",), progress=None) -> tuple[str, dict[str, list[dict]]]:
     """The backend's label and its records in every mode (``free``/``constrained``)."""
     backend = make()
     try:
         if "constrained" in modes and not backend.can_constrain:
             raise SmmError(f"{backend.label} cannot constrain answers to a JSON schema; set eval.constrained=off")
         return backend.label, {
-            mode: evaluate(backend, cases, f"{title} {backend.label} ({mode})", constrained=mode == "constrained")
+            mode: evaluate(backend, cases, f"{title} {backend.label} ({mode})", constrained=mode == "constrained",
+                           progress=progress)
             for mode in modes
         }
     finally:
         backend.close()
+
+
+def side_by_side(e: DictConfig, plan: BaselinePlan | None) -> bool:
+    """Whether the model and a .gguf baseline can be answered at the same time: both in this process
+    on a fixed thread count that fits the usable cores twice (no thread waits for another)."""
+    return (plan is not None and plan.source == "gguf" and plan.records is None and e.backend == "llama_cpp"
+            and e.threads >= 1 and 2 * e.threads <= len(usable_cores()))
+
+
+def run_model_and_baseline(make: Callable[[], Backend], plan: BaselinePlan, cases: list[EvalCase],
+                           modes: tuple[str, ...]) -> tuple[tuple[str, dict], tuple[str, dict]]:
+    """The model's and the baseline's :func:`_run_backend` results, answered at the same time."""
+    with progress_display() as progress, ThreadPoolExecutor(2, thread_name_prefix="smm-side-by-side") as pool:
+        model = pool.submit(_run_backend, make, cases, "Evaluating", modes, progress)
+        baseline = pool.submit(_run_backend, plan.make, cases, "Baseline", modes[:1], progress)
+        return model.result(), baseline.result()
 
 
 @dataclass
@@ -272,12 +299,18 @@ def run(cfg: DictConfig) -> float:
     baseline_plan = plan_baseline(cfg, cases)
     log.info("Evaluating %d cases with eval.backend=%s (%s)", len(cases), e.backend, " and ".join(modes))
 
-    label, by_mode = _run_backend(
-        lambda: make_backend(e.backend, e, model_cfg=cfg.model, modelfile=modelfile_of(cfg)), cases, "Evaluating", modes
-    )
+    make_model = lambda: make_backend(e.backend, e, model_cfg=cfg.model, modelfile=modelfile_of(cfg))  # noqa: E731
+    label_b = records_b = None
+    if side_by_side(e, baseline_plan):
+        log.info("The model and its baseline answer side by side (eval.threads=%d each, %d cores)", e.threads, len(usable_cores()))
+        (label, by_mode), (label_b, runs) = run_model_and_baseline(make_model, baseline_plan, cases, modes)
+        records_b = runs[modes[0]]
+    else:
+        label, by_mode = _run_backend(make_model, cases, "Evaluating", modes)
     baseline = None
     if baseline_plan is not None:
-        records_b, label_b = baseline_plan.records, baseline_plan.model.get("label")
+        if records_b is None:
+            records_b, label_b = baseline_plan.records, baseline_plan.model.get("label")
         if records_b is None:
             label_b, runs = _run_backend(baseline_plan.make, cases, "Baseline", modes[:1])
             records_b = runs[modes[0]]

@@ -204,3 +204,35 @@ def test_user_errors_end_in_one_line(stub_server, tmp_path, capsys, overrides, c
     assert stderr.startswith("error: " + message.format(**values)) and stderr.count("\n") == 1, stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     assert server.chat_requests() == []  # nothing was asked before the problem was found
+
+
+def test_a_gguf_baseline_answers_side_by_side_with_the_answers_it_gives_alone(tiny_gguf, tmp_path, monkeypatch, caplog):
+    import shutil
+
+    base = tmp_path / "base.gguf"
+    shutil.copy(tiny_gguf, base)
+    monkeypatch.setattr(evaluate, "usable_cores", lambda: [0, 1])  # two cores, whatever runs the test
+    common = ("eval.backend=llama_cpp", f"eval.model_path={tiny_gguf}", "eval.max_cases=6", "eval.max_tokens=16",
+              "eval.n_ctx=1024", "eval.threads=1")
+    with caplog.at_level("INFO", logger="smm.stages.evaluate"):
+        run_eval(tmp_path, *common, f"eval.baseline={base}")
+    assert "The model and its baseline answer side by side (eval.threads=1 each, 2 cores)" in caplog.text
+    both = load(report_dirs(tmp_path)[-1])
+    run_eval(tmp_path, *common)  # the same model alone
+    alone = load(report_dirs(tmp_path)[-1])
+    outputs = lambda cases: [(c["id"], c["output"]) for c in cases]  # noqa: E731
+    assert outputs(both["cases"]) == outputs(alone["cases"])
+    assert outputs(both["baseline"]["cases"]) == outputs(alone["cases"])  # the same weights: the same greedy answers
+    assert both["baseline"]["model"]["label"] == "llama_cpp:base.gguf"
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_baseline_waits_for_the_model_where_the_threads_do_not_fit_twice(threads, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    monkeypatch.setattr(evaluate, "usable_cores", lambda: [0, 1])
+    plan = evaluate.BaselinePlan("gguf", {}, make=lambda: None)
+    e = OmegaConf.create({"backend": "llama_cpp", "threads": threads})
+    assert not evaluate.side_by_side(e, plan)
+    assert evaluate.side_by_side(OmegaConf.create({"backend": "llama_cpp", "threads": 1}), plan)
+    assert not evaluate.side_by_side(OmegaConf.create({"backend": "ollama", "threads": 1}), plan)
