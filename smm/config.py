@@ -167,7 +167,7 @@ class EvalConfig:
     seed: int = _f(0, "Sampling seed, where the backend supports one.")
     n_ctx: int = _f(4096, "Context window for the llama_cpp backend.", ge=256)
     output_dir: str = _f("output/eval", "Reports go to a timestamped folder under this one.")
-    baseline: Optional[str] = _f(None, "Compare with a baseline: a model name on the same server, a .gguf file, or a report.json.")
+    baseline: Optional[str] = _f(None, "Compare with a baseline: a model name on the same server, a .gguf file, or a report.json. A .gguf answers beside the model, at the same time, with eval.backend=llama_cpp and a fixed eval.threads that fits the cores twice.")
     gate_min_delta: Optional[float] = _f(None, "Fail (exit 3) unless the score beats the baseline's by at least this much.")
     judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "Optional LLM judge of tone and brand fit."})
 
