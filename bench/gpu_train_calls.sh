@@ -177,17 +177,17 @@ case "$CALL" in
        --shapes "rows4096+$B=69.6,mix_packed+$B=69.6" 2>&1 | keep
      timeout "$(budget 2)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_S.jsonl" --backend hf --warmup 2 --steps 3 \
        --set training.budget_allows_16bit=false --shapes "rows4096+$B=47,mix_packed+$B=47" 2>&1 | keep ;;
-  T) echo "model made at $(( $(date +%s) - START )) s"   # R's DPO comparison, then S's plan check
-     for r in "120 smm" "130 unsloth" "100 smm --set training.dpo.packing=false"; do
-       timeout "${r%% *}" python3 bench/train_throughput.py dpo --model /tmp/m7b --json "$OUT/dpo_T.jsonl" --warmup 2 --steps 5 \
-         --recipe ${r#* } 2>&1 | keep
-       echo "dpo ${r#* } done at $(( $(date +%s) - START )) s"
-     done
+  T) echo "model made at $(( $(date +%s) - START )) s"   # in order of need, each step only with time left
+     dpo_T() { [ "$(left)" -gt $(( $1 + 20 )) ] && timeout "$1" python3 bench/train_throughput.py dpo --model /tmp/m7b \
+                 --json "$OUT/dpo_T.jsonl" --warmup 2 --steps 5 --recipe "${@:2}" 2>&1 | keep; echo "dpo ${*:2} done at $(( $(date +%s) - START )) s"; }
+     plan_T() { [ "$(left)" -gt 60 ] && timeout "$(( $(left) < 100 ? $(left) - 5 : 95 ))" python3 bench/train_throughput.py run --model /tmp/m7b \
+                 --json "$OUT/train_T.jsonl" --backend hf --warmup 2 --steps 3 "$@" 2>&1 | keep; }
      B=training.memory_budget_gib
-     timeout "$(budget 45)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_T.jsonl" --backend hf --warmup 2 --steps 3 \
-       --shapes "rows4096+$B=69.6,mix_packed+$B=69.6" 2>&1 | keep
-     timeout "$(budget 2)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/train_T.jsonl" --backend hf --warmup 2 --steps 3 \
-       --set training.budget_allows_16bit=false --shapes "rows4096+$B=47,mix_packed+$B=47" 2>&1 | keep
+     dpo_T 110 smm
+     dpo_T 120 unsloth
+     plan_T --shapes "rows4096+$B=69.6,mix_packed+$B=69.6"
+     plan_T --set training.budget_allows_16bit=false --shapes "rows4096+$B=47,mix_packed+$B=47"
+     dpo_T 100 smm --set training.dpo.packing=false
      [ "$(left)" -gt 70 ] && timeout "$(budget 2)" python3 bench/train_throughput.py run --model /tmp/m7b --json "$OUT/profile_T.jsonl" \
        --backend unsloth --warmup 2 --steps 3 --profile "$OUT" --shapes "rows4096+$B=48" 2>&1 | keep ;;
   L) stage_ddp

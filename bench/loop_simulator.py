@@ -19,8 +19,11 @@ with its variations copied, or the wrong sentiment label (valid for its task, so
 it): a loop trained on it must be refused by the gate.
 
 Ratings go into PostgreSQL in the app's schema (smm/feedback/schema.sql) with realistic timestamps
-(generations over the last hours, each rated minutes later, none in the future), so the real
-feedback stage reads them.
+(each generation when its reply was made, each rating up to 20 minutes later, none in the future),
+so the real feedback stage reads them; a round's ratings are all newer than the previous round's
+export, as a live app's are. (Until 2026-12-08 they were dated over the six hours before the
+simulation, and those timestamps took draws from the rating's random stream: rounds simulated since
+draw other ratings for the same seed than the rounds recorded in docs/loop.md.)
 
     python bench/loop_simulator.py --database-url postgresql://... --current output/current --count 60 --seed 1
 """
@@ -90,6 +93,12 @@ def deployed_gguf(current: Path) -> tuple[str, Path]:
     return run_dir.name, Path(manifest["steps"]["export"]["outputs"]["gguf"])
 
 
+def rating_times(made: list[datetime], end: datetime, seed: int) -> list[datetime]:
+    """When each reply was rated: 0.5-20 minutes after it was made, never before it, never after ``end``."""
+    later = random.Random(seed)
+    return [max(t, min(t + timedelta(minutes=later.uniform(0.5, 20)), end)) for t in made]
+
+
 def simulate(url: str, current: Path, count: int, seed: int, poison: bool = False, max_tokens: int = 256,
              repeat_penalty: float | None = None, threads: int = 0) -> dict:
     """Ask the deployed model ``count`` requests, rate the replies, store both; returns the counts.
@@ -104,19 +113,17 @@ def simulate(url: str, current: Path, count: int, seed: int, poison: bool = Fals
     settings = GenerationSettings(temperature=0.2, max_tokens=max_tokens, seed=seed, repeat_penalty=repeat_penalty)
     backend = LlamaCppBackend(str(gguf), settings, threads=threads)
     rng = random.Random(seed)
-    now = datetime.now(timezone.utc)
-    clock = now - timedelta(hours=6)
-    rows = []
+    made = []
     try:
         for item in pool(count, seed):
             messages = [{"role": "system", "content": item["system"]}, {"role": "user", "content": item["case"]["prompt"]}]
             reply = backend.generate(messages).text
             rating, edited = rate(item, reply, rng, poison)
-            clock += timedelta(minutes=rng.uniform(1, 5))
-            rated = min(clock + timedelta(minutes=rng.uniform(0.5, 20)), now - timedelta(seconds=1))
-            rows.append((item, reply or "", rating, edited, clock, rated))
+            made.append((item, reply or "", rating, edited, datetime.now(timezone.utc)))
     finally:
         backend.close()
+    rated = rating_times([row[-1] for row in made], datetime.now(timezone.utc), seed + 1)
+    rows = [(*row, when) for row, when in zip(made, rated)]
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute(SCHEMA_SQL.read_text())
         for item, reply, rating, edited, made, rated in rows:
