@@ -15,7 +15,8 @@ into the run folder (``export.merged_dir``, an intermediate, stays shared).
   commands) and swaps the ``loop.current`` symlink (exit 0); a refusal touches nothing that is
   deployed and names the blocking checks (exit 3).
 * ``loop.warm_start=true`` (smm/loop/warm.py): with a run deployed, the new run trains from its
-  adapter on the feedback that is new since it plus a replayed sample of its training data.
+  adapter on the feedback that is new since it plus a replayed sample of its training data, at
+  ``loop.warm_lr_scale`` times the learning rate.
 * ``loop.from_step=<step>`` resumes a run, reusing the steps before it; ``loop.dry_run=true``
   prints the plan. A lock file keeps a second loop out (exit 5). The symlink swap is the commit
   point: a loop killed before it leaves the deployed run in place, and the next loop puts
@@ -53,6 +54,7 @@ def run_config(cfg: DictConfig, run_dir: Path, baseline: str | None, deployed: P
     if cfg.loop.warm_start and deployed is not None:
         c.data.sources = [str(run_dir / "feedback"), str(run_dir / warm.REPLAY)]
         c.training.init_adapter = str(deployed / "adapter")
+        c.training.learning_rate = cfg.training.learning_rate * cfg.loop.warm_lr_scale
     c.data.output_dir = str(run_dir / "data")
     c.training.output_dir = str(run_dir / "adapter")
     c.training.checkpoint_dir = str(run_dir / "checkpoints")
@@ -80,7 +82,8 @@ def data_sources(cfg: DictConfig) -> list[str]:
 def plan(cfg: DictConfig, run_dir: Path, deployed: Path | None) -> list[tuple[str, str, str]]:
     """``(step, inputs, outputs)`` of every step, for the dry run."""
     c = run_config(cfg, run_dir, baseline_for(cfg, deployed, check=False), deployed)
-    start = f"warm start from {c.training.init_adapter}" if c.training.init_adapter else "a fresh adapter"
+    start = (f"warm start from {c.training.init_adapter} at learning rate {c.training.learning_rate:g}"
+             if c.training.init_adapter else "a fresh adapter")
     source = f"PostgreSQL (DATABASE_URL) → {cfg.feedback.output_dir}" if cfg.loop.feedback else f"{cfg.feedback.output_dir} as it is"
     return [
         ("feedback", source, f"{run_dir / 'feedback'} (a snapshot of {', '.join(FEEDBACK_FILES)})"),

@@ -128,7 +128,7 @@ def test_warm_start_trains_the_deployed_adapter_on_new_feedback_and_a_replayed_s
             f"export.merged_dir={tmp_path / 'merged'}", f"loop.runs_dir={runs}", f"loop.current={current}",
             "training.max_steps=2", "training.dpo.max_steps=2", "training.kto.max_steps=2", "eval.max_cases=2",
             "eval.max_tokens=8", "data.language_check=off", "export.smoke_test=false", "loop.warm_start=true",
-            "loop.replay=0.5", "loop.min_delta=-1"]
+            "loop.replay=0.5", "loop.min_delta=-1", "loop.warm_lr_scale=0.5"]
 
     def loop(name: str):
         return run_smm(*base, f"hydra.run.dir={tmp_path / 'hydra' / name}", cwd=tmp_path, env=env)
@@ -156,6 +156,8 @@ def test_warm_start_trains_the_deployed_adapter_on_new_feedback_and_a_replayed_s
                                                           "feedback_kto_lines": 2, "replayed": 8}
     metrics = json.loads((run2 / "adapter" / "metrics.json").read_text())
     assert metrics["init_adapter"] == str(run1 / "adapter")
+    rates = [lineage.read_manifest(run)["config"]["training"]["learning_rate"] for run in (run1, run2)]
+    assert rates[1] == rates[0] * 0.5  # a warm start continues at loop.warm_lr_scale of the rate
     assert metrics["method"] == "sft_then_kto" and "1 thumbs-down answers have no approved answer" in metrics["method_reason"]
     stats = json.loads((run2 / "data" / "stats.json").read_text())
     assert stats["files"] == [str(run2 / "feedback" / "feedback_sft.jsonl"), str(run2 / "replay" / "replay.jsonl")]
