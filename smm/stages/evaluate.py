@@ -112,19 +112,24 @@ def evaluate(backend: Backend, cases: list[EvalCase], title: str, constrained: b
 
 
 def _run_backend(make: Callable[[], Backend], cases: list[EvalCase], title: str,
-                 modes: tuple[str, ...] = ("free",), progress=None) -> tuple[str, dict[str, list[dict]]]:
+                 modes: tuple[str, ...] = ("free",)) -> tuple[str, dict[str, list[dict]]]:
     """The backend's label and its records in every mode (``free``/``constrained``)."""
     backend = make()
     try:
-        if "constrained" in modes and not backend.can_constrain:
-            raise SmmError(f"{backend.label} cannot constrain answers to a JSON schema; set eval.constrained=off")
-        return backend.label, {
-            mode: evaluate(backend, cases, f"{title} {backend.label} ({mode})", constrained=mode == "constrained",
-                           progress=progress)
-            for mode in modes
-        }
+        return _answer(backend, cases, title, modes)
     finally:
         backend.close()
+
+
+def _answer(backend: Backend, cases: list[EvalCase], title: str, modes: tuple[str, ...],
+            progress=None) -> tuple[str, dict[str, list[dict]]]:
+    if "constrained" in modes and not backend.can_constrain:
+        raise SmmError(f"{backend.label} cannot constrain answers to a JSON schema; set eval.constrained=off")
+    return backend.label, {
+        mode: evaluate(backend, cases, f"{title} {backend.label} ({mode})", constrained=mode == "constrained",
+                       progress=progress)
+        for mode in modes
+    }
 
 
 def side_by_side(e: DictConfig, plan: BaselinePlan | None) -> bool:
@@ -136,11 +141,21 @@ def side_by_side(e: DictConfig, plan: BaselinePlan | None) -> bool:
 
 def run_model_and_baseline(make: Callable[[], Backend], plan: BaselinePlan, cases: list[EvalCase],
                            modes: tuple[str, ...]) -> tuple[tuple[str, dict], tuple[str, dict]]:
-    """The model's and the baseline's :func:`_run_backend` results, answered at the same time."""
-    with progress_display() as progress, ThreadPoolExecutor(2, thread_name_prefix="smm-side-by-side") as pool:
-        model = pool.submit(_run_backend, make, cases, "Evaluating", modes, progress)
-        baseline = pool.submit(_run_backend, plan.make, cases, "Baseline", modes[:1], progress)
-        return model.result(), baseline.result()
+    """The model's and the baseline's :func:`_run_backend` results, answered at the same time. Both
+    models load here, one after the other: llama-cpp-python points the process's stdout and stderr
+    at /dev/null while a model loads, and two loads at once can leave them there."""
+    model = make()
+    try:
+        baseline = plan.make()
+        try:
+            with progress_display() as progress, ThreadPoolExecutor(2, thread_name_prefix="smm-side-by-side") as pool:
+                answered = pool.submit(_answer, model, cases, "Evaluating", modes, progress)
+                answered_b = pool.submit(_answer, baseline, cases, "Baseline", modes[:1], progress)
+                return answered.result(), answered_b.result()
+        finally:
+            baseline.close()
+    finally:
+        model.close()
 
 
 @dataclass

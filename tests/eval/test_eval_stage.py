@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -214,9 +216,19 @@ def test_a_gguf_baseline_answers_side_by_side_with_the_answers_it_gives_alone(ti
     monkeypatch.setattr(evaluate, "usable_cores", lambda: [0, 1])  # two cores, whatever runs the test
     common = ("eval.backend=llama_cpp", f"eval.model_path={tiny_gguf}", "eval.max_cases=6", "eval.max_tokens=16",
               "eval.n_ctx=1024", "eval.threads=1")
+    loaded_in, make_backend = [], evaluate.make_backend
+
+    def recorded(*args, **kwargs):  # llama-cpp-python swaps stdout/stderr for /dev/null while a model loads
+        loaded_in.append(threading.current_thread().name)
+        return make_backend(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "make_backend", recorded)
+    console = [os.fstat(fd) for fd in (1, 2)]
     with caplog.at_level("INFO", logger="smm.stages.evaluate"):
         run_eval(tmp_path, *common, f"eval.baseline={base}")
     assert "The model and its baseline answer side by side (eval.threads=1 each, 2 cores)" in caplog.text
+    assert loaded_in == ["MainThread", "MainThread"]  # one load after the other, never two at once
+    assert [(s.st_dev, s.st_ino) for s in map(os.fstat, (1, 2))] == [(s.st_dev, s.st_ino) for s in console]
     both = load(report_dirs(tmp_path)[-1])
     run_eval(tmp_path, *common)  # the same model alone
     alone = load(report_dirs(tmp_path)[-1])
