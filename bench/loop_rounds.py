@@ -140,6 +140,16 @@ def device() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else f"the CPU ({os.cpu_count()} cores)"
 
 
+def publish(rows: list[dict], saved: Path, text: str, doc: Path | None, block: str, argv: list[str] | None) -> None:
+    """Save ``rows`` as JSON, print the table ``text`` and, with ``doc``, put it between the doc's
+    ``block`` markers under the command that measured it."""
+    saved.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    if doc:
+        command = f"python bench/{Path(sys.argv[0]).name} " + " ".join(argv or sys.argv[1:])
+        replace_block(doc, block, f"Measured with `{command}`.\n\n{text}")
+    print(text)
+
+
 def replace_block(doc: Path, name: str, body: str) -> None:
     """Put ``body`` between ``doc``'s ``<!-- name -->`` markers (appended with them when missing)."""
     opening, closing = f"<!-- {name} -->", f"<!-- /{name} -->"

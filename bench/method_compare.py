@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from loop_rounds import pct, rates, replace_block  # noqa: E402
+from loop_rounds import pct, publish, rates  # noqa: E402
 
 
 def train_and_evaluate(work: Path, method: str, feedback: Path, preset: str, cases: int, extra: list[str]) -> dict:
@@ -85,12 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.methods.split(","):
         rows.append(train_and_evaluate(args.workdir, method, args.feedback.resolve(), args.preset, args.cases, args.extra))
         print(json.dumps(rows[-1]), flush=True)
-    (args.workdir / "methods.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    text = table(rows)
-    if args.doc:
-        command = "python bench/method_compare.py " + " ".join(argv or sys.argv[1:])
-        replace_block(args.doc, "methods", f"Measured with `{command}`.\n\n{text}")
-    print(text)
+    publish(rows, args.workdir / "methods.json", table(rows), args.doc, "methods", argv)
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from loop_rounds import MODELS, latest_run, pct, rates, replace_block  # noqa: E402
+from loop_rounds import MODELS, latest_run, pct, publish, rates  # noqa: E402
 
 FEEDBACK_FILES = ("feedback_sft.jsonl", "feedback_dpo.jsonl", "feedback_kto.jsonl")
 
@@ -108,12 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         work = loop_folder(args.workdir.resolve() / mode, args.deployed.resolve(), args.feedback.resolve())
         rows.append(run_mode(work, mode, args.model, args.cases, args.extra))
         print(json.dumps(rows[-1]), flush=True)
-    (args.workdir / "warm_compare.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    text = table(rows)
-    if args.doc:
-        command = "python bench/warm_compare.py " + " ".join(argv or sys.argv[1:])
-        replace_block(args.doc, "warm", f"Measured with `{command}`.\n\n{text}")
-    print(text)
+    publish(rows, args.workdir / "warm_compare.json", table(rows), args.doc, "warm", argv)
     return 0
 
 
