@@ -80,7 +80,7 @@ def run_stage(cfg: DictConfig) -> float:
             use_job_folder(cfg)
         mask_hydra_records()
         validate(cfg)
-        log.info("OpenMP wait policy: %s", choose_wait_policy(cfg.training.cpu_threads, cfg.eval.threads))
+        log.debug("OpenMP wait policy: %s", choose_wait_policy(cfg.training.cpu_threads, cfg.eval.threads))
         return stages.run(cfg.stage, cfg)
     except SmmError as exc:
         if os.environ.get(_USER_FULL_ERROR):

@@ -49,6 +49,12 @@ def choose_wait_policy(training_threads, eval_threads: int) -> str:
     return "OpenMP's own (spin a moment, then sleep): the thread count adapts to other processes"
 
 
+def wait_policy() -> str:
+    """How idle OpenMP threads wait in this process, in words (CPU training logs it)."""
+    value = os.environ.get(WAIT_POLICY, "")
+    return f"{WAIT_POLICY}={value}" if value else "OpenMP's own (spin a moment, then sleep)"
+
+
 def usable_cores() -> list[int]:
     """The CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
     try:

@@ -60,6 +60,13 @@ def test_idle_openmp_threads_sleep_only_where_the_thread_count_is_fixed(monkeypa
     assert ("PASSIVE" in said) == (policy == "PASSIVE")
 
 
+def test_the_wait_policy_in_effect_is_said_in_words(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert cpu_share.wait_policy() == "OpenMP's own (spin a moment, then sleep)"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert cpu_share.wait_policy() == "OMP_WAIT_POLICY=PASSIVE"
+
+
 def test_the_users_wait_policy_wins_and_a_loaded_torch_is_reported(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert "'ACTIVE' from the environment" in cpu_share.choose_wait_policy(4, 0)
@@ -133,6 +140,7 @@ def test_auto_follows_what_the_others_use_and_logs_each_change(monkeypatch, capl
     import torch
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setattr(cpu_share, "usable_cores", lambda: [0, 1, 2, 3])
     monkeypatch.setattr(cpu_share, "INTERVAL_S", 0.0)
     seen = iter([2.6, 2.4, 0.1, 0.2])
@@ -151,6 +159,7 @@ def test_auto_follows_what_the_others_use_and_logs_each_change(monkeypatch, capl
         torch.set_num_threads(before)
     assert threads == [4, 1, 2, 4, 4]
     assert [r.getMessage() for r in caplog.records] == [
+        "OpenMP wait policy: OpenMP's own (spin a moment, then sleep)",
         "CPU threads: 4 of 4 cores (auto: adapts to other processes' CPU use)",
         "CPU threads: 1 of 4 cores (other processes used 2.6 cores over 2 s)",
         "CPU threads: 2 of 4 cores (other processes used 2.4 cores over 2 s)",
@@ -162,6 +171,7 @@ def test_a_fixed_count_is_set_and_logged(monkeypatch, caplog):
     import torch
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     before = torch.get_num_threads()
     try:
         with caplog.at_level(logging.INFO, logger="smm.training.cpu_threads"):
@@ -171,4 +181,5 @@ def test_a_fixed_count_is_set_and_logged(monkeypatch, caplog):
             assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    assert [r.getMessage() for r in caplog.records] == [f"CPU threads: 1 of {len(CORES)} cores (training.cpu_threads=1)"]
+    assert [r.getMessage() for r in caplog.records] == ["OpenMP wait policy: OMP_WAIT_POLICY=PASSIVE",
+                                                         f"CPU threads: 1 of {len(CORES)} cores (training.cpu_threads=1)"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from smm.cpu_share import Adapter, fixed_threads
+from smm.cpu_share import Adapter, fixed_threads, wait_policy
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ def make_callback(requested):
             self.threads = threads
 
         def on_train_begin(self, args, state, control, **kwargs):
+            log.info("OpenMP wait policy: %s", wait_policy())
             self._set(fixed or len(self.adapter.cores), why if fixed else "auto: adapts to other processes' CPU use")
 
         def on_step_begin(self, args, state, control, **kwargs):
