@@ -123,6 +123,7 @@ def _run_backend(make: Callable[[], Backend], cases: list[EvalCase], title: str,
 
 def _answer(backend: Backend, cases: list[EvalCase], title: str, modes: tuple[str, ...],
             progress=None) -> tuple[str, dict[str, list[dict]]]:
+    """A loaded backend's label and its records in every mode."""
     if "constrained" in modes and not backend.can_constrain:
         raise SmmError(f"{backend.label} cannot constrain answers to a JSON schema; set eval.constrained=off")
     return backend.label, {
