@@ -29,10 +29,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))
 
 from loop_rounds import MODELS, latest_run, pct, publish, rates  # noqa: E402
 
-FEEDBACK_FILES = ("feedback_sft.jsonl", "feedback_dpo.jsonl", "feedback_kto.jsonl")
+from smm.stages.loop import FEEDBACK_FILES  # noqa: E402
 
 
 def loop_folder(work: Path, deployed: Path, feedback: Path) -> Path:
