@@ -75,6 +75,7 @@ def test_dpo_and_loop_defaults():
     loop = cfg.loop
     assert (loop.runs_dir, loop.current, loop.min_delta, loop.max_regression, loop.regression_p) == ("output/runs", "output/current", 0.01, 0.05, 0.1)
     assert compose_config("loop.regression_p=1").loop.regression_p == 1.0
+    assert compose_config().loop.warm_lr_scale == 0.33 and compose_config("loop.warm_lr_scale=1").loop.warm_lr_scale == 1.0
     assert (loop.feedback, loop.force, loop.dry_run, loop.from_step, loop.run_id, loop.baseline) == (True, False, False, None, None, None)
     assert compose_config("training.dpo.loss_type=ipo", "loop.from_step=export").loop.from_step == "export"
 
@@ -141,6 +142,8 @@ def test_presets():
     ("loop.replay=1.5", "error: loop.replay: 1.5 must be at most 1.0"),
     ("loop.regression_p=0", "error: loop.regression_p: 0.0 must be greater than 0.0"),
     ("loop.regression_p=1.5", "error: loop.regression_p: 1.5 must be at most 1.0"),
+    ("loop.warm_lr_scale=0", "error: loop.warm_lr_scale: 0.0 must be greater than 0.0"),
+    ("loop.warm_lr_scale=2", "error: loop.warm_lr_scale: 2.0 must be at most 1.0"),
     ("loop.warm_start=maybe", "error: loop.warm_start: Value 'maybe' is not a valid bool (type str)"),
     ("data.balance=-1", "error: data.balance: -1.0 must be at least 0.0"),
     ("training.dpo.beta=0", "error: training.dpo.beta: 0.0 must be greater than 0.0"),
